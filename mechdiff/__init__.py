@@ -1,0 +1,40 @@
+"""mechdiff: what did fine-tuning change inside this model, where, and how?
+
+A TransformerLens plugin that loads a base and a fine-tuned model as hooked models, measures the
+behavioural gap, and attributes it to attention heads, MLPs and residual positions by exact
+cross-model activation patching. A first analysis::
+
+    import mechdiff
+    pair = mechdiff.load_pair("base_dir", "finetuned_dir")
+    result = mechdiff.cross_patch(pair, mechdiff.Task(prompts, answers, wrong_answers), sites="heads")
+    print(result.table())
+"""
+
+from mechdiff import errors
+from mechdiff.gap import GapResult, behaviour_gap
+from mechdiff.pair import ModelPair, load_pair
+from mechdiff.patching import PatchResult, RankedSite, activation_patch, cross_patch
+from mechdiff.results import Provenance
+from mechdiff.sites import MLP, AttnOut, Head, Resid
+from mechdiff.tasks import Task, Tokens
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "AttnOut",
+    "GapResult",
+    "Head",
+    "ModelPair",
+    "PatchResult",
+    "Provenance",
+    "RankedSite",
+    "Resid",
+    "Task",
+    "Tokens",
+    "activation_patch",
+    "behaviour_gap",
+    "cross_patch",
+    "errors",
+    "load_pair",
+]

@@ -1,0 +1,72 @@
+"""Metrics: per-prompt scores of behaviour read from logits.
+
+Every metric maps the logits a model produced on a batch of prompts to one number per prompt.
+Final-position metrics read each prompt's own last real position; ``kl_all`` reads every real
+position. The task-free metrics compare with a reference distribution (the donor model's):
+``kl`` is ``-KL(ref || model)`` so that, like the task metrics, higher means "more like the donor"
+and the donor itself scores 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechdiff.errors import MetricError
+from mechdiff.tasks import MetricName, Tokens
+
+
+def read_logits(
+    logits: Float[Tensor, "batch pos d_vocab"], tokens: Tokens, metric: MetricName
+) -> Tensor:
+    """Logits at the positions ``metric`` reads: ``[batch, d_vocab]`` or ``[batch, pos, d_vocab]``."""
+    if metric == "kl_all":
+        return logits
+    return logits[torch.arange(logits.shape[0], device=logits.device), tokens.read_pos]
+
+
+def metric_values(
+    metric: MetricName,
+    read: Tensor,
+    tokens: Tokens,
+    ref_logprobs: Tensor | None = None,
+) -> Float[Tensor, " batch"]:
+    """One value per prompt.
+
+    Args:
+        metric: the metric name.
+        read: logits at the read positions (see :func:`read_logits`), float.
+        tokens: the tokenized task (answers, lengths).
+        ref_logprobs: log-probabilities of the reference (donor) model at the same positions;
+            needed by ``kl`` and ``kl_all``.
+    """
+    read = read.float()
+    if metric == "logit_diff":
+        idx = torch.arange(read.shape[0], device=read.device)
+        return read[idx, tokens.answer_ids] - read[idx, tokens.wrong_ids]
+    if metric == "logprob":
+        idx = torch.arange(read.shape[0], device=read.device)
+        return read.log_softmax(-1)[idx, tokens.answer_ids]
+    if ref_logprobs is None:
+        raise MetricError(f"metric {metric!r} needs the reference model's log-probabilities")
+    kl = kl_div(ref_logprobs, read.log_softmax(-1))
+    if metric == "kl":
+        return -kl
+    mask = tokens.position_mask()[:, : kl.shape[1]].to(kl.dtype)
+    return -(kl * mask).sum(-1) / mask.sum(-1)
+
+
+def kl_div(ref_logprobs: Tensor, logprobs: Tensor) -> Tensor:
+    """KL(ref || model) over the last axis, from log-probabilities."""
+    ref_logprobs = ref_logprobs.float()
+    return (ref_logprobs.exp() * (ref_logprobs - logprobs.float())).sum(-1).clamp_min(0.0)
+
+
+def check_finite(values: Tensor, what: str) -> None:
+    if not torch.isfinite(values).all():
+        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()[:8]
+        raise MetricError(
+            f"the metric returned NaN/inf for {what} (prompts {bad}); check the model's dtype "
+            "(fp16 overflow?) and the answers, then run again"
+        )
