@@ -12,12 +12,14 @@ import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from mechdiff.errors import ResultError
+
+_R = TypeVar("_R", bound="SavableResult")
 
 
 def _versions() -> dict[str, str]:
@@ -90,7 +92,7 @@ class SavableResult:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Self:
+    def load(cls: type[_R], path: str | Path) -> _R:
         """Load a result saved with :meth:`save`."""
         path = Path(path)
         meta_file, tensor_file = path / "result.json", path / "tensors.safetensors"
