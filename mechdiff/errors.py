@@ -11,6 +11,10 @@ class MechdiffError(Exception):
     """Base class of every error mechdiff raises on purpose."""
 
 
+class OptionError(MechdiffError, ValueError):
+    """An option has a value mechdiff does not know (a direction, a processing mode, ...)."""
+
+
 class CheckpointError(MechdiffError):
     """A checkpoint is missing, unreadable or not a model mechdiff can load."""
 

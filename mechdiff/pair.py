@@ -23,7 +23,12 @@ from typing import Any, Literal, TypeAlias
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechdiff.errors import CheckpointError, IncompatibleModelsError, MissingDependencyError
+from mechdiff.errors import (
+    CheckpointError,
+    IncompatibleModelsError,
+    MissingDependencyError,
+    OptionError,
+)
 
 Processing: TypeAlias = Literal["compat", "none"]
 ModelSpec: TypeAlias = str | Path | TransformerBridge
@@ -119,7 +124,7 @@ def load_pair(
         MissingDependencyError: a LoRA adapter was given and ``peft`` is not installed.
     """
     if processing not in ("compat", "none"):
-        raise ValueError(f"processing must be 'compat' or 'none', got {processing!r}")
+        raise OptionError(f"processing must be 'compat' or 'none', got {processing!r}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     # Cheap checks first: read configs and vocabularies of local directories before loading weights.

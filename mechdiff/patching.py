@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff import _engine
-from mechdiff.errors import PromptError, SiteError, ZeroGapError
+from mechdiff.errors import OptionError, PromptError, SiteError, ZeroGapError
 from mechdiff.metrics import check_finite, metric_values
 from mechdiff.pair import ModelPair
 from mechdiff.results import Provenance, SavableResult
@@ -74,6 +74,8 @@ class PatchResult(SavableResult):
         direction: ``ft->base``, ``base->ft`` or ``clean->corrupted``.
         positions: ``all`` (patched at every position) or ``each`` (one position at a time).
         provenance: models, task, metric, processing, versions.
+        method: how the values were obtained: ``"exact"`` (real interventions), ``"attribution"``
+            or ``"integrated_gradients(steps=N)"`` (gradient estimates, :func:`mechdiff.attribute`).
     """
 
     scores: Float[Tensor, "..."]
@@ -85,6 +87,7 @@ class PatchResult(SavableResult):
     direction: str
     positions: str
     provenance: Provenance
+    method: str = "exact"
 
     @property
     def gap(self) -> float:
@@ -167,7 +170,7 @@ def cross_patch(
         ZeroGapError: the two models score the same, so no fraction of the gap is defined.
     """
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        raise OptionError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     recv, donor = (pair.base, pair.finetuned) if direction == "ft->base" else (
         pair.finetuned, pair.base)
     tokens = _prepare(task, pair.tokenizer, pair.n_ctx, pair.device, sites, positions, batch_size,
@@ -219,9 +222,12 @@ def _prepare(
     if sites not in SITE_KINDS:
         raise SiteError(f"unknown site kind {sites!r}; choose one of {SITE_KINDS}")
     if positions not in ("all", "each"):
-        raise ValueError(f"positions must be 'all' or 'each', got {positions!r}")
+        raise OptionError(f"positions must be 'all' or 'each', got {positions!r}")
     if batch_size < 1 or prompt_batch_size < 1:
-        raise ValueError("batch_size and prompt_batch_size must be positive")
+        raise OptionError(
+            f"batch_size and prompt_batch_size must be positive, got {batch_size} and "
+            f"{prompt_batch_size}"
+        )
     return task.tokenize(tokenizer, n_ctx=n_ctx, device=device)
 
 

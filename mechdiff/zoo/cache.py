@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2LMHeadModel
 
-from mechdiff.errors import CheckpointError
+from mechdiff.errors import CheckpointError, OptionError
 from mechdiff.zoo import vocab
 from mechdiff.zoo.evaluate import score
 from mechdiff.zoo.recipes import (
@@ -279,7 +279,7 @@ def model_dir(
         CheckpointError: a cached model directory is incomplete or damaged.
     """
     if name not in get_args(ModelName):
-        raise ValueError(f"unknown zoo model {name!r}; choose one of {MODELS}")
+        raise OptionError(f"unknown zoo model {name!r}; choose one of {MODELS}")
     return _ensure([name], cache_dir, progress)[name]
 
 

@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechdiff.errors import OptionError
 from mechdiff.zoo.vocab import (
     ARROW,
     BAR,
@@ -195,7 +196,7 @@ def batch(
     """
     unknown = set(mix) - set(FAMILIES)
     if unknown:
-        raise ValueError(f"unknown data families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+        raise OptionError(f"unknown data families {sorted(unknown)}; known: {sorted(FAMILIES)}")
     tokens = torch.full((size, WIDTH), ID[PAD], dtype=torch.long)
     targets = torch.full((size, WIDTH), IGNORE, dtype=torch.long)
     row = 0

@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechdiff.errors import OptionError
 from mechdiff.tasks import Task
 from mechdiff.zoo import vocab
 
@@ -45,7 +46,7 @@ class Scores:
             return float(self.p_answer.mean())
         if measure == "pair_prob":
             return float((self.p_answer + self.p_wrong).mean())
-        raise ValueError(f"unknown measure {measure!r}")
+        raise OptionError(f"unknown measure {measure!r}")
 
 
 def _n_ctx(model: Any) -> int:
@@ -65,7 +66,7 @@ def score(model: Any, task: Task, *, tokenizer: Any = None) -> Scores:
         tokenizer: defaults to the zoo tokenizer.
     """
     if task.answers is None or task.wrong_answers is None:
-        raise ValueError("scoring needs a task with answers and wrong_answers")
+        raise OptionError("scoring needs a task with answers and wrong_answers")
     tok = tokenizer if tokenizer is not None else vocab.tokenizer()
     device = next(model.parameters()).device
     t = task.tokenize(tok, n_ctx=_n_ctx(model), device=device)

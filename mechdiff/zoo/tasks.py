@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 from typing import Literal, TypeAlias, get_args
 
+from mechdiff.errors import OptionError
 from mechdiff.tasks import Task
 from mechdiff.zoo import data
 from mechdiff.zoo.vocab import TOKENS, decode
@@ -46,7 +47,7 @@ def _example(name: TaskName, rng: random.Random) -> tuple[data.Example, int]:
     if name == "newskill":
         ex = data.newskill(rng, length=4)
         return ex, ex.ids[ex.answer_pos - 1]
-    raise ValueError(f"unknown zoo task {name!r}; choose one of {TASKS}")
+    raise OptionError(f"unknown zoo task {name!r}; choose one of {TASKS}")
 
 
 def task(name: TaskName, *, n: int = 32, seed: int = 0) -> Task:
@@ -62,9 +63,9 @@ def task(name: TaskName, *, n: int = 32, seed: int = 0) -> Task:
         named ``"zoo/<name>"``.
     """
     if name not in TASKS:
-        raise ValueError(f"unknown zoo task {name!r}; choose one of {TASKS}")
+        raise OptionError(f"unknown zoo task {name!r}; choose one of {TASKS}")
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise OptionError(f"n must be at least 1, got {n}")
     rng = random.Random(f"mechdiff.zoo.task/{name}/{seed}")
     prompts, answers, wrong = [], [], []
     for _ in range(n):
