@@ -13,6 +13,15 @@ reads. The engine therefore
    so every TransformerLens hook still fires and the numerics are the model's own;
 3. applies the final norm and unembedding at the read positions only.
 
+**Per-position patches reuse the prefix.** With causal attention, a patch at position ``p`` of
+block ``L`` leaves every position before ``p`` unchanged in every block, so only positions
+``>= p`` of blocks ``>= L`` are recomputed. The capture records each block's keys and values
+(after rotary embeddings, as the bridge's attention hands them to its KV-cache step), and the
+suffix run feeds the recorded prefix ``[:p]`` to each block's attention in place of a KV cache,
+slicing the position-dependent block arguments (``position_ids``, rotary ``position_embeddings``)
+to ``p:``. Architectures whose attention bridge has no KV-cache step fall back to recomputing
+every position (still exact).
+
 Patches enter through forward hooks on the bridge's hook points that are always removed, also when
 an exception is raised.
 """
@@ -51,10 +60,41 @@ class Capture:
     acts: dict[str, Tensor]
     block_args: list[tuple[tuple[Any, ...], dict[str, Any]]]
     read: Tensor
+    kv: list[tuple[Tensor, Tensor]] | None = None
 
     @property
     def batch(self) -> int:
         return int(self.read.shape[0])
+
+
+_KV_STEP = "_update_kv_cache"
+"""The bridge attention's KV-cache step, called with post-rotary ``k, v`` of shape
+``[batch, kv_head, pos, d_head]`` (TransformerLens 4.3 ``AttentionBridge``)."""
+
+
+def supports_prefix_reuse(model: TransformerBridge) -> bool:
+    """Whether every block's attention bridge has the KV-cache step prefix reuse plugs into."""
+    return all(callable(getattr(type(getattr(b, "attn", None)), _KV_STEP, None))
+               for b in model.blocks)
+
+
+@contextlib.contextmanager
+def kv_step(model: TransformerBridge, fns: dict[int, Any]) -> Iterator[None]:
+    """Replace the KV-cache step of the attention of block ``i`` by ``fns[i](k, v) -> (k, v)``.
+
+    The replacement is an instance attribute, deleted on exit (also on exceptions), so the
+    class's own method is back afterwards.
+    """
+    patched = []
+    try:
+        for i, fn in fns.items():
+            attn = model.blocks[i].attn
+            setattr(attn, _KV_STEP, lambda k, v, _fn=fn, **_kw: _fn(k, v))
+            patched.append(attn)
+        yield
+    finally:
+        for attn in patched:
+            attn.__dict__.pop(_KV_STEP, None)
 
 
 def _strip_cache(value: Any) -> Any:
@@ -96,12 +136,32 @@ def _converting(point: Any, fn: Any) -> Any:
 
 
 def capture(
-    model: TransformerBridge, tokens: Tokens, ids: Tensor, metric: MetricName, hook_names: set[str]
+    model: TransformerBridge,
+    tokens: Tokens,
+    ids: Tensor,
+    metric: MetricName,
+    hook_names: set[str],
+    *,
+    record_kv: bool = False,
 ) -> Capture:
-    """Run ``model`` on ``ids`` once, recording what suffix runs and patches need."""
+    """Run ``model`` on ``ids`` once, recording what suffix runs and patches need.
+
+    With ``record_kv`` (and an architecture that supports it), also each block's keys and
+    values, for suffix runs that start at a later position.
+    """
     acts: dict[str, Tensor] = {}
     block_args: list[Any] = [None] * len(model.blocks)
     handles = []
+    n_layers = len(model.blocks)
+    kv: list[Any] = [None] * n_layers
+    record_kv = record_kv and supports_prefix_reuse(model)
+
+    def record(i: int):
+        def fn(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            kv[i] = (k.detach(), v.detach())
+            return k, v
+
+        return fn
 
     def save_args(i: int):
         def pre(_mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -123,12 +183,16 @@ def capture(
     try:
         for i, block in enumerate(model.blocks):
             handles.append(block.register_forward_pre_hook(save_args(i), with_kwargs=True))
-        with forward_hooks(model, {n: save(n) for n in hook_names}):
+        steps = {i: record(i) for i in range(n_layers)} if record_kv else {}
+        with forward_hooks(model, {n: save(n) for n in hook_names}), kv_step(model, steps):
             logits = model(ids, use_cache=False)
     finally:
         for h in handles:
             h.remove()
-    return Capture(acts=acts, block_args=block_args, read=read_logits(logits, tokens, metric).float())
+    complete = record_kv and all(x is not None for x in kv)
+    return Capture(acts=acts, block_args=block_args,
+                   read=read_logits(logits, tokens, metric).float(),
+                   kv=kv if complete else None)
 
 
 def _tile(value: Any, batch: int, k: int) -> Any:
@@ -145,6 +209,35 @@ def _tile(value: Any, batch: int, k: int) -> Any:
     return value
 
 
+_POSITION_KWARGS = ("position_ids", "cache_position")
+
+
+def _from_position(kwargs: dict[str, Any], pos: int) -> dict[str, Any]:
+    """Block keyword arguments for a run over positions ``pos:`` only.
+
+    Attention masks are left whole: the bridge's attention takes the last query rows of a 4-D
+    mask and the first key columns, which is what a run with a prefix needs.
+    """
+    out = dict(kwargs)
+    for key in _POSITION_KWARGS:
+        if isinstance(out.get(key), Tensor):
+            out[key] = out[key][..., pos:]
+    rotary = out.get("position_embeddings")
+    if isinstance(rotary, tuple) and all(isinstance(t, Tensor) for t in rotary):
+        out["position_embeddings"] = tuple(t[..., pos:, :] for t in rotary)
+    return out
+
+
+def _prefix_step(prefix: tuple[Tensor, Tensor], pos: int, copies: int):
+    """A KV-cache step that puts the recorded keys and values of positions ``:pos`` in front."""
+    pk, pv = (t[:, :, :pos].repeat(copies, 1, 1, 1) for t in prefix)
+
+    def step(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+
+    return step
+
+
 def run_suffix(
     model: TransformerBridge,
     start: int,
@@ -152,16 +245,34 @@ def run_suffix(
     cap: Capture,
     k: int,
     inject: dict[str, Tensor] | None = None,
+    *,
+    pos: int = 0,
 ) -> Tensor:
     """Run blocks ``start..`` on ``hidden`` (``k`` stacked copies of the capture's batch).
 
-    ``inject`` maps a hook name to a delta ``[k*batch, pos, d_model]`` added to that hook's output.
-    Returns the residual stream after the last block.
+    Args:
+        model: the receiving model.
+        start: the first block to run.
+        hidden: residual stream entering block ``start``, ``[k*batch, pos_count, d_model]``
+            holding positions ``pos:`` only.
+        cap: the receiving model's capture (block arguments; keys and values if ``pos > 0``).
+        k: how many stacked copies of the capture's batch ``hidden`` holds.
+        inject: hook name -> delta ``[k*batch, pos_count, d_model]`` added to that hook's output.
+        pos: the first position computed; earlier positions' keys and values come from ``cap``.
+
+    Returns:
+        The residual stream after the last block at positions ``pos:``.
     """
+    if pos and cap.kv is None:
+        raise RuntimeError("a suffix from a later position needs a capture with keys and values")
     hooks = {name: (lambda out, d=delta: out + d) for name, delta in (inject or {}).items()}
-    with forward_hooks(model, hooks):
+    steps = {layer: _prefix_step(cap.kv[layer], pos, k)
+             for layer in range(start, len(model.blocks))} if pos else {}
+    with forward_hooks(model, hooks), kv_step(model, steps):
         for layer in range(start, len(model.blocks)):
             args, kwargs = cap.block_args[layer]
+            if pos:
+                kwargs = _from_position(kwargs, pos)
             out = model.blocks[layer](
                 hidden, *_tile(args, cap.batch, k), **_tile(kwargs, cap.batch, k)
             )

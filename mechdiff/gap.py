@@ -13,7 +13,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechdiff import _engine
 from mechdiff.metrics import check_finite, kl_div, metric_values
 from mechdiff.pair import ModelPair
 from mechdiff.results import Provenance, SavableResult

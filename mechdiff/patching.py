@@ -78,8 +78,8 @@ class PatchResult(SavableResult):
             or ``"integrated_gradients(steps=N)"`` (gradient estimates, :func:`mechdiff.attribute`).
     """
 
-    scores: Float[Tensor, "..."]
-    patched: Float[Tensor, "..."]
+    scores: Float[Tensor, "*site_dims"]
+    patched: Float[Tensor, "*site_dims batch"]
     receiver: Float[Tensor, " batch"]
     donor: Float[Tensor, " batch"]
     sites: str
@@ -255,26 +255,43 @@ def _patch_chunk(
     kind: str, layer: int, model: TransformerBridge, rc: _engine.Capture, deltas: Tensor,
     chunk: list[tuple[int, int | None]], read_pos: Tensor | None,
 ) -> Tensor:
-    """Run one batch of patches (site index, position or None) and return logits at read_pos."""
+    """Run one batch of patches (site index, position or None) and return logits at read_pos.
+
+    Per-position patches start the suffix at the chunk's first patched position (see
+    :mod:`mechdiff._engine`); prompts whose read position lies before it are unaffected and
+    keep the receiver's logits.
+    """
     k = len(chunk)
     base = rc.acts[resid_pre_hook(layer)]
     b, t, d = base.shape
-    delta = torch.zeros(k, b, t, d, dtype=base.dtype, device=base.device)
+    start = 0
+    if rc.kv is not None and all(p is not None for _, p in chunk):
+        start = min(p for _, p in chunk)
+    delta = torch.zeros(k, b, t - start, d, dtype=base.dtype, device=base.device)
     for j, (s, p) in enumerate(chunk):
         if p is None:
             delta[j] = deltas[s]
         else:
-            delta[j, :, p] = deltas[s, :, p]
-    delta = delta.reshape(k * b, t, d)
-    hidden = base.repeat(k, 1, 1)
+            delta[j, :, p - start] = deltas[s, :, p]
+    delta = delta.reshape(k * b, t - start, d)
+    hidden = base[:, start:].repeat(k, 1, 1)
     if kind == "resid":
         hidden = hidden + delta
         inject = None
     else:
         inject = {attn_out_hook(layer) if kind in ("heads", "attn") else mlp_out_hook(layer): delta}
-    final = _engine.run_suffix(model, layer, hidden, rc, k, inject)
-    pos = None if read_pos is None else read_pos.repeat(k)
-    return _engine.unembed(model, final, pos)
+    final = _engine.run_suffix(model, layer, hidden, rc, k, inject, pos=start)
+    if read_pos is None:  # every position is read: the prefix is the receiver's own
+        logits = _engine.unembed(model, final, None)
+        if start:
+            logits = torch.cat([rc.read[:, :start].repeat(k, 1, 1), logits], dim=1)
+        return logits
+    pos = read_pos.repeat(k) - start
+    logits = _engine.unembed(model, final, pos.clamp_min(0))
+    if start:
+        before = pos < 0
+        logits[before] = rc.read.repeat(k, 1)[before]
+    return logits
 
 
 def _sweep(
@@ -297,7 +314,8 @@ def _sweep(
             dc = _engine.capture(donor_model, sub, donor_ids[start:stop, :w], metric,
                                  _hooks_for(kind, n_layers, receiver=False))
             rc = _engine.capture(recv_model, sub, recv_ids[start:stop, :w], metric,
-                                 _hooks_for(kind, n_layers, receiver=True))
+                                 _hooks_for(kind, n_layers, receiver=True),
+                                 record_kv=positions == "each")
         ref = dc.read.log_softmax(-1) if metric in ("kl", "kl_all") else None
         return sub, rc, dc, ref
 
@@ -323,8 +341,9 @@ def _sweep(
 
     patched = torch.empty(n_layers, n_sites, n_pos, n_prompts)
     per_chunk = max(1, batch_size // min(prompt_batch_size, n_prompts))
-    n_patches = n_sites * n_pos
-    total = len(starts) * n_layers * -(-n_patches // per_chunk)
+    widths = [int(tokens.lengths[a:a + prompt_batch_size].max()) for a in starts]
+    total = sum(n_layers * -(-n_sites * (min(n_pos, w) if positions == "each" else 1) // per_chunk)
+                for w in widths)
     bar = tqdm(total=total, desc=f"{kind} patching {direction}", disable=not progress, leave=False)
     try:
         for start in starts:
@@ -335,8 +354,10 @@ def _sweep(
             with torch.inference_mode():
                 for layer in range(n_layers):
                     deltas = _layer_deltas(kind, layer, recv_model, donor_model, rc, dc)
+                    # Position-major, so that a chunk spans few positions and its suffix run
+                    # can start late (prefix reuse).
                     patches = [(s, p if positions == "each" else None)
-                               for s in range(n_sites) for p in range(n_pos)]
+                               for p in range(min(n_pos, w)) for s in range(n_sites)]
                     for c in range(0, len(patches), per_chunk):
                         chunk = patches[c:c + per_chunk]
                         k = len(chunk)

@@ -184,7 +184,7 @@ def test_behaviour_gap_numbers(ckpts):
     prompts = random_prompts(4)
     task = Task(prompts, answers=["t1"] * 4, wrong_answers=["t2"] * 4)
     gap = mechdiff.behaviour_gap(pair, task, top_k=3)
-    for i, p in enumerate(prompts):  # each prompt alone, its own final position
+    for i in range(len(prompts)):  # each prompt alone, its own final position
         ids = task.tokenize(pair.tokenizer, n_ctx=32).select(i, i + 1).tokens
         lb, lf = pair.base(ids)[0, -1], pair.finetuned(ids)[0, -1]
         assert gap.base_metric[i] == pytest.approx(float(lb[1] - lb[2]), abs=1e-4)
