@@ -206,6 +206,8 @@ def _tile(value: Any, batch: int, k: int) -> Any:
         return tuple(_tile(v, batch, k) for v in value)
     if isinstance(value, list):
         return [_tile(v, batch, k) for v in value]
+    if isinstance(value, dict):
+        return {key: _tile(v, batch, k) for key, v in value.items()}
     return value
 
 
