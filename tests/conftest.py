@@ -3,9 +3,9 @@ network. Planted changes give ground truth for patching tests."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import inspect
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,3 +93,17 @@ def unchecked(fn):
     check could run, which is what users without the hook get.
     """
     return inspect.unwrap(fn)
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The embedded zoo, built once per session (minutes) or reused from ``$MECHDIFF_CACHE/zoo``.
+
+    Without ``MECHDIFF_CACHE`` the zoo is built in a session temporary folder, so a test run never
+    depends on (or writes to) the user's own cache. Shared by test_zoo.py and test_cli.py.
+    """
+    from mechdiff.zoo import build
+
+    cache = os.environ.get("MECHDIFF_CACHE")
+    root = Path(cache) / "zoo" if cache else tmp_path_factory.mktemp("zoo-cache")
+    return build(root, progress=False)

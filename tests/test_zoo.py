@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
@@ -171,11 +170,7 @@ def test_incomplete_cache_dir_raises_before_training(
 # ---------------------------------------------------------------- slow: the built zoo
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    cache = os.environ.get("MECHDIFF_CACHE")
-    root = Path(cache) / "zoo" if cache else tmp_path_factory.mktemp("zoo-cache")
-    return build(root, progress=False)
+# The `zoo` fixture (session scope, shared with test_cli.py) lives in conftest.py.
 
 
 @pytest.fixture(scope="module")
