@@ -146,3 +146,36 @@ def naive_cross_heads(
             sync(device)
             times.append(time.perf_counter() - t0)
     return PeerTiming(setup, times, n_total, torch.stack(values).float().cpu(), list(index))
+
+
+def tl_attribution(model: TransformerBridge, clean: torch.Tensor, corrupted: torch.Tensor,
+                   answers: torch.Tensor, wrong: torch.Tensor) -> tuple[float, dict]:
+    """TL 4.3 ``tools.analysis.attribution_patching.attribution_patch`` (node granularity, one
+    clean/corrupt pair per call since answers differ per prompt; TL itself loops one pair at a
+    time and averages). Returns the seconds and the node scores averaged over pairs.
+
+    TL's tool differentiates through the weights' graph, so parameters need ``requires_grad``
+    (mechdiff's pairs freeze them; restored afterwards)."""
+    from transformer_lens.tools.analysis.attribution_patching import attribution_patch
+
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    totals: dict = {}
+    try:
+        sync(clean.device)
+        t0 = time.perf_counter()
+        for i in range(clean.shape[0]):
+            def metric(logits, a=int(answers[i]), w=int(wrong[i])):
+                return logits[0, -1, a].float() - logits[0, -1, w].float()
+
+            res = attribution_patch(model, clean[i:i + 1], corrupted[i:i + 1], metric)
+            for node, v in res.node_scores.items():
+                totals[node] = totals.get(node, 0.0) + v / clean.shape[0]
+        sync(clean.device)
+        seconds = time.perf_counter() - t0
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.requires_grad_(f)
+    return seconds, totals

@@ -1,6 +1,7 @@
 """mechdiff's benchmark: exact patching timed against TransformerLens in one process.
 
     python benchmarks/run.py [--quick] [--device cpu|cuda] [--json out.json] [--profile]
+                             [--rows heads_all per_position memory attribution]
 
 Every row runs mechdiff and a peer on the same GPT-2-small-shaped models and the same prompts, in
 this process, and prints times, the ratio peer/mechdiff, the cost floor, peak memory and, where the
@@ -38,6 +39,7 @@ import peers  # noqa: E402
 import mechdiff  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+ROWS = ("heads_all", "per_position", "memory", "attribution")  # methods of Bench, run in order
 CACHE = HERE / ".cache" / "gpt2-small-random"
 
 
@@ -227,7 +229,7 @@ class Bench:
         naive = peers.naive_cross_heads(self.pair.base, self.pair.finetuned, p.clean, metric,
                                         index, L * H)
         ours = md.result.patched.mean(-1)
-        diff = max(abs(float(ours[li, h]) - float(v)) for (li, h), v in zip(index, naive.values))
+        diff = max(abs(float(ours[li, h]) - float(v)) for (li, h), v in zip(index, naive.values, strict=True))
         common = dict(shape=p.shape, mechdiff_s=md.median, repeats=len(md.times), floor_s=floor,
                       body_floor_s=body_floor, floor_fwds=n_fwd, peak_rss_mb=md.peak_rss_mb,
                       peak_cuda_mb=md.peak_cuda_mb)
@@ -271,7 +273,7 @@ class Bench:
         index = [(layer, pos) for layer in range(L) for pos in peers.spread(t, per_layer, layer)]
         tl = peers.tl_resid_pre(self.pair.base, p.clean, p.corrupted, metric, index, L * t)
         ours = md1.result.patched.mean(-1)  # [layer, pos]
-        diff = max(abs(float(ours[li, q]) - float(v)) for (li, q), v in zip(index, tl.values))
+        diff = max(abs(float(ours[li, q]) - float(v)) for (li, q), v in zip(index, tl.values, strict=True))
         peer = "TL get_act_patch_resid_pre (1 model)"
         sample = f"{tl.n_sampled}/{tl.n_total}"
         for md, call, check in (
@@ -300,7 +302,7 @@ class Bench:
                  for h in peers.spread(H, 1 if self.quick else 2, layer + pos)]
         tl = peers.tl_heads_by_pos(self.pair.base, p.clean, p.corrupted, metric, index, L * t * H)
         ours = md1.result.patched.mean(-1)  # [layer, head, pos]
-        diff = max(abs(float(ours[li, h, q]) - float(v)) for (li, q, h), v in zip(index, tl.values))
+        diff = max(abs(float(ours[li, h, q]) - float(v)) for (li, q, h), v in zip(index, tl.values, strict=True))
         peer = "TL get_act_patch_attn_head_out_by_pos (1 model)"
         sample = f"{tl.n_sampled}/{tl.n_total}"
         for md, call, check in (
@@ -312,6 +314,55 @@ class Bench:
                                  tl.total_s, sample, floor, body_floor, n_fwd, md.peak_rss_mb,
                                  md.peak_cuda_mb, check, diff if check else None,
                                  mechdiff_times=md.times, peer_patch_times=tl.patch_times))
+
+    # -- attribution ------------------------------------------------------------------------------
+    def attribution(self) -> None:
+        """mechdiff.attribute against one forward of each model (goal: attribution <= 4x) and
+        TL's single-model attribution patching."""
+        p = self.prompts(8, 20)
+        task = p.cross_task()
+        steps = 5
+        log(f"attribution rows: all heads, {p.shape}")
+        repeats = 1 if self.quick else 3
+        tiny = fixture.make_prompts(1, 3, seed=99)  # warm-up: autograd's first backward
+        mechdiff.attribute(self.pair, tiny.cross_task(), sites="heads", progress=False)
+        with torch.inference_mode():  # one forward of each model (bridge, no hooks), fastest
+            n = 3 if self.quick else 5
+            f_base = min(timed(lambda: self.pair.base(p.clean), n, self.device).times)
+            f_ft = min(timed(lambda: self.pair.finetuned(p.clean), n, self.device).times)
+        both = f_base + f_ft
+        self.meta["attribution_fwd_s"] = {"base": f_base, "finetuned": f_ft}
+        note = (f"floor here = one forward of base + one of fine-tuned ({both:.2f} s); "
+                "goal for attribution: md/floor <= 4")
+        for call, kw in (('attribute(sites="heads")', {}),
+                         (f'attribute(sites="heads", method="integrated_gradients", steps={steps})',
+                          dict(method="integrated_gradients", steps=steps))):
+            md = timed(lambda kw=kw: mechdiff.attribute(self.pair, task, sites="heads",
+                                                        progress=False, **kw),
+                       repeats, self.device)
+            name = "attribution" if not kw else f"integrated gradients (steps={steps})"
+            self.rows.append(Row(name, p.shape, call, md.median, len(md.times), "-", None,
+                                 floor_s=both, floor_fwds=2, peak_rss_mb=md.peak_rss_mb,
+                                 peak_cuda_mb=md.peak_cuda_mb, notes=[note],
+                                 mechdiff_times=md.times))
+        # single model, clean/corrupted: the quantity TL's attribution_patch computes
+        from mechdiff.attribution import attribute_single
+
+        md = timed(lambda: attribute_single(self.pair.base, p.corrupted_task(), sites="heads",
+                                            positions="each", progress=False),
+                   repeats, self.device)
+        tl_s, tl_nodes = peers.tl_attribution(self.pair.base, p.clean, p.corrupted, p.answers,
+                                              p.wrong)
+        ours = md.result.effects  # [layer, head, pos]
+        diff = max(abs(float(ours[n.layer, n.head, n.position]) - v)
+                   for n, v in tl_nodes.items() if n.kind == "attn_head_out")
+        self.rows.append(Row(
+            "attribution, 1 model", p.shape, 'attribute_single(sites="heads", positions="each")',
+            md.median, len(md.times), "TL tools attribution_patch (node; + embed, mlp)", tl_s,
+            floor_s=2 * f_base, floor_fwds=2, peak_rss_mb=md.peak_rss_mb,
+            check="attribute_single vs TL attribution_patch, every (layer, head, pos)",
+            max_abs_diff=diff, mechdiff_times=md.times,
+            notes=["floor here = two forwards of the base (clean and corrupted)"]))
 
     # -- row 3 -----------------------------------------------------------------------------------
     def memory(self) -> None:
@@ -437,6 +488,8 @@ def main() -> None:
                     help="prompts for the memory row (default: 256 on cuda, 32 on cpu, skipped with --quick on cpu)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--profile", action="store_true", help="cProfile the all-heads row (to stderr)")
+    ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                    help="run only these rows (default: all)")
     ap.add_argument("--_memory-child", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._memory_child:
@@ -449,9 +502,8 @@ def main() -> None:
     bench = Bench(args)
     bench.meta["machine"] = machine()
     bench.load()
-    bench.heads_all()
-    bench.per_position()
-    bench.memory()
+    for row in args.rows:
+        getattr(bench, row)()
     bench.meta["total_s"] = round(time.perf_counter() - start, 1)
     m = bench.meta["machine"]
     print(f"mechdiff {mechdiff.__version__} benchmark ({'quick' if args.quick else 'full'}, "

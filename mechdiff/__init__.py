@@ -11,18 +11,20 @@ cross-model activation patching. A first analysis::
 """
 
 from mechdiff import errors
+from mechdiff.attribution import attribute
 from mechdiff.gap import GapResult, behaviour_gap
 from mechdiff.pair import ModelPair, load_pair
 from mechdiff.patching import PatchResult, RankedSite, activation_patch, cross_patch
 from mechdiff.results import Provenance
 from mechdiff.sites import MLP, AttnOut, Head, Resid
-from mechdiff.tasks import Task, Tokens
+from mechdiff.tasks import ChatPrompt, Task, Tokens, render_chat
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MLP",
     "AttnOut",
+    "ChatPrompt",
     "GapResult",
     "Head",
     "ModelPair",
@@ -33,8 +35,10 @@ __all__ = [
     "Task",
     "Tokens",
     "activation_patch",
+    "attribute",
     "behaviour_gap",
     "cross_patch",
     "errors",
     "load_pair",
+    "render_chat",
 ]

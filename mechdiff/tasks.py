@@ -11,13 +11,23 @@ leaves every real position exactly as if the prompt ran alone, so no attention m
 
 Answers given as strings are tokenized as written (no space is added: write ``" Paris"`` for GPT-2
 style tokenizers) and must be exactly one token; answers given as ints are token ids.
+
+**Chat prompts.** A prompt may also be a conversation: a list of ``{"role", "content"}`` messages
+with roles ``system``, ``user`` and ``assistant``. It is rendered with the tokenizer's own chat
+template, ``tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)``
+(see :func:`render_chat`), and the rendered text is tokenized *without* adding special tokens (the
+template already holds them; no BOS is prepended, whatever ``prepend_bos`` says). The rendered
+prompt ends with the template's assistant header (``<|im_start|>assistant\n`` for ChatML), so its
+last token is the read position and the logits there predict **the first token of the assistant's
+reply**: the answers of a chat task are first assistant tokens. Chat prompts are stored frozen as
+:class:`ChatPrompt`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -36,8 +46,75 @@ MetricName: TypeAlias = Literal["logit_diff", "logprob", "kl", "kl_all"]
 
 METRICS: tuple[MetricName, ...] = ("logit_diff", "logprob", "kl", "kl_all")
 
-Prompt: TypeAlias = str | Sequence[int]
+ROLES: tuple[str, ...] = ("system", "user", "assistant")
+"""Message roles a chat prompt may use."""
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A conversation to be rendered with the tokenizer's chat template.
+
+    Attributes:
+        messages: ``(role, content)`` pairs in order; roles are ``system``, ``user`` or
+            ``assistant``.
+    """
+
+    messages: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, messages: ChatPrompt | Sequence[Mapping[str, str]]) -> ChatPrompt:
+        """Validate and freeze a list of ``{"role": ..., "content": ...}`` messages.
+
+        Raises:
+            PromptError: the list is empty, a message is not a mapping with a known ``role`` and a
+                string ``content``.
+        """
+        if isinstance(messages, ChatPrompt):
+            return messages
+        if not messages:
+            raise PromptError("a chat prompt has no messages; give at least one {'role', 'content'}")
+        out = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping) or set(m) != {"role", "content"}:
+                raise PromptError(
+                    f"chat message {i} is {m!r}; each message must be a dict with exactly the keys "
+                    "'role' and 'content'"
+                )
+            if m["role"] not in ROLES or not isinstance(m["content"], str):
+                raise PromptError(
+                    f"chat message {i} has role {m['role']!r} and content of type "
+                    f"{type(m['content']).__name__}; roles are {ROLES} and content is a string"
+                )
+            out.append((str(m["role"]), m["content"]))
+        return cls(tuple(out))
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        """The messages as ``[{"role": ..., "content": ...}, ...]``."""
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+
+Message: TypeAlias = Mapping[str, str]
+Prompt: TypeAlias = str | Sequence[int] | Sequence[Message] | ChatPrompt
 Answer: TypeAlias = str | int
+
+
+def _is_chat(x: Any) -> bool:
+    if isinstance(x, ChatPrompt):
+        return True
+    return (
+        not isinstance(x, (str, bytes))
+        and isinstance(x, Sequence)
+        and len(x) > 0
+        and any(isinstance(m, Mapping) for m in x)
+    )
+
+
+def _freeze_one(x: Any) -> Any:
+    if isinstance(x, (str, int)):
+        return x
+    if _is_chat(x):
+        return ChatPrompt.of(x)
+    return tuple(int(t) for t in x)
 
 
 def _freeze(items: Sequence[Any] | None) -> tuple[Any, ...] | None:
@@ -45,7 +122,36 @@ def _freeze(items: Sequence[Any] | None) -> tuple[Any, ...] | None:
         return None
     if isinstance(items, str):
         raise PromptError("expected a list of prompts or answers, got a single string; wrap it in a list")
-    return tuple(tuple(int(t) for t in x) if not isinstance(x, (str, int)) else x for x in items)
+    return tuple(_freeze_one(x) for x in items)
+
+
+def _json_default(x: Any) -> Any:
+    return x.as_dicts() if isinstance(x, ChatPrompt) else list(x)
+
+
+def render_chat(
+    tokenizer: Any, messages: ChatPrompt | Sequence[Message], *, add_generation_prompt: bool = True
+) -> str:
+    """Render a conversation with the tokenizer's own chat template.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer with a ``chat_template``.
+        messages: ``[{"role": ..., "content": ...}, ...]`` or a :class:`ChatPrompt`.
+        add_generation_prompt: end with the assistant header, so the next token is the first
+            token of the assistant's reply (how :class:`Task` renders chat prompts).
+
+    Raises:
+        PromptError: the tokenizer has no chat template, or the messages are malformed.
+    """
+    chat = ChatPrompt.of(messages)
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptError(
+            "chat prompts need a tokenizer with a chat template (tokenizer.chat_template is empty); "
+            "give the prompts as plain strings, or use the chat model's own tokenizer"
+        )
+    return tokenizer.apply_chat_template(
+        chat.as_dicts(), add_generation_prompt=add_generation_prompt, tokenize=False
+    )
 
 
 @dataclass(frozen=True)
@@ -53,7 +159,10 @@ class Task:
     """A prompt set and how behaviour on it is scored.
 
     Args:
-        prompts: strings, or token-id sequences (used as given: no BOS is added).
+        prompts: strings, token-id sequences (used as given: no BOS is added), or chat
+            conversations (lists of ``{"role", "content"}`` dicts, rendered with the tokenizer's
+            chat template and read at the last prompt token, which predicts the first assistant
+            token; see the module docstring).
         answers: one correct next token per prompt (str or token id).
         wrong_answers: one contrasting next token per prompt; with ``answers`` gives a logit
             difference.
@@ -63,7 +172,8 @@ class Task:
             ``logprob`` if only answers are, else ``kl``.
         name: a short name used in results and figures.
         prepend_bos: prepend the tokenizer's BOS token to string prompts (TransformerLens's
-            default). Ignored when the tokenizer has no BOS token.
+            default). Ignored when the tokenizer has no BOS token, and for chat prompts (their
+            template decides the special tokens).
     """
 
     prompts: Sequence[Prompt]
@@ -80,7 +190,7 @@ class Task:
         if not prompts:
             raise PromptError("the prompt list is empty: give at least one prompt")
         for i, p in enumerate(prompts):
-            if len(p) == 0:
+            if not isinstance(p, ChatPrompt) and len(p) == 0:
                 raise PromptError(f"prompt {i} is empty")
         object.__setattr__(self, "prompts", prompts)
         for name in ("answers", "wrong_answers", "corrupted"):
@@ -127,7 +237,7 @@ class Task:
         payload = json.dumps(
             [self.prompts, self.answers, self.wrong_answers, self.corrupted, self.metric_name,
              self.prepend_bos],
-            default=list,
+            default=_json_default,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -165,9 +275,12 @@ class Task:
     def tokenize(self, tokenizer: Any, *, n_ctx: int, device: torch.device | str = "cpu") -> Tokens:
         """Turn the task into right-padded token ids, checking lengths and answers.
 
+        Chat prompts are rendered with the tokenizer's chat template (see :func:`render_chat`).
+
         Raises:
-            PromptError: a prompt is longer than ``n_ctx``, or a corrupted prompt's token length
-                differs from its clean prompt's.
+            PromptError: a prompt is longer than ``n_ctx``, a corrupted prompt's token length
+                differs from its clean prompt's, or chat prompts meet a tokenizer without a chat
+                template.
             AnswerTokenError: an answer string is not exactly one token.
         """
         bos = getattr(tokenizer, "bos_token_id", None) if self.prepend_bos else None
@@ -236,6 +349,9 @@ class Tokens:
 
 
 def _encode(tokenizer: Any, prompt: Prompt, bos: int | None) -> list[int]:
+    if isinstance(prompt, ChatPrompt):
+        # The template holds the special tokens (BOS included where the model uses one).
+        return list(tokenizer(render_chat(tokenizer, prompt), add_special_tokens=False)["input_ids"])
     if not isinstance(prompt, str):
         return [int(t) for t in prompt]
     ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
