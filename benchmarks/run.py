@@ -205,11 +205,20 @@ class Bench:
         p = fixture.make_prompts(n, t)
         return fixture.Prompts(*(x.to(self.device) for x in (p.clean, p.corrupted, p.answers, p.wrong)))
 
-    def floors(self, prompts: fixture.Prompts, patches_per_layer: int) -> tuple[float, float, float]:
+    def floors(self, prompts: fixture.Prompts, patches_per_layer: int,
+               per_position: bool = False) -> tuple[float, float, float]:
+        """Forward-equivalents of the cost floor, and the two floors in seconds.
+
+        Per-position patches at position ``p`` need only positions ``>= p`` recomputed: the
+        count is scaled by the mean suffix length, ``(t + 1) / (2 t)`` of a full sequence.
+        """
         cfg = self.pair.cfg
         f_full, f_body = forward_costs(self.pair, prompts.clean, 64, 3 if self.quick else 5)
         self.meta.setdefault("forward_s", {})[prompts.shape] = {"full": f_full, "body_per_copy": f_body}
         n = suffix_count(int(cfg.n_layers), patches_per_layer)
+        if per_position:
+            t = int(prompts.clean.shape[1])
+            n *= (t + 1) / (2 * t)
         return n, n * f_full, 2 * f_full + n * f_body
 
     # -- row 1 -----------------------------------------------------------------------------------
@@ -263,7 +272,7 @@ class Bench:
         L = self.pair.n_layers
         log(f"row 2: per-position residual patching, {p.shape}")
         metric = peers.logit_diff_metric(p.answers, p.wrong)
-        n_fwd, floor, body_floor = self.floors(p, t)
+        n_fwd, floor, body_floor = self.floors(p, t, per_position=True)
         md1 = timed(lambda: mechdiff.activation_patch(self.pair.base, p.corrupted_task(),
                                                       sites="resid", positions="each",
                                                       progress=False), 1, self.device)
@@ -292,7 +301,7 @@ class Bench:
         H = self.pair.n_heads
         log(f"row 2b: per-position head patching, {p.shape}")
         metric = peers.logit_diff_metric(p.answers, p.wrong)
-        n_fwd, floor, body_floor = self.floors(p, t * H)
+        n_fwd, floor, body_floor = self.floors(p, t * H, per_position=True)
         md1 = timed(lambda: mechdiff.activation_patch(self.pair.base, p.corrupted_task(),
                                                       sites="heads", positions="each",
                                                       progress=False), 1, self.device)

@@ -290,6 +290,30 @@ def unembed(model: TransformerBridge, resid: Tensor, read_pos: Tensor | None) ->
     return model.unembed(model.ln_final(resid)).float()
 
 
+def reads_columns(model: TransformerBridge) -> bool:
+    """Whether logits of a few tokens can be computed alone, as ``ln_final(x) @ W_U[:, ids] +
+    b_U[ids]``: true for a plain linear unembedding (no logit soft-capping)."""
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    return cap <= 0 and hasattr(model, "W_U")
+
+
+def unembed_columns(
+    model: TransformerBridge, resid: Tensor, read_pos: Tensor, cols: Tensor
+) -> Tensor:
+    """Logits of the tokens ``cols`` (``[rows, c]`` ids, one set per row) at ``read_pos`` only.
+
+    A logit difference reads two logits per prompt; this computes those two instead of the whole
+    vocabulary (for GPT-2, 2 columns instead of 50,257). Requires :func:`reads_columns`.
+    """
+    rows = torch.arange(resid.shape[0], device=resid.device)
+    x = model.ln_final(resid[rows, read_pos][:, None])[:, 0]
+    w = model.W_U.T[cols]  # [rows, c, d_model]
+    out = torch.einsum("rd,rcd->rc", x, w)
+    if getattr(model, "b_U", None) is not None:
+        out = out + model.b_U[cols]
+    return out.float()
+
+
 def tile_tokens(tokens: Tokens, k: int) -> Tokens:
     """``k`` stacked copies of a tokenized batch (for metrics on patched copies)."""
     if k == 1:

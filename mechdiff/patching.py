@@ -48,6 +48,7 @@ from mechdiff.tasks import Task, Tokens
 Direction: TypeAlias = Literal["ft->base", "base->ft"]
 Positions: TypeAlias = Literal["all", "each"]
 DIRECTIONS: tuple[Direction, ...] = ("ft->base", "base->ft")
+_METHOD_NAMES = {"exact": "patching", "attribution": "attribution patching"}
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class PatchResult(SavableResult):
         """A plain-text ranking of the top ``k`` sites."""
         p = self.provenance
         lines = [
-            f"{self.sites} patching {self.direction} on {p.task!r} ({p.n_prompts} prompts, metric "
+            f"{self.sites} {_METHOD_NAMES.get(self.method, self.method)} {self.direction} on {p.task!r} ({p.n_prompts} prompts, metric "
             f"{p.metric}); donor {self.donor.mean():.4f}, receiver {self.receiver.mean():.4f}, "
             f"gap {self.gap:+.4f}",
             f"{'rank':>4}  {'site':<12} {'fraction of gap':>16} {'metric change':>14}",
@@ -253,13 +254,14 @@ def _layer_deltas(
 
 def _patch_chunk(
     kind: str, layer: int, model: TransformerBridge, rc: _engine.Capture, deltas: Tensor,
-    chunk: list[tuple[int, int | None]], read_pos: Tensor | None,
+    chunk: list[tuple[int, int | None]], read_pos: Tensor | None, cols: Tensor | None = None,
 ) -> Tensor:
     """Run one batch of patches (site index, position or None) and return logits at read_pos.
 
     Per-position patches start the suffix at the chunk's first patched position (see
     :mod:`mechdiff._engine`); prompts whose read position lies before it are unaffected and
-    keep the receiver's logits.
+    keep the receiver's logits. With ``cols`` (``[batch, c]`` token ids), only those tokens'
+    logits are computed and returned, ``[k*batch, c]``.
     """
     k = len(chunk)
     base = rc.acts[resid_pre_hook(layer)]
@@ -287,11 +289,49 @@ def _patch_chunk(
             logits = torch.cat([rc.read[:, :start].repeat(k, 1, 1), logits], dim=1)
         return logits
     pos = read_pos.repeat(k) - start
-    logits = _engine.unembed(model, final, pos.clamp_min(0))
+    if cols is None:
+        logits = _engine.unembed(model, final, pos.clamp_min(0))
+        receiver = rc.read
+    else:
+        logits = _engine.unembed_columns(model, final, pos.clamp_min(0), cols.repeat(k, 1))
+        receiver = rc.read.gather(1, cols)
     if start:
         before = pos < 0
-        logits[before] = rc.read.repeat(k, 1)[before]
+        logits[before] = receiver.repeat(k, 1)[before]
     return logits
+
+
+PREFIX_WASTE = 0.25
+"""Per-position patches: a chunk may span positions ``p0..p1`` only while the positions it
+recomputes needlessly, ``p1 - p0`` of the ``width - p0`` it runs, stay within this fraction."""
+
+
+def _chunks(
+    n_sites: int, positions: str, width: int, per_chunk: int
+) -> list[list[tuple[int, int | None]]]:
+    """Group the patches of one layer into batched runs of at most ``per_chunk`` patches.
+
+    Whole-sequence patches are grouped in site order. Per-position patches are grouped
+    position-major and a chunk is closed early once it would span positions too far apart
+    (:data:`PREFIX_WASTE`): its suffix run starts at its first position, so a chunk of nearby
+    positions recomputes little more than each patch needs.
+    """
+    if positions != "each":
+        patches = [(s, None) for s in range(n_sites)]
+        return [patches[c:c + per_chunk] for c in range(0, len(patches), per_chunk)]
+    out: list[list[tuple[int, int | None]]] = []
+    chunk: list[tuple[int, int | None]] = []
+    for p in range(width):
+        for s in range(n_sites):
+            if chunk:
+                first = chunk[0][1]
+                if len(chunk) == per_chunk or p - first > PREFIX_WASTE * (width - first):
+                    out.append(chunk)
+                    chunk = []
+            chunk.append((s, p))
+    if chunk:
+        out.append(chunk)
+    return out
 
 
 def _sweep(
@@ -342,30 +382,32 @@ def _sweep(
     patched = torch.empty(n_layers, n_sites, n_pos, n_prompts)
     per_chunk = max(1, batch_size // min(prompt_batch_size, n_prompts))
     widths = [int(tokens.lengths[a:a + prompt_batch_size].max()) for a in starts]
-    total = sum(n_layers * -(-n_sites * (min(n_pos, w) if positions == "each" else 1) // per_chunk)
-                for w in widths)
+    total = sum(n_layers * len(_chunks(n_sites, positions, w, per_chunk)) for w in widths)
     bar = tqdm(total=total, desc=f"{kind} patching {direction}", disable=not progress, leave=False)
     try:
         for start in starts:
             sub, rc, dc, ref = first or run_captures(start)
             b, w = sub.n, int(sub.tokens.shape[1])
             read_pos = None if task.reads_all_positions else sub.read_pos
+            cols = None
+            if metric == "logit_diff" and _engine.reads_columns(recv_model):
+                cols = torch.stack([sub.answer_ids, sub.wrong_ids], dim=1)
             tiled = {}
             with torch.inference_mode():
                 for layer in range(n_layers):
                     deltas = _layer_deltas(kind, layer, recv_model, donor_model, rc, dc)
-                    # Position-major, so that a chunk spans few positions and its suffix run
-                    # can start late (prefix reuse).
-                    patches = [(s, p if positions == "each" else None)
-                               for p in range(min(n_pos, w)) for s in range(n_sites)]
-                    for c in range(0, len(patches), per_chunk):
-                        chunk = patches[c:c + per_chunk]
+                    for chunk in _chunks(n_sites, positions, w, per_chunk):
                         k = len(chunk)
-                        read = _patch_chunk(kind, layer, recv_model, rc, deltas, chunk, read_pos)
-                        if k not in tiled:
-                            tiled[k] = (_engine.tile_tokens(sub, k),
-                                        None if ref is None else ref.repeat(k, *[1] * (ref.ndim - 1)))
-                        vals = metric_values(metric, read, tiled[k][0], tiled[k][1]).reshape(k, b)
+                        read = _patch_chunk(kind, layer, recv_model, rc, deltas, chunk, read_pos,
+                                            cols)
+                        if cols is not None:  # logit difference from the two logits read
+                            vals = (read[:, 0] - read[:, 1]).reshape(k, b)
+                        else:
+                            if k not in tiled:
+                                tiled[k] = (_engine.tile_tokens(sub, k), None if ref is None
+                                            else ref.repeat(k, *[1] * (ref.ndim - 1)))
+                            vals = metric_values(metric, read, tiled[k][0],
+                                                 tiled[k][1]).reshape(k, b)
                         for j, (s, p) in enumerate(chunk):
                             patched[layer, s, 0 if p is None else p, start:start + b] = vals[j].cpu()
                         bar.update(1)
