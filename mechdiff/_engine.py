@@ -67,6 +67,9 @@ class Capture:
         return int(self.read.shape[0])
 
 
+UNEMBED_IN = "unembed.hook_in"
+"""Hook point on the unembedding's input (after the final norm)."""
+
 _KV_STEP = "_update_kv_cache"
 """The bridge attention's KV-cache step, called with post-rotary ``k, v`` of shape
 ``[batch, kv_head, pos, d_head]`` (TransformerLens 4.3 ``AttentionBridge``)."""
@@ -184,14 +187,19 @@ def capture(
         for i, block in enumerate(model.blocks):
             handles.append(block.register_forward_pre_hook(save_args(i), with_kwargs=True))
         steps = {i: record(i) for i in range(n_layers)} if record_kv else {}
-        with forward_hooks(model, {n: save(n) for n in hook_names}), kv_step(model, steps):
+        hooks = {n: save(n) for n in hook_names}
+        final_only = metric != "kl_all" and UNEMBED_IN in model.hook_dict
+        if final_only:  # unembed the read positions only: [batch, 1, d_vocab], not [.., pos, ..]
+            rows = torch.arange(ids.shape[0], device=ids.device)
+            hooks[UNEMBED_IN] = lambda x: x[rows, tokens.read_pos][:, None]
+        with forward_hooks(model, hooks), kv_step(model, steps):
             logits = model(ids, use_cache=False)
     finally:
         for h in handles:
             h.remove()
     complete = record_kv and all(x is not None for x in kv)
-    return Capture(acts=acts, block_args=block_args,
-                   read=read_logits(logits, tokens, metric).float(),
+    read = logits[:, 0] if final_only else read_logits(logits, tokens, metric)
+    return Capture(acts=acts, block_args=block_args, read=read.float(),
                    kv=kv if complete else None)
 
 

@@ -68,10 +68,10 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff import _engine
-from mechdiff.errors import OptionError, PromptError, SiteError, ZeroGapError
+from mechdiff.errors import OptionError, PromptError, SiteError
 from mechdiff.metrics import check_finite, metric_values, read_logits
 from mechdiff.pair import ModelPair
-from mechdiff.patching import DIRECTIONS, Direction, PatchResult, Positions
+from mechdiff.patching import DIRECTIONS, Direction, PatchResult, Positions, checked_gap
 from mechdiff.results import Provenance
 from mechdiff.sites import SITE_KINDS, SiteKind, attn_out_hook, mlp_out_hook, resid_pre_hook, z_hook
 from mechdiff.tasks import Task, Tokens
@@ -338,17 +338,7 @@ def _run(
         bar.close()
 
     receiver, donor = torch.cat(recv_vals).cpu(), torch.cat(donor_vals).cpu()
-    check_finite(receiver, "the receiving model")
-    check_finite(donor, "the donor model")
-    gap = float(donor.mean() - receiver.mean())
-    scale = max(1.0, float(donor.abs().mean()), float(receiver.abs().mean()))
-    if abs(gap) <= 1e-6 * scale:
-        raise ZeroGapError(
-            f"the donor and receiving runs give the same mean {metric} ({float(donor.mean()):.6g}) "
-            f"on task {task.name!r}: there is no gap to attribute. Are the two checkpoints "
-            "identical, or is the task one on which fine-tuning changed nothing? "
-            "behaviour_gap() shows per-prompt values and KL."
-        )
+    gap = checked_gap(receiver, donor, metric, task.name)
     check_finite(est, "an attribution estimate")
 
     est = est.permute(0, 1, 3, 2)  # [layer, site, pos, batch]

@@ -301,6 +301,27 @@ def _patch_chunk(
     return logits
 
 
+def checked_gap(receiver: Tensor, donor: Tensor, metric: str, task_name: str) -> float:
+    """Mean donor metric minus mean receiver metric, after checking both are finite.
+
+    Raises:
+        MetricError: a metric value is NaN or infinite.
+        ZeroGapError: the gap is zero (to float precision), so no fraction of it is defined.
+    """
+    check_finite(receiver, "the receiving model")
+    check_finite(donor, "the donor model")
+    gap = float(donor.mean() - receiver.mean())
+    scale = max(1.0, float(donor.abs().mean()), float(receiver.abs().mean()))
+    if abs(gap) <= 1e-6 * scale:
+        raise ZeroGapError(
+            f"the donor and receiving runs give the same mean {metric} ({float(donor.mean()):.6g}) "
+            f"on task {task_name!r}: there is no gap to attribute. Are the two checkpoints "
+            "identical, or is the task one on which fine-tuning changed nothing? "
+            "behaviour_gap() shows per-prompt values and KL."
+        )
+    return gap
+
+
 PREFIX_WASTE = 0.25
 """Per-position patches: a chunk may span positions ``p0..p1`` only while the positions it
 recomputes needlessly, ``p1 - p0`` of the ``width - p0`` it runs, stay within this fraction."""
@@ -367,17 +388,7 @@ def _sweep(
         recv_vals.append(metric_values(metric, rc.read, sub, ref))
         donor_vals.append(metric_values(metric, dc.read, sub, ref))
     receiver, donor = torch.cat(recv_vals), torch.cat(donor_vals)
-    check_finite(receiver, "the receiving model")
-    check_finite(donor, "the donor model")
-    gap = float(donor.mean() - receiver.mean())
-    scale = max(1.0, float(donor.abs().mean()), float(receiver.abs().mean()))
-    if abs(gap) <= 1e-6 * scale:
-        raise ZeroGapError(
-            f"the donor and receiving runs give the same mean {metric} ({float(donor.mean()):.6g}) "
-            f"on task {task.name!r}: there is no gap to attribute. Are the two checkpoints "
-            "identical, or is the task one on which fine-tuning changed nothing? "
-            "behaviour_gap() shows per-prompt values and KL."
-        )
+    gap = checked_gap(receiver, donor, metric, task.name)
 
     patched = torch.empty(n_layers, n_sites, n_pos, n_prompts)
     per_chunk = max(1, batch_size // min(prompt_batch_size, n_prompts))

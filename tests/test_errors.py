@@ -206,7 +206,8 @@ def test_nan_metric(ckpts, tmp_path):
 @pytest.mark.parametrize("where", ["capture", "suffix", "unembed"])
 def test_no_hooks_left_after_an_exception(pair, monkeypatch, where):
     before = _hooks_after_warmup(pair)
-    target = {"capture": "read_logits", "suffix": "_tile", "unembed": "unembed_columns"}[where]
+    # capture: fails inside a block pre-hook, mid-forward, with hooks attached
+    target = {"capture": "_strip_cache", "suffix": "_tile", "unembed": "unembed_columns"}[where]
     calls = {"n": 0}
     real = getattr(_engine, target)
 

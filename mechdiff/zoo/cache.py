@@ -26,6 +26,7 @@ import random
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, get_args
@@ -175,16 +176,19 @@ def _train_model(
     return model, meta
 
 
-def _build_one(name: ModelName, root: Path, progress: bool) -> Path:
+def save_atomic(root: Path, name: str, write: Callable[[Path], dict[str, Any]]) -> Path:
+    """Build ``root/name`` atomically: ``write(tmp)`` fills a temporary sibling directory and
+    returns the marker, which is written as :data:`MARKER`; then ``tmp`` is renamed into place.
+
+    A killed build leaves at most a ``.tmp-*`` directory, never a half-written model under its
+    final name. Shared by the synthetic and the real zoo.
+    """
     final = root / name
-    model, meta = _train_model(name, root, progress)
-    meta["scores"] = _scores(model, name, progress)
     tmp = root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        model.save_pretrained(str(tmp))
-        vocab.tokenizer(ARCH.n_positions).save_pretrained(str(tmp))
-        meta["weights_sha256"] = _sha256(tmp / "model.safetensors")
-        (tmp / MARKER).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        tmp.mkdir(parents=True)
+        marker = write(tmp)
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         try:
             tmp.rename(final)
         except OSError:
@@ -194,6 +198,18 @@ def _build_one(name: ModelName, root: Path, progress: bool) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _build_one(name: ModelName, root: Path, progress: bool) -> Path:
+    model, meta = _train_model(name, root, progress)
+    meta["scores"] = _scores(model, name, progress)
+
+    def write(tmp: Path) -> dict[str, Any]:
+        model.save_pretrained(str(tmp))
+        vocab.tokenizer(ARCH.n_positions).save_pretrained(str(tmp))
+        return meta | {"weights_sha256": _sha256(tmp / "model.safetensors")}
+
+    return save_atomic(root, name, write)
 
 
 def _write_index(root: Path) -> None:

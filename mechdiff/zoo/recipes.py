@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal, TypeAlias
 
+from mechdiff.zoo._bounds import Bounded
 from mechdiff.zoo.evaluate import Measure
 from mechdiff.zoo.tasks import TaskName
 from mechdiff.zoo.train import Arch, Schedule
@@ -119,7 +120,7 @@ MODELS: tuple[ModelName, ...] = ("base", "reweight", "reweight_seed1", "newskill
 
 
 @dataclass(frozen=True)
-class Threshold:
+class Threshold(Bounded):
     """A stated bound on one model's score on one zoo task.
 
     Attributes:
@@ -140,18 +141,8 @@ class Threshold:
     high: float = 1.0
     why: str = ""
 
-    def passes(self, value: float) -> bool:
-        """Whether ``value`` lies within the bounds."""
-        return self.low <= value <= self.high
-
     def __str__(self) -> str:
-        if self.high >= 1.0:
-            bound = f">= {self.low:.2f}"
-        elif self.low <= 0.0:
-            bound = f"<= {self.high:.2f}"
-        else:
-            bound = f"in [{self.low:.2f}, {self.high:.2f}]"
-        return f"{self.model}/{self.task} {self.measure} {bound}"
+        return f"{self.model}/{self.task} {self.measure} {self.bound}"
 
 
 THRESHOLDS: tuple[Threshold, ...] = (

@@ -23,10 +23,8 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, get_args
@@ -35,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mechdiff.errors import CheckpointError
+from mechdiff.zoo.cache import MARKER, save_atomic
 from mechdiff.zoo.cache import default_cache_dir as _zoo_cache_dir
 from mechdiff.zoo.real import convert, data
 from mechdiff.zoo.real.finetune import first_token_logits, generate, prepare, threads, train
@@ -53,7 +52,6 @@ from mechdiff.zoo.real.recipes import (
 
 logger = logging.getLogger(__name__)
 
-MARKER = "zoo_model.json"
 DATA_FILE = "real_data.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -125,25 +123,6 @@ def check(path: Path, name: RealModel) -> dict[str, Any]:
                 f"real-zoo model {name!r} at {path}: {file} does not match its hash; {fix}"
             )
     return marker
-
-
-def _save_atomic(root: Path, name: str, write: Callable[[Path], dict[str, Any]]) -> Path:
-    """Run ``write(tmp)`` (which returns the marker) and rename ``tmp`` to ``root/name``."""
-    final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir(parents=True)
-        marker = write(tmp)
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not final.is_dir():  # not a concurrent build that finished first
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def _load_hf(path: Path) -> Any:
@@ -312,7 +291,7 @@ def _build_base(root: Path, progress: bool) -> Path:
             "torch": torch.__version__,
         }
 
-    return _save_atomic(root, "base", write)
+    return save_atomic(root, "base", write)
 
 
 def examples(kind: str, records: dict[str, Any], tok: Any) -> list[tuple[list[int], list[int]]]:
@@ -383,7 +362,7 @@ def _build_finetune(name: RealModel, root: Path, progress: bool, steps: int | No
             "torch": torch.__version__,
         }
 
-    return _save_atomic(root, name, write)
+    return save_atomic(root, name, write)
 
 
 def _write_index(root: Path) -> None:

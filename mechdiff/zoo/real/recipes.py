@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Literal, TypeAlias
 
+from mechdiff.zoo._bounds import Bounded
 from mechdiff.zoo.real import data
 
 REAL_VERSION = 1
@@ -146,7 +147,7 @@ Measure: TypeAlias = Literal[
 
 
 @dataclass(frozen=True)
-class Threshold:
+class Threshold(Bounded):
     """A stated bound on one model's behavioural measure.
 
     Attributes:
@@ -163,18 +164,8 @@ class Threshold:
     high: float = 1.0
     why: str = ""
 
-    def passes(self, value: float) -> bool:
-        """Whether ``value`` lies within the bounds."""
-        return self.low <= value <= self.high
-
     def __str__(self) -> str:
-        if self.high >= 1.0:
-            bound = f">= {self.low:.2f}"
-        elif self.low <= 0.0:
-            bound = f"<= {self.high:.2f}"
-        else:
-            bound = f"in [{self.low:.2f}, {self.high:.2f}]"
-        return f"{self.model} {self.measure} {bound}"
+        return f"{self.model} {self.measure} {self.bound}"
 
 
 THRESHOLDS: tuple[Threshold, ...] = (
