@@ -1,0 +1,42 @@
+"""Rank and linear agreement (mechdiff.stats) against hand-computed values: ties get mean ranks,
+constant inputs give NaN, the top-k overlap counts shared sites."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mechdiff.stats import pearson, ranks, spearman, top_overlap
+
+
+def test_ranks_share_the_mean_rank_of_ties() -> None:
+    assert ranks(torch.tensor([0.0, 0.0, 1.0, 2.0, 0.0])).tolist() == [2.0, 2.0, 4.0, 5.0, 2.0]
+    assert ranks(torch.tensor([[3.0, 1.0], [2.0, 2.0]])).tolist() == [4.0, 1.0, 2.5, 2.5]
+
+
+def test_spearman_is_pearson_of_ranks_and_ignores_monotone_maps() -> None:
+    a = torch.tensor([0.1, 0.5, -2.0, 3.0, 0.0])
+    assert spearman(a, a.exp()) == pytest.approx(1.0)
+    assert spearman(a, -(a**3)) == pytest.approx(-1.0)
+    # Hand-computed: ranks (2,3,1,4) and (1,3,2,4): d = (1,0,-1,0), rho = 1 - 6*2/(4*15) = 0.8.
+    assert spearman(torch.tensor([1.0, 2.0, 0.0, 5.0]),
+                    torch.tensor([0.0, 7.0, 1.0, 9.0])) == pytest.approx(0.8)
+    x, y = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 3.0, 2.0, 5.0])
+    assert pearson(x, y) == pytest.approx(float(torch.corrcoef(torch.stack([x, y]))[0, 1]))
+
+
+def test_constant_input_has_no_correlation() -> None:
+    assert math.isnan(spearman(torch.zeros(4), torch.arange(4.0)))
+    assert math.isnan(pearson(torch.ones(3), torch.arange(3.0)))
+    assert math.isnan(pearson(torch.ones(1), torch.ones(1)))
+    with pytest.raises(ValueError, match="cannot correlate"):
+        spearman(torch.zeros(3), torch.zeros(4))
+
+
+def test_top_overlap_counts_shared_strongest_sites() -> None:
+    a = torch.tensor([[0.9, -0.8], [0.1, 0.0]])
+    b = torch.tensor([[-0.7, 0.0], [0.6, 0.05]])
+    assert top_overlap(a, b, 2) == 1  # a: {0, 1}; b: {0, 2} (by |value|)
+    assert top_overlap(a, a, 10) == 4
