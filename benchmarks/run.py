@@ -39,6 +39,7 @@ import peers  # noqa: E402
 import mechdiff  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+MMAP_THRESHOLD = 1 << 20  # bytes; the memory row's glibc MALLOC_MMAP_THRESHOLD_
 ROWS = ("heads_all", "per_position", "memory", "attribution")  # methods of Bench, run in order
 CACHE = HERE / ".cache" / "gpt2-small-random"
 
@@ -383,10 +384,14 @@ class Bench:
             self.meta["memory"] = "skipped"
             return
         t = 32
-        log(f"row 3: peak memory, all heads, {n}x{t}, prompt_batch_size=32 (child process)")
+        pbs = self.args.memory_batch
+        log(f"row 3: peak memory, all heads, {n}x{t}, prompt_batch_size={pbs} (child process)")
         cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", str(n), str(t),
-               "--device", self.args.device]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+               "--device", self.args.device, "--memory-batch", str(pbs)]
+        # glibc raises its mmap threshold after every large free, after which freed blocks stay
+        # in the heap and count as resident; a fixed threshold hands them back (see README).
+        env = os.environ | {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         line = (out.stdout.strip().splitlines() or [""])[-1]
         try:
             res = json.loads(line)
@@ -396,11 +401,12 @@ class Bench:
             return
         self.meta["memory"] = res
         self.rows.append(Row(
-            "memory: all heads, streamed", f"{n}x{t}", 'cross_patch(sites="heads", prompt_batch_size=32)',
+            "memory: all heads, streamed", f"{n}x{t}",
+            f'cross_patch(sites="heads", prompt_batch_size={pbs})',
             res["seconds"], 1, "-", None, peak_rss_mb=res["peak_rss_mb"] - res["rss_after_load_mb"],
             peak_cuda_mb=res.get("peak_cuda_mb"),
             notes=[f"RSS after loading the pair {res['rss_after_load_mb']:.0f} MB, peak during "
-                   f"patching {res['peak_rss_mb']:.0f} MB"]))
+                   f"patching {res['peak_rss_mb']:.0f} MB (MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD})"]))
 
     # -- output ----------------------------------------------------------------------------------
     def table(self) -> str:
@@ -469,7 +475,7 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def memory_child(n: int, t: int, device: str) -> None:
+def memory_child(n: int, t: int, device: str, prompt_batch_size: int) -> None:
     """Row 3 in a fresh process, so its peak RSS is its own: load, reset peak, patch, report."""
     dev = torch.device(device)
     base_dir, ft_dir = fixture.build_pair_dirs(CACHE)
@@ -480,7 +486,8 @@ def memory_child(n: int, t: int, device: str) -> None:
     reset_peak()
     peers.sync(dev)
     t0 = time.perf_counter()
-    mechdiff.cross_patch(pair, task, sites="heads", prompt_batch_size=32, progress=False)
+    mechdiff.cross_patch(pair, task, sites="heads", prompt_batch_size=prompt_batch_size,
+                         progress=False)
     peers.sync(dev)
     res = {"n_prompts": n, "n_tokens": t, "seconds": time.perf_counter() - t0,
            "rss_after_load_mb": after, "peak_rss_mb": peak_mb()}
@@ -499,10 +506,13 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile the all-heads row (to stderr)")
     ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                     help="run only these rows (default: all)")
+    ap.add_argument("--memory-batch", type=int, default=16,
+                    help="prompt_batch_size of the memory row: prompts are streamed in batches of "
+                         "this many, so it sets the peak (default 16)")
     ap.add_argument("--_memory-child", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._memory_child:
-        memory_child(*args._memory_child, args.device)
+        memory_child(*args._memory_child, args.device, args.memory_batch)
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available")

@@ -1221,6 +1221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     report: Report = tqdm.write
+    _fixed_mmap_threshold()
     try:
         with _hf_progress(enabled=not args.quiet):
             if args.command == "demo":
@@ -1246,6 +1247,28 @@ def _hf_progress(*, enabled: bool) -> Iterator[None]:
     finally:
         if was and not enabled:
             hf_logging.enable_progress_bar()
+
+
+def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """Give glibc a fixed mmap threshold for this process (the command is the application).
+
+    By default glibc raises the threshold after every large free, after which freed activation
+    buffers stay in its heap and count as resident memory: patching a GPT-2-small pair kept
+    726 MB resident where 307 MB were needed. Equivalent to ``MALLOC_MMAP_THRESHOLD_=1048576``;
+    a no-op off glibc or when that variable is set.
+    """
+    import ctypes
+    import ctypes.util
+    import os
+
+    name = ctypes.util.find_library("c")
+    if not name or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
 
 
 def _fail(message: str) -> int:
