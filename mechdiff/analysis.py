@@ -121,17 +121,10 @@ class PairAnalysis:
 
     def markdown(self, k: int | None = None) -> str:
         """The ranked components as a Markdown section."""
-        p = self.gap.provenance
-        known = f": {self.mechanism}" if self.mechanism else ""
-        base, ft = float(self.gap.base_metric.mean()), float(self.gap.finetuned_metric.mean())
         heads = " | ".join(f"{_md_direction(d)} ({ROLES[d]})" for d in self.directions)
-        lines = [f"## {self.label}{known}", ""]
-        if self.description:
-            lines += [self.description, ""]
+        lines = _md_section_head(self.label, self.mechanism, self.description, self.gap,
+                                 "closed by patching one component.")
         lines += [
-            f"Task `{p.task}`, {p.n_prompts} prompts, metric `{p.metric}`: base {base:.3f}, "
-            f"fine-tuned {ft:.3f}, gap {self.gap.gap:+.3f}. Scores are the fraction of the gap "
-            "closed by patching one component.",
             "",
             f"| rank | component | {heads} |",
             "|---:|---|" + "---:|" * len(self.directions),
@@ -324,6 +317,24 @@ def write_summary(
     md += list(sections)
     md_path.write_text("\n".join(md), encoding="utf-8")
     return json_path, md_path
+
+
+def _md_section_head(
+    label: str, mechanism: str | None, description: str | None, gap: GapResult, scores: str
+) -> list[str]:
+    """Markdown lines opening a pair's section: title, description, then task and gap in one
+    line that ends with ``scores`` (the rest of "Scores are the fraction of the gap ...")."""
+    p = gap.provenance
+    known = f": {mechanism}" if mechanism else ""
+    base, ft = float(gap.base_metric.mean()), float(gap.finetuned_metric.mean())
+    lines = [f"## {label}{known}", ""]
+    if description:
+        lines += [description, ""]
+    lines.append(
+        f"Task `{p.task}`, {p.n_prompts} prompts, metric `{p.metric}`: base {base:.3f}, "
+        f"fine-tuned {ft:.3f}, gap {gap.gap:+.3f}. Scores are the fraction of the gap " + scores
+    )
+    return lines
 
 
 def _heading(label: str, mechanism: str | None, gap: GapResult) -> str:

@@ -35,6 +35,7 @@ from mechdiff.analysis import (
     _fmt,
     _heading,
     _md_direction,
+    _md_section_head,
     _slug,
     analyse_pair,
     rank_components,
@@ -235,19 +236,14 @@ class MethodsAnalysis:
 
     def markdown(self, k: int | None = None) -> str:
         """The ranked components as a Markdown section."""
-        p = self.gap.provenance
-        known = f": {self.mechanism}" if self.mechanism else ""
-        base, ft = float(self.gap.base_metric.mean()), float(self.gap.finetuned_metric.mean())
         heads = " | ".join(f"exact {_md_direction(d)} | attribution {_md_direction(d)}"
                            for d in self.directions)
-        lines = [f"## {self.label}{known}", ""]
-        if self.description:
-            lines += [self.description, ""]
-        lines += [
-            f"Task `{p.task}`, {p.n_prompts} prompts, metric `{p.metric}`: base {base:.3f}, "
-            f"fine-tuned {ft:.3f}, gap {self.gap.gap:+.3f}. Scores are the fraction of the gap "
+        lines = _md_section_head(
+            self.label, self.mechanism, self.description, self.gap,
             "closed by patching one component: *exact* patches it, *attribution* is the "
             f"gradient estimate of that patch. Ranked by {self.ranked_by} scores.",
+        )
+        lines += [
             "",
             f"| rank | component | {heads} |",
             "|---:|---|" + "---:|---:|" * len(self.directions),

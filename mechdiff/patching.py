@@ -239,14 +239,19 @@ def _hooks_for(kind: str, n_layers: int, receiver: bool) -> set[str]:
 
 
 def _layer_deltas(
-    kind: str, layer: int, recv_model: TransformerBridge, donor_model: TransformerBridge,
+    kind: str, layer: int, w_o: tuple[Tensor, Tensor] | None,
     rc: _engine.Capture, dc: _engine.Capture,
 ) -> Tensor:
-    """Donor minus receiver activation for every site of the layer: ``[sites, batch, pos, d]``."""
+    """Donor minus receiver activation for every site of the layer: ``[sites, batch, pos, d]``.
+
+    ``w_o``: the receiver's and the donor's stacked ``W_O`` ``[layer, head, d_head, d_model]``
+    (heads only; the bridge's ``W_O`` property stacks every layer on each access, so it is read
+    once per sweep).
+    """
     if kind == "heads":
         name = z_hook(layer)
-        d_out = torch.einsum("bthe,hed->hbtd", dc.acts[name], donor_model.W_O[layer])
-        r_out = torch.einsum("bthe,hed->hbtd", rc.acts[name], recv_model.W_O[layer])
+        d_out = torch.einsum("bthe,hed->hbtd", dc.acts[name], w_o[1][layer])
+        r_out = torch.einsum("bthe,hed->hbtd", rc.acts[name], w_o[0][layer])
         return d_out - r_out
     name = {"attn": attn_out_hook, "mlp": mlp_out_hook, "resid": resid_pre_hook}[kind](layer)
     return (dc.acts[name] - rc.acts[name])[None]
@@ -390,6 +395,7 @@ def _sweep(
     receiver, donor = torch.cat(recv_vals), torch.cat(donor_vals)
     gap = checked_gap(receiver, donor, metric, task.name)
 
+    w_o = (recv_model.W_O, donor_model.W_O) if kind == "heads" else None
     patched = torch.empty(n_layers, n_sites, n_pos, n_prompts)
     per_chunk = max(1, batch_size // min(prompt_batch_size, n_prompts))
     widths = [int(tokens.lengths[a:a + prompt_batch_size].max()) for a in starts]
@@ -406,7 +412,7 @@ def _sweep(
             tiled = {}
             with torch.inference_mode():
                 for layer in range(n_layers):
-                    deltas = _layer_deltas(kind, layer, recv_model, donor_model, rc, dc)
+                    deltas = _layer_deltas(kind, layer, w_o, rc, dc)
                     for chunk in _chunks(n_sites, positions, w, per_chunk):
                         k = len(chunk)
                         read = _patch_chunk(kind, layer, recv_model, rc, deltas, chunk, read_pos,
