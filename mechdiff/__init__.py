@@ -13,7 +13,7 @@ cross-model activation patching. A first analysis::
 from mechdiff import errors
 from mechdiff.attribution import attribute
 from mechdiff.gap import GapResult, behaviour_gap
-from mechdiff.pair import ModelPair, load_pair
+from mechdiff.loading import ModelPair, load_pair
 from mechdiff.patching import PatchResult, RankedSite, activation_patch, cross_patch
 from mechdiff.results import Provenance
 from mechdiff.sites import MLP, AttnOut, Head, Resid

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 from mechdiff import viz
 from mechdiff.errors import OptionError
 from mechdiff.gap import GapResult, behaviour_gap
-from mechdiff.pair import ModelPair
+from mechdiff.loading import ModelPair
 from mechdiff.patching import (
     DIRECTIONS,
     Direction,

@@ -69,8 +69,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff import _engine
 from mechdiff.errors import OptionError, PromptError, SiteError
+from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, metric_values, read_logits
-from mechdiff.pair import ModelPair
 from mechdiff.patching import DIRECTIONS, Direction, PatchResult, Positions, checked_gap
 from mechdiff.results import Provenance
 from mechdiff.sites import SITE_KINDS, SiteKind, attn_out_hook, mlp_out_hook, resid_pre_hook, z_hook

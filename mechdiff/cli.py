@@ -24,7 +24,7 @@ from transformers.utils import logging as hf_logging
 from mechdiff.analysis import Report, analyse_pair, write_summary
 from mechdiff.demos import DEFAULT_DEMO, DEMOS, REAL_N_PROMPTS
 from mechdiff.errors import MechdiffError
-from mechdiff.pair import load_pair
+from mechdiff.loading import load_pair
 from mechdiff.patching import (
     DIRECTIONS,
     Direction,

@@ -44,7 +44,8 @@ from mechdiff.analysis import (
 from mechdiff.attribution import attribute
 from mechdiff.errors import OptionError
 from mechdiff.gap import GapResult, behaviour_gap
-from mechdiff.pair import ModelPair, _load_adapter, load_pair
+from mechdiff.loading import ModelPair, load_pair
+from mechdiff.loading.pair import _load_adapter
 from mechdiff.patching import (
     DIRECTIONS,
     PatchResult,

@@ -13,8 +13,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, kl_div, metric_values
-from mechdiff.pair import ModelPair
 from mechdiff.results import Provenance, SavableResult
 from mechdiff.tasks import Task
 

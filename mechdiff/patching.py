@@ -39,8 +39,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff import _engine
 from mechdiff.errors import OptionError, PromptError, SiteError, ZeroGapError
+from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, metric_values
-from mechdiff.pair import ModelPair
 from mechdiff.results import Provenance, SavableResult
 from mechdiff.sites import SITE_KINDS, SiteKind, attn_out_hook, mlp_out_hook, resid_pre_hook, z_hook
 from mechdiff.tasks import Task, Tokens

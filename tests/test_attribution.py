@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import N_HEADS, N_LAYERS, make_model, random_prompts, save, unchecked
+from support import N_HEADS, N_LAYERS, make_model, random_prompts, save, unchecked
 from transformer_lens.tools.analysis import attribution_patching as tl_attr
 
 import mechdiff
 from mechdiff import Task
 from mechdiff.attribution import attribute_single
 from mechdiff.errors import OptionError, PromptError, SiteError, ZeroGapError
-from mechdiff.pair import active_hooks
+from mechdiff.loading import active_hooks
 
 KINDS = ["heads", "attn", "mlp", "resid"]
 

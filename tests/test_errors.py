@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_model, random_prompts, save, unchecked
+from support import make_model, random_prompts, save, unchecked
 
 import mechdiff
 from mechdiff import Task, _engine
@@ -22,7 +22,7 @@ from mechdiff.errors import (
     OptionError,
     PromptError,
 )
-from mechdiff.pair import active_hooks
+from mechdiff.loading import active_hooks
 
 
 def _task(n: int = 4, **kw) -> Task:
@@ -80,7 +80,7 @@ def test_mismatched_architecture_is_refused_before_loading(ckpts, monkeypatch):
     def no_boot(*a, **k):
         raise AssertionError("a model was loaded before the configs were compared")
 
-    monkeypatch.setattr(mechdiff.pair.TransformerBridge, "boot_transformers", no_boot)
+    monkeypatch.setattr(mechdiff.loading.pair.TransformerBridge, "boot_transformers", no_boot)
     with pytest.raises(IncompatibleModelsError, match="n_layer: 3 vs 4"):
         mechdiff.load_pair(ckpts["base"], ckpts["deeper"], device="cpu")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import transformer_lens.patching as tl_patching
-from conftest import N_HEADS, N_LAYERS, random_prompts, unchecked
+from support import N_HEADS, N_LAYERS, random_prompts, unchecked
 
 import mechdiff
 from mechdiff import Task
 from mechdiff.errors import SiteError, ZeroGapError
-from mechdiff.pair import active_hooks
+from mechdiff.loading import active_hooks
 
 
 def _task(n: int = 5, seed: int = 0, **kw) -> Task:

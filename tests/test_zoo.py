@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import unchecked
+from support import unchecked
 from transformers import GPT2LMHeadModel
 
 from mechdiff.errors import CheckpointError

@@ -67,6 +67,27 @@ class Provenance:
     )
     host: str = dataclasses.field(default_factory=platform.node)
 
+    @classmethod
+    def of(
+        cls,
+        task: Any,
+        *,
+        base: str,
+        finetuned: str | None,
+        processing: str,
+        seed: int | None = None,
+    ) -> Provenance:
+        """The provenance of an analysis of ``task`` (a :class:`~mechdiff.tasks.Task`).
+
+        The one place results get their provenance: :meth:`mechdiff.loading.ModelPair.provenance`
+        and :func:`mechdiff.loading.model_provenance` call it with the models' identities.
+        """
+        return cls(
+            base=base, finetuned=finetuned, processing=processing, task=task.name,
+            prompts_hash=task.fingerprint(), n_prompts=len(task), metric=task.metric_name,
+            seed=seed,
+        )
+
 
 class SavableResult:
     """Mixin for frozen dataclass results: tensors to safetensors, everything else to JSON."""

@@ -29,6 +29,8 @@ from mechdiff.errors import (
     MissingDependencyError,
     OptionError,
 )
+from mechdiff.results import Provenance
+from mechdiff.tasks import Task
 
 Processing: TypeAlias = Literal["compat", "none"]
 ModelSpec: TypeAlias = str | Path | TransformerBridge
@@ -86,10 +88,15 @@ class ModelPair:
 
     @property
     def device(self) -> torch.device:
-        return next(self.base.parameters()).device
+        return model_device(self.base)
 
     def model(self, side: Literal["base", "finetuned"]) -> TransformerBridge:
         return self.base if side == "base" else self.finetuned
+
+    def provenance(self, task: Task, *, seed: int | None = None) -> Provenance:
+        """Provenance of an analysis of this pair on ``task``."""
+        return Provenance.of(task, base=self.base_id, finetuned=self.finetuned_id,
+                             processing=self.processing, seed=seed)
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -333,6 +340,24 @@ def _release_memory(*models: torch.nn.Module) -> None:
     except (OSError, AttributeError):  # not glibc
         return
     trim(0)
+
+
+def processing_of(model: TransformerBridge) -> Processing:
+    """How a bridge's weights were processed: ``"compat"`` or ``"none"``."""
+    return "compat" if getattr(model, "compatibility_mode", False) else "none"
+
+
+def model_provenance(
+    model: TransformerBridge, task: Task, *, model_id: str = "<bridge>", seed: int | None = None
+) -> Provenance:
+    """Provenance of a single-model analysis of ``model`` on ``task``."""
+    return Provenance.of(task, base=model_id, finetuned=None, processing=processing_of(model),
+                         seed=seed)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's parameters."""
+    return next(model.parameters()).device
 
 
 def active_hooks(model: torch.nn.Module) -> int:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -37,6 +37,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechdiff.errors import AnswerTokenError, MetricError, PromptError
+from mechdiff.tasks.chat import ChatPrompt, Message, is_chat, render_chat
 
 MetricName: TypeAlias = Literal["logit_diff", "logprob", "kl", "kl_all"]
 """``logit_diff``: logit(answer) - logit(wrong answer) at the final position.
@@ -46,75 +47,14 @@ MetricName: TypeAlias = Literal["logit_diff", "logprob", "kl", "kl_all"]
 
 METRICS: tuple[MetricName, ...] = ("logit_diff", "logprob", "kl", "kl_all")
 
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
-"""Message roles a chat prompt may use."""
-
-
-@dataclass(frozen=True)
-class ChatPrompt:
-    """A conversation to be rendered with the tokenizer's chat template.
-
-    Attributes:
-        messages: ``(role, content)`` pairs in order; roles are ``system``, ``user`` or
-            ``assistant``.
-    """
-
-    messages: tuple[tuple[str, str], ...]
-
-    @classmethod
-    def of(cls, messages: ChatPrompt | Sequence[Mapping[str, str]]) -> ChatPrompt:
-        """Validate and freeze a list of ``{"role": ..., "content": ...}`` messages.
-
-        Raises:
-            PromptError: the list is empty, a message is not a mapping with a known ``role`` and a
-                string ``content``.
-        """
-        if isinstance(messages, ChatPrompt):
-            return messages
-        if not messages:
-            raise PromptError(
-                "a chat prompt has no messages; give at least one {'role', 'content'} dict"
-            )
-        out = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, Mapping) or set(m) != {"role", "content"}:
-                raise PromptError(
-                    f"chat message {i} is {m!r}; each message must be a dict with exactly the keys "
-                    "'role' and 'content'"
-                )
-            if m["role"] not in ROLES or not isinstance(m["content"], str):
-                raise PromptError(
-                    f"chat message {i} has role {m['role']!r} and content of type "
-                    f"{type(m['content']).__name__}; roles are {ROLES} and content is a string"
-                )
-            out.append((str(m["role"]), m["content"]))
-        return cls(tuple(out))
-
-    def as_dicts(self) -> list[dict[str, str]]:
-        """The messages as ``[{"role": ..., "content": ...}, ...]``."""
-        return [{"role": r, "content": c} for r, c in self.messages]
-
-
-Message: TypeAlias = Mapping[str, str]
 Prompt: TypeAlias = str | Sequence[int] | Sequence[Message] | ChatPrompt
 Answer: TypeAlias = str | int
-
-
-def _is_chat(x: Any) -> bool:
-    if isinstance(x, ChatPrompt):
-        return True
-    return (
-        not isinstance(x, (str, bytes))
-        and isinstance(x, Sequence)
-        and len(x) > 0
-        and any(isinstance(m, Mapping) for m in x)
-    )
 
 
 def _freeze_one(x: Any) -> Any:
     if isinstance(x, (str, int)):
         return x
-    if _is_chat(x):
+    if is_chat(x):
         return ChatPrompt.of(x)
     return tuple(int(t) for t in x)
 
@@ -129,31 +69,6 @@ def _freeze(items: Sequence[Any] | None) -> tuple[Any, ...] | None:
 
 def _json_default(x: Any) -> Any:
     return x.as_dicts() if isinstance(x, ChatPrompt) else list(x)
-
-
-def render_chat(
-    tokenizer: Any, messages: ChatPrompt | Sequence[Message], *, add_generation_prompt: bool = True
-) -> str:
-    """Render a conversation with the tokenizer's own chat template.
-
-    Args:
-        tokenizer: a Hugging Face tokenizer with a ``chat_template``.
-        messages: ``[{"role": ..., "content": ...}, ...]`` or a :class:`ChatPrompt`.
-        add_generation_prompt: end with the assistant header, so the next token is the first
-            token of the assistant's reply (how :class:`Task` renders chat prompts).
-
-    Raises:
-        PromptError: the tokenizer has no chat template, or the messages are malformed.
-    """
-    chat = ChatPrompt.of(messages)
-    if not getattr(tokenizer, "chat_template", None):
-        raise PromptError(
-            "chat prompts need a tokenizer with a chat template (tokenizer.chat_template is "
-            "empty); give the prompts as plain strings, or use the chat model's own tokenizer"
-        )
-    return tokenizer.apply_chat_template(
-        chat.as_dicts(), add_generation_prompt=add_generation_prompt, tokenize=False
-    )
 
 
 @dataclass(frozen=True)
@@ -253,27 +168,9 @@ class Task:
         one prompt per non-empty line (task-free). In JSON files a prompt may be a chat: a list
         of ``{"role", "content"}`` messages.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise PromptError(f"prompt file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix == ".jsonl":
-                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-                data: dict[str, Any] = {"prompts": [r["prompt"] for r in rows]}
-                for key in ("answer", "wrong_answer", "corrupted"):
-                    if rows and key in rows[0]:
-                        out = "corrupted" if key == "corrupted" else key + "s"
-                        data[out] = [r[key] for r in rows]
-            elif path.suffix == ".json":
-                data = json.loads(text)
-            else:
-                data = {"prompts": [line for line in text.splitlines() if line.strip()]}
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise PromptError(f"cannot read prompts from {path}: {e}") from e
-        data.setdefault("name", path.stem)
-        data.update(kwargs)
-        return cls(**data)
+        from mechdiff.tasks.files import read_task
+
+        return read_task(path, **kwargs)
 
     def tokenize(self, tokenizer: Any, *, n_ctx: int, device: torch.device | str = "cpu") -> Tokens:
         """Turn the task into right-padded token ids, checking lengths and answers.

@@ -1,0 +1,78 @@
+"""Shared test helpers: tiny GPT-2 checkpoints built on the fly (random weights, seconds), never
+the network; planted changes give ground truth. Imported as ``from support import ...`` (``tests/``
+is on the test path)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+N_LAYERS, N_HEADS, D_MODEL, N_CTX = 3, 4, 64, 32
+VOCAB = [f"t{i}" for i in range(60)] + ["<pad>", "<bos>"]
+
+
+def make_tokenizer(words: list[str] = VOCAB) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", unk_token="<pad>"
+    )
+
+
+def make_model(seed: int = 0, *, n_layer: int = N_LAYERS, vocab: int = len(VOCAB)) -> GPT2LMHeadModel:
+    cfg = GPT2Config(
+        vocab_size=vocab, n_positions=N_CTX, n_embd=D_MODEL, n_layer=n_layer, n_head=N_HEADS,
+        bos_token_id=vocab - 1, eos_token_id=vocab - 1, pad_token_id=vocab - 2,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(cfg)
+        # Larger-than-default weights so heads matter and gaps are well above float noise.
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.data.normal_(0, 0.2)
+    return model.eval()
+
+
+def save(model: GPT2LMHeadModel, path: Path, tokenizer: PreTrainedTokenizerFast | None = None) -> Path:
+    model.save_pretrained(path)
+    (tokenizer or make_tokenizer()).save_pretrained(path)
+    return path
+
+
+def plant_head(model: GPT2LMHeadModel, layer: int, head: int, seed: int = 1) -> GPT2LMHeadModel:
+    """Change only W_O of one head (rows of c_proj that read that head's z)."""
+    d_head = D_MODEL // N_HEADS
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = model.transformer.h[layer].attn.c_proj.weight  # Conv1D: [in = head*d_head, out]
+        w[head * d_head:(head + 1) * d_head] += 0.5 * torch.randn(d_head, D_MODEL, generator=g)
+    return model
+
+
+def plant_mlp(model: GPT2LMHeadModel, layer: int, seed: int = 2) -> GPT2LMHeadModel:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        w = model.transformer.h[layer].mlp.c_proj.weight
+        w += 0.2 * torch.randn(w.shape, generator=g)
+    return model
+
+
+def random_prompts(n: int, lengths: tuple[int, int] = (6, 12), seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(lengths[0], lengths[1] + 1, (n,), generator=g).tolist()
+    return [" ".join(f"t{int(x)}" for x in torch.randint(0, 60, (s,), generator=g)) for s in sizes]
+
+
+def unchecked(fn):
+    """``fn`` without the jaxtyping/beartype wrapper the test session puts on mechdiff functions.
+
+    Tests of mechdiff's own validation of bad option values call this: under the type-checking
+    hook a wrong ``Literal`` is refused by beartype before mechdiff's own (typed, explained)
+    check could run, which is what users without the hook get.
+    """
+    return inspect.unwrap(fn)
