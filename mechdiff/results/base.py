@@ -44,6 +44,9 @@ class Provenance:
         processing: how weights were processed before the analysis (same for both models):
             ``"compat"`` (TransformerLens HookedTransformer-equivalent: folded LayerNorm, centred
             writing weights and unembedding, folded value biases) or ``"none"`` (raw HF weights).
+        processing_skipped: steps of ``"compat"`` processing that were not applied because they
+            would have changed what the model computes (e.g. ``"center_unembed"`` on a square
+            unembedding); empty when processing was applied whole.
         task: the task's name.
         prompts_hash: fingerprint of prompts, answers and metric (:meth:`Task.fingerprint`).
         n_prompts: number of prompts.
@@ -61,6 +64,7 @@ class Provenance:
     n_prompts: int
     metric: str
     seed: int | None = None
+    processing_skipped: tuple[str, ...] = ()
     versions: dict[str, str] = dataclasses.field(default_factory=_versions)
     created: str = dataclasses.field(
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
@@ -76,6 +80,7 @@ class Provenance:
         finetuned: str | None,
         processing: str,
         seed: int | None = None,
+        processing_skipped: tuple[str, ...] = (),
     ) -> Provenance:
         """The provenance of an analysis of ``task`` (a :class:`~mechdiff.tasks.Task`).
 
@@ -85,7 +90,7 @@ class Provenance:
         return cls(
             base=base, finetuned=finetuned, processing=processing, task=task.name,
             prompts_hash=task.fingerprint(), n_prompts=len(task), metric=task.metric_name,
-            seed=seed,
+            seed=seed, processing_skipped=tuple(processing_skipped),
         )
 
 
