@@ -356,7 +356,7 @@ class Bench:
                                  peak_cuda_mb=md.peak_cuda_mb, notes=[note],
                                  mechdiff_times=md.times))
         # single model, clean/corrupted: the quantity TL's attribution_patch computes
-        from mechdiff.attribution import attribute_single
+        from mechdiff.patching import attribute_single
 
         md = timed(lambda: attribute_single(self.pair.base, p.corrupted_task(), sites="heads",
                                             positions="each", progress=False),

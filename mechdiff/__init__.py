@@ -11,10 +11,16 @@ cross-model activation patching. A first analysis::
 """
 
 from mechdiff import errors
-from mechdiff.attribution import attribute
 from mechdiff.gap import GapResult, behaviour_gap
 from mechdiff.loading import ModelPair, load_pair
-from mechdiff.patching import PatchResult, RankedSite, activation_patch, cross_patch
+from mechdiff.patching import (
+    PatchResult,
+    RankedSite,
+    activation_patch,
+    attribute,
+    attribute_single,
+    cross_patch,
+)
 from mechdiff.results import Provenance
 from mechdiff.sites import MLP, AttnOut, Head, Resid
 from mechdiff.tasks import ChatPrompt, Task, Tokens, render_chat
@@ -36,6 +42,7 @@ __all__ = [
     "Tokens",
     "activation_patch",
     "attribute",
+    "attribute_single",
     "behaviour_gap",
     "cross_patch",
     "errors",

@@ -18,16 +18,11 @@ from pathlib import Path
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from mechdiff import viz
+from mechdiff.directions import DIRECTIONS, Direction
 from mechdiff.errors import OptionError
 from mechdiff.gap import GapResult, behaviour_gap
 from mechdiff.loading import ModelPair
-from mechdiff.patching import (
-    DIRECTIONS,
-    Direction,
-    PatchResult,
-    Positions,
-    cross_patch,
-)
+from mechdiff.patching import PatchResult, Positions, cross_patch
 from mechdiff.sites import SiteKind
 from mechdiff.tasks import Task
 from mechdiff.viz._style import SITE_NAMES

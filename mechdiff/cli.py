@@ -23,12 +23,9 @@ from transformers.utils import logging as hf_logging
 
 from mechdiff.analysis import Report, analyse_pair, write_summary
 from mechdiff.demos import DEFAULT_DEMO, DEMOS, REAL_N_PROMPTS
+from mechdiff.directions import DIRECTIONS, Direction
 from mechdiff.errors import MechdiffError
 from mechdiff.loading import load_pair
-from mechdiff.patching import (
-    DIRECTIONS,
-    Direction,
-)
 from mechdiff.sites import SITE_KINDS
 from mechdiff.tasks import METRICS, Task
 

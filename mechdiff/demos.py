@@ -41,17 +41,12 @@ from mechdiff.analysis import (
     rank_components,
     write_summary,
 )
-from mechdiff.attribution import attribute
+from mechdiff.directions import DIRECTIONS
 from mechdiff.errors import OptionError
 from mechdiff.gap import GapResult, behaviour_gap
 from mechdiff.loading import ModelPair, load_pair
 from mechdiff.loading.pair import _load_adapter
-from mechdiff.patching import (
-    DIRECTIONS,
-    PatchResult,
-    activation_patch,
-    cross_patch,
-)
+from mechdiff.patching import PatchResult, activation_patch, attribute, cross_patch
 from mechdiff.sites import SiteKind
 from mechdiff.stats import pearson, spearman, top_overlap
 from mechdiff.tasks import Task

@@ -108,10 +108,7 @@ def behaviour_gap(
                    f"{float(ft_metric.mean()):.4f} (gap {gap:+.4f}); KL(FT||base) final "
                    f"{float(kl_f.mean()):.4f}, all positions {float(kl_m.mean()):.4f} "
                    f"({tokens.n} prompts)")
-    prov = Provenance(
-        base=pair.base_id, finetuned=pair.finetuned_id, processing=pair.processing, task=task.name,
-        prompts_hash=task.fingerprint(), n_prompts=len(task), metric=metric,
-    )
+    prov = pair.provenance(task)
     return GapResult(
         base_metric=base_metric, finetuned_metric=ft_metric, kl_final=kl_f, kl_mean=kl_m,
         rose_tokens=tuple(decode(rose.indices.tolist())), rose_delta=rose.values,

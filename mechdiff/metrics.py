@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechdiff.errors import MetricError
+from mechdiff.errors import MetricError, ZeroGapError
 from mechdiff.tasks import MetricName, Tokens
 
 
@@ -70,3 +70,24 @@ def check_finite(values: Tensor, what: str) -> None:
             f"the metric returned NaN/inf for {what} (prompts {bad}); check the model's dtype "
             "(fp16 overflow?) and the answers, then run again"
         )
+
+
+def checked_gap(receiver: Tensor, donor: Tensor, metric: str, task_name: str) -> float:
+    """Mean donor metric minus mean receiver metric, after checking both are finite.
+
+    Raises:
+        MetricError: a metric value is NaN or infinite.
+        ZeroGapError: the gap is zero (to float precision), so no fraction of it is defined.
+    """
+    check_finite(receiver, "the receiving model")
+    check_finite(donor, "the donor model")
+    gap = float(donor.mean() - receiver.mean())
+    scale = max(1.0, float(donor.abs().mean()), float(receiver.abs().mean()))
+    if abs(gap) <= 1e-6 * scale:
+        raise ZeroGapError(
+            f"the donor and receiving runs give the same mean {metric} ({float(donor.mean()):.6g}) "
+            f"on task {task_name!r}: there is no gap to attribute. Are the two checkpoints "
+            "identical, or is the task one on which fine-tuning changed nothing? "
+            "behaviour_gap() shows per-prompt values and KL."
+        )
+    return gap

@@ -62,3 +62,94 @@ def top_overlap(a: Float[Tensor, "*a_dims"], b: Float[Tensor, "*b_dims"], k: int
     top_a = set(a.detach().flatten().abs().topk(k).indices.tolist())
     top_b = set(b.detach().flatten().abs().topk(k).indices.tolist())
     return len(top_a & top_b)
+
+
+# ------------------------------------------------------------------ intervals over prompts
+
+CI_LEVEL = 0.95
+"""Coverage of every interval mechdiff reports (two-sided, percentile bootstrap)."""
+BOOTSTRAP_SAMPLES = 2000
+"""Bootstrap resamples of the prompts behind every interval."""
+BOOTSTRAP_SEED = 0
+"""Seed of the resampling (a local generator; the global RNG is never touched)."""
+
+
+def bootstrap_weights(
+    n: int, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED
+) -> Float[Tensor, "sample n"]:
+    """Resampling weights: row ``b`` counts how often each of ``n`` prompts is drawn (with
+    replacement, ``n`` draws), divided by ``n``. ``weights @ values`` is each resample's mean."""
+    if n < 1 or samples < 1:
+        raise ValueError(f"need at least one prompt and one resample, got n={n}, samples={samples}")
+    gen = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, n, (samples, n), generator=gen)
+    counts = torch.zeros(samples, n, dtype=torch.float64)
+    counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    return counts / n
+
+
+def percentile_interval(
+    samples: Float[Tensor, "*dims sample"], level: float = CI_LEVEL
+) -> tuple[Float[Tensor, "*dims"], Float[Tensor, "*dims"]]:
+    """The central ``level`` interval of bootstrap samples along the last axis (NaNs ignored)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    alpha = (1 - level) / 2
+    q = torch.tensor([alpha, 1 - alpha], dtype=samples.dtype)
+    lo_hi = torch.nanquantile(samples, q, dim=-1)
+    return lo_hi[0], lo_hi[1]
+
+
+def fraction_samples(
+    patched: Float[Tensor, "*dims n"],
+    receiver: Float[Tensor, " n"],
+    donor: Float[Tensor, " n"],
+    weights: Float[Tensor, "sample n"],
+) -> Float[Tensor, "*dims sample"]:
+    """Fraction of the gap closed, ``(mean patched - mean receiver) / (mean donor - mean
+    receiver)``, on every resample of the prompts (the means weighted by ``weights``)."""
+    dims = patched.shape[:-1]
+    w = weights.double()
+    p = patched.double().reshape(-1, patched.shape[-1]) @ w.T  # [sites, sample]
+    r, d = w @ receiver.double(), w @ donor.double()
+    gap = d - r
+    frac = (p - r) / torch.where(gap == 0, torch.nan, gap)
+    return frac.reshape(*dims, w.shape[0]).float()
+
+
+def fraction_interval(
+    patched: Float[Tensor, "*dims n"],
+    receiver: Float[Tensor, " n"],
+    donor: Float[Tensor, " n"],
+    *,
+    level: float = CI_LEVEL,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[Float[Tensor, "*dims"], Float[Tensor, "*dims"]]:
+    """Bootstrap interval over prompts of the fraction of the gap each patch closes."""
+    weights = bootstrap_weights(int(receiver.shape[0]), samples=samples, seed=seed)
+    return percentile_interval(fraction_samples(patched, receiver, donor, weights), level)
+
+
+def mean_interval(
+    values: Float[Tensor, " n"],
+    *,
+    level: float = CI_LEVEL,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Bootstrap interval over prompts of the mean of per-prompt ``values``."""
+    weights = bootstrap_weights(int(values.shape[0]), samples=samples, seed=seed)
+    lo, hi = percentile_interval((weights @ values.double()).float(), level)
+    return float(lo), float(hi)
+
+
+def spearman_samples(
+    a: Float[Tensor, "sites sample"], b: Float[Tensor, "sites sample"]
+) -> Float[Tensor, " sample"]:
+    """Spearman's rho between ``a[:, s]`` and ``b[:, s]`` for every sample ``s`` (mean ranks for
+    ties; NaN where a column is constant or not finite)."""
+    out = torch.full((a.shape[1],), torch.nan)
+    for s in range(a.shape[1]):
+        out[s] = spearman(a[:, s], b[:, s])
+    return out

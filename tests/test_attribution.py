@@ -11,9 +11,9 @@ from transformer_lens.tools.analysis import attribution_patching as tl_attr
 
 import mechdiff
 from mechdiff import Task
-from mechdiff.attribution import attribute_single
 from mechdiff.errors import OptionError, PromptError, SiteError, ZeroGapError
 from mechdiff.loading import active_hooks
+from mechdiff.patching import attribute_single
 
 KINDS = ["heads", "attn", "mlp", "resid"]
 
@@ -294,7 +294,7 @@ def test_hooks_removed_and_weights_frozen_after_an_exception(pair_other, monkeyp
     for model in (pair_other.base, pair_other.finetuned):
         model(torch.tensor([[1, 2, 3]]))  # the bridge wires its own capture hooks on first use
     before = active_hooks(recv), active_hooks(pair_other.finetuned)
-    real = mechdiff.attribution.metric_values
+    real = mechdiff.patching.attribution.metric_values
     for kind in KINDS:
         for method, fail_at in (("attribution", 2), ("integrated_gradients", 3)):
             hooks_at_call: list[int] = []
@@ -306,7 +306,7 @@ def test_hooks_removed_and_weights_frozen_after_an_exception(pair_other, monkeyp
                     raise RuntimeError("metric failed")
                 return real(*args, **kwargs)
 
-            monkeypatch.setattr(mechdiff.attribution, "metric_values", boom)
+            monkeypatch.setattr(mechdiff.patching.attribution, "metric_values", boom)
             with pytest.raises(RuntimeError, match="metric failed"):
                 mechdiff.attribute(pair_other, _task(), sites=kind, method=method,
                                    progress=False)

@@ -64,16 +64,17 @@ from typing import Literal, TypeAlias
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff import _engine
-from mechdiff.errors import OptionError, PromptError, SiteError
+from mechdiff._progress import progress_bar
+from mechdiff.directions import Direction
+from mechdiff.errors import OptionError
 from mechdiff.loading import ModelPair
-from mechdiff.metrics import check_finite, metric_values, read_logits
-from mechdiff.patching import DIRECTIONS, Direction, PatchResult, Positions, checked_gap
-from mechdiff.results import Provenance
-from mechdiff.sites import SITE_KINDS, SiteKind, attn_out_hook, mlp_out_hook, resid_pre_hook, z_hook
+from mechdiff.metrics import check_finite, checked_gap, metric_values, read_logits
+from mechdiff.patching._setup import Positions, Setup, across_models, within_model
+from mechdiff.patching.result import PatchResult
+from mechdiff.sites import SiteFamily, SiteKind, resid_pre_hook
 from mechdiff.tasks import Task, Tokens
 
 Method: TypeAlias = Literal["attribution", "integrated_gradients"]
@@ -118,18 +119,10 @@ def attribute(
             any forward).
         ZeroGapError: the two models score the same, so no fraction of the gap is defined.
     """
-    if direction not in DIRECTIONS:
-        raise OptionError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    recv, donor = (pair.base, pair.finetuned) if direction == "ft->base" else (
-        pair.finetuned, pair.base)
-    tokens = _prepare(task, pair.tokenizer, pair.n_ctx, pair.device, sites, method, steps,
-                      positions, prompt_batch_size)
-    prov = Provenance(
-        base=pair.base_id, finetuned=pair.finetuned_id, processing=pair.processing, task=task.name,
-        prompts_hash=task.fingerprint(), n_prompts=len(task), metric=task.metric_name,
-    )
-    return _run(recv, donor, task, tokens, tokens.tokens, tokens.tokens, sites, method, steps,
-                positions, direction, prompt_batch_size, progress, prov)
+    _check_method(method)
+    setup = across_models(pair, task, sites=sites, direction=direction, positions=positions,
+                          steps=steps, prompt_batch_size=prompt_batch_size)
+    return _run(setup, task, method, steps, positions, prompt_batch_size, progress)
 
 
 def attribute_single(
@@ -152,90 +145,37 @@ def attribute_single(
     :func:`attribute`; ``effects`` equals TransformerLens's node scores (summed over positions for
     ``positions="all"``).
     """
-    if task.corrupted is None:
-        raise PromptError("attribute_single needs a task with corrupted prompts (Task(corrupted=...))")
-    device = next(model.parameters()).device
-    tokens = _prepare(task, model.tokenizer, int(model.cfg.n_ctx), device, sites, method, steps,
-                      positions, prompt_batch_size)
-    processing = "compat" if getattr(model, "compatibility_mode", False) else "none"
-    prov = Provenance(
-        base=model_id, finetuned=None, processing=processing, task=task.name,
-        prompts_hash=task.fingerprint(), n_prompts=len(task), metric=task.metric_name,
-    )
-    return _run(model, model, task, tokens, tokens.corrupted_tokens, tokens.tokens, sites, method,
-                steps, positions, "clean->corrupted", prompt_batch_size, progress, prov)
+    _check_method(method)
+    setup = within_model(model, task, sites=sites, positions=positions, model_id=model_id,
+                         what="attribute_single", steps=steps, prompt_batch_size=prompt_batch_size)
+    return _run(setup, task, method, steps, positions, prompt_batch_size, progress)
 
 
-def _prepare(
-    task: Task, tokenizer: object, n_ctx: int, device: torch.device, sites: str, method: str,
-    steps: int, positions: str, prompt_batch_size: int,
-) -> Tokens:
-    if sites not in SITE_KINDS:
-        raise SiteError(f"unknown site kind {sites!r}; choose one of {SITE_KINDS}")
+def _check_method(method: str) -> None:
     if method not in METHODS:
         raise OptionError(f"method must be one of {METHODS}, got {method!r}")
-    if positions not in ("all", "each"):
-        raise OptionError(f"positions must be 'all' or 'each', got {positions!r}")
-    if steps < 1 or prompt_batch_size < 1:
-        raise OptionError(f"steps and prompt_batch_size must be positive, got {steps} and "
-                          f"{prompt_batch_size}")
-    return task.tokenize(tokenizer, n_ctx=n_ctx, device=device)
 
 
-def _shift_hook(kind: str, layer: int) -> str:
-    """Where a site's delta enters the residual stream (and where its gradient is read)."""
-    if kind in ("heads", "attn"):
-        return attn_out_hook(layer)
-    return mlp_out_hook(layer) if kind == "mlp" else resid_pre_hook(layer)
-
-
-def _read_hook(kind: str, layer: int) -> str:
-    return z_hook(layer) if kind == "heads" else _shift_hook(kind, layer)
-
-
-def _deltas(kind: str, rc: _engine.Capture, dc: _engine.Capture, w_o: tuple[Tensor, ...],
-            n_layers: int) -> list[Tensor]:
-    """Per layer, donor minus receiver at the shift hook ``[batch, pos, d_model]`` (for heads:
-    the sum over heads of each head's output delta, ``b_O`` excluded)."""
-    out = []
-    for layer in range(n_layers):
-        name = _read_hook(kind, layer)
-        if kind == "heads":
-            out.append(torch.einsum("bthe,hed->btd", dc.acts[name], w_o[1][layer])
-                       - torch.einsum("bthe,hed->btd", rc.acts[name], w_o[0][layer]))
-        else:
-            out.append(dc.acts[name] - rc.acts[name])
-    return out
-
-
-def _estimates(kind: str, grads: list[Tensor], deltas: list[Tensor | None], rc: _engine.Capture,
-               dc: _engine.Capture, w_o: tuple[Tensor, ...]) -> Tensor:
+def _estimates(fam: SiteFamily, grads: list[Tensor], rc: _engine.Capture, dc: _engine.Capture,
+               w_o: tuple[Tensor, Tensor] | None) -> Tensor:
     """Per-prompt, per-position estimates ``[layer, site, batch, pos]`` from gradients at the
-    shift hooks ``[batch, pos, d_model]``."""
-    rows = []
-    for layer, (g, d) in enumerate(zip(grads, deltas, strict=True)):
-        if kind == "heads":
-            name = z_hook(layer)
-            don = (torch.einsum("btd,hed->bthe", g, w_o[1][layer]) * dc.acts[name]).sum(-1)
-            rec = (torch.einsum("btd,hed->bthe", g, w_o[0][layer]) * rc.acts[name]).sum(-1)
-            rows.append((don - rec).permute(2, 0, 1))
-        else:
-            rows.append((g * d).sum(-1)[None])
-    return torch.stack(rows)
+    write hooks ``[batch, pos, d_model]``."""
+    return torch.stack([fam.grad_dot(layer, g, rc.acts, dc.acts, w_o)
+                        for layer, g in enumerate(grads)])
 
 
 def _metric(task: Task, read: Tensor, sub: Tokens, ref: Tensor | None) -> Tensor:
     return metric_values(task.metric_name, read, sub, ref)
 
 
-def _grad_at_shift(model: TransformerBridge, kind: str, ids: Tensor, sub: Tokens, task: Task,
-                   ref: Tensor | None, shifts: list[Tensor], rc_hooks: set[str] | None
+def _grad_at_shift(model: TransformerBridge, fam: SiteFamily, ids: Tensor, sub: Tokens,
+                   task: Task, ref: Tensor | None, shifts: list[Tensor], rc_hooks: set[str] | None
                    ) -> tuple[list[Tensor], Tensor, _engine.Capture | None]:
-    """One forward of ``model`` with ``shifts[L]`` added at every layer's shift hook and one
+    """One forward of ``model`` with ``shifts[L]`` added at every layer's write hook and one
     backward: the gradient of the summed per-prompt metric at each shift, the metric values, and
     (if ``rc_hooks``) a capture of the run."""
     leaves = [s.detach().clone().requires_grad_(True) for s in shifts]
-    hooks = {_shift_hook(kind, layer): (lambda out, e=e: out + e) for layer, e in enumerate(leaves)}
+    hooks = {fam.write_hook(layer): (lambda out, e=e: out + e) for layer, e in enumerate(leaves)}
     with torch.enable_grad(), _engine.forward_hooks(model, hooks):
         if rc_hooks is not None:
             cap = _engine.capture(model, sub, ids, task.metric_name, rc_hooks)
@@ -250,7 +190,7 @@ def _grad_at_shift(model: TransformerBridge, kind: str, ids: Tensor, sub: Tokens
 
 
 def _resid_ig(model: TransformerBridge, sub: Tokens, task: Task, ref: Tensor | None,
-              rc: _engine.Capture, deltas: list[Tensor], alphas: list[float], bar: tqdm
+              rc: _engine.Capture, deltas: list[Tensor], alphas: list[float], bar: object
               ) -> list[Tensor]:
     """Mean gradient at ``resid_pre(L)`` along ``resid_pre(L) + alpha * delta_L``, one layer at a
     time, recomputing only blocks ``L..``."""
@@ -265,42 +205,39 @@ def _resid_ig(model: TransformerBridge, sub: Tokens, task: Task, ref: Tensor | N
                 values = _metric(task, _engine.unembed(model, final, read_pos), sub, ref)
                 (g,) = torch.autograd.grad(values.sum(), [hidden])
             total += g
-            bar.update(1)
+            bar.update(1)  # type: ignore[attr-defined]
         out.append(total / len(alphas))
     return out
 
 
-def _run(
-    recv_model: TransformerBridge, donor_model: TransformerBridge, task: Task, tokens: Tokens,
-    recv_ids: Tensor, donor_ids: Tensor, kind: str, method: str, steps: int, positions: str,
-    direction: str, prompt_batch_size: int, progress: bool, prov: Provenance,
-) -> PatchResult:
+def _run(setup: Setup, task: Task, method: str, steps: int, positions: str,
+         prompt_batch_size: int, progress: bool) -> PatchResult:
+    recv_model, donor_model, fam, tokens = setup.receiver, setup.donor, setup.family, setup.tokens
     metric = task.metric_name
     n_layers, n_heads = int(recv_model.cfg.n_layers), int(recv_model.cfg.n_heads)
-    n_sites = n_heads if kind == "heads" else 1
+    n_sites = fam.per_layer(n_heads)
     n_prompts, width = tokens.n, int(tokens.tokens.shape[1])
     ig = method == "integrated_gradients"
     alphas = [(k + 0.5) / steps for k in range(steps)]
-    read_hooks = {_read_hook(kind, layer) for layer in range(n_layers)}
-    if kind == "resid" and ig:
+    read_hooks = fam.read_hooks(n_layers)
+    if fam.kind == "resid" and ig:
         read_hooks |= {resid_pre_hook(layer) for layer in range(n_layers)}
     with torch.no_grad():  # W_O of both models, read once
-        w_o = (recv_model.W_O.detach(), donor_model.W_O.detach()) if kind == "heads" else ()
+        w_o = (recv_model.W_O.detach(), donor_model.W_O.detach()) if fam.kind == "heads" else None
 
     dtype = next(recv_model.parameters()).dtype
     starts = list(range(0, n_prompts, prompt_batch_size))
-    per_batch = 1 if not ig else (steps * n_layers if kind == "resid" else steps)
+    per_batch = 1 if not ig else (steps * n_layers if fam.kind == "resid" else steps)
     each = positions == "each"
     est = torch.zeros(n_layers, n_sites, n_prompts, width if each else 1)  # memory: no pos if "all"
     recv_vals, donor_vals = [], []
-    bar = tqdm(total=len(starts) * per_batch, desc=f"{kind} {method} {direction}",
-               disable=not progress, leave=False)
-    try:
+    with progress_bar(total=len(starts) * per_batch, desc=f"{fam.kind} {method} "
+                      f"{setup.direction}", enabled=progress) as bar:
         for start in starts:
             stop = min(start + prompt_batch_size, n_prompts)
             sub = tokens.select(start, stop)
             w = int(sub.tokens.shape[1])
-            r_ids, d_ids = recv_ids[start:stop, :w], donor_ids[start:stop, :w]
+            r_ids, d_ids = setup.receiver_ids[start:stop, :w], setup.donor_ids[start:stop, :w]
             with torch.no_grad():
                 dc = _engine.capture(donor_model, sub, d_ids, metric, read_hooks)
             ref = dc.read.log_softmax(-1) if metric in ("kl", "kl_all") else None
@@ -309,48 +246,46 @@ def _run(
             if not ig:  # one forward + one backward of the receiver, zero shifts
                 zeros = [torch.zeros(shape, dtype=dtype, device=r_ids.device)
                          for _ in range(n_layers)]
-                grads, values, rc = _grad_at_shift(recv_model, kind, r_ids, sub, task, ref, zeros,
+                grads, values, rc = _grad_at_shift(recv_model, fam, r_ids, sub, task, ref, zeros,
                                                    read_hooks)
-                deltas = (_deltas(kind, rc, dc, w_o, n_layers) if kind != "heads"
-                          else [None] * n_layers)  # heads: estimated from z directly
+                assert rc is not None
                 bar.update(1)
             else:
                 with torch.no_grad():
                     rc = _engine.capture(recv_model, sub, r_ids, metric, read_hooks)
                 values = _metric(task, rc.read, sub, ref)
-                deltas = _deltas(kind, rc, dc, w_o, n_layers)
-                if kind == "resid":
+                deltas = [fam.summed_delta(layer, rc.acts, dc.acts, w_o)
+                          for layer in range(n_layers)]
+                if fam.kind == "resid":
                     grads = _resid_ig(recv_model, sub, task, ref, rc, deltas, alphas, bar)
                 else:
                     grads = [torch.zeros_like(d) for d in deltas]
                     for alpha in alphas:
-                        g, _, _ = _grad_at_shift(recv_model, kind, r_ids, sub, task, ref,
+                        g, _, _ = _grad_at_shift(recv_model, fam, r_ids, sub, task, ref,
                                                  [alpha * d for d in deltas], None)
                         grads = [a + b / steps for a, b in zip(grads, g, strict=True)]
                         bar.update(1)
             recv_vals.append(values)
-            batch_est = _estimates(kind, grads, deltas, rc, dc, w_o).detach()
+            batch_est = _estimates(fam, grads, rc, dc, w_o).detach()
             if each:
                 est[:, :, start:stop, :w] = batch_est.cpu()
             else:
                 est[:, :, start:stop, 0] = batch_est.sum(-1).cpu()
-    finally:
-        bar.close()
 
     receiver, donor = torch.cat(recv_vals).cpu(), torch.cat(donor_vals).cpu()
     gap = checked_gap(receiver, donor, metric, task.name)
     check_finite(est, "an attribution estimate")
 
     est = est.permute(0, 1, 3, 2)  # [layer, site, pos, batch]
-    if kind != "heads":
+    if fam.kind != "heads":
         est = est[:, 0]
     if positions == "all":
         est = est.squeeze(-2)
     scores = est.mean(-1) / gap
-    dims = ("layer", "head") if kind == "heads" else ("layer",)
-    dims = dims + (("pos",) if positions == "each" else ())
+    dims = fam.dims + (("pos",) if each else ())
     name = method if not ig else f"integrated_gradients(steps={steps})"
     return PatchResult(
-        scores=scores, patched=receiver + est, receiver=receiver, donor=donor, sites=kind, dims=dims,
-        direction=direction, positions=positions, provenance=prov, method=name,
+        scores=scores, patched=receiver + est, receiver=receiver, donor=donor, sites=fam.kind,
+        dims=dims, direction=setup.direction, positions=positions, provenance=setup.provenance,
+        method=name,
     )
