@@ -1,158 +1,161 @@
 """Result types: frozen dataclasses holding tensors, axis labels and provenance.
 
-Every analysis returns one result type. Each can be saved to a folder (``tensors.safetensors`` +
-``result.json``) and loaded back without loading any model, so figures can be rebuilt from disk.
+Every analysis returns one result type, a frozen dataclass deriving from :class:`SavableResult`.
+Each is saved to a folder (``tensors.safetensors`` + ``result.json``, nested results in
+subfolders; see :mod:`mechdiff.results.store`) and loaded back without any model, so figures can
+be rebuilt from disk. A result is checked when it is made and again when it is loaded: its
+tensors against their jaxtyping annotations (dtype, rank, and named dimensions that must agree
+across fields: ``patched: "*site_dims batch"`` and ``receiver: " batch"`` share ``batch``), then
+the class's own :meth:`SavableResult.validate` (e.g. ``scores`` against ``dims``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import platform
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import os
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from jaxtyping import jaxtyped
 
 from mechdiff.errors import ResultError
+from mechdiff.results import registry
+from mechdiff.results.codec import tensor_hint, type_hints
+from mechdiff.results.provenance import Provenance
+
+__all__ = ["Provenance", "SavableResult"]
 
 _R = TypeVar("_R", bound="SavableResult")
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+class SavableResult:
+    """Base of result types: frozen dataclasses saved as tensors + JSON and loaded back checked.
 
-    out = {}
-    for pkg in ("mechdiff", "transformer-lens", "torch", "transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
+    Subclass it as a frozen dataclass. Fields holding tensors go to ``tensors.safetensors``;
+    fields holding a result, or a ``dict`` (string keys) or ``tuple`` of results, go to
+    subfolders (so a composite analysis, or a comparison of two results, saves as one); every
+    other field (str, int, float, bool, None, tuples, lists, dicts, Literals, enums, paths,
+    plain dataclasses such as :class:`Provenance`) goes to ``result.json``, decoded on load by
+    its annotation. The class registers under its name (or ``name=`` in the class statement),
+    which is recorded in the file, so :func:`mechdiff.results.load_result` can load any result.
 
+    Example:
+        ``@dataclass(frozen=True)
+        class Ranking(SavableResult):
+            scores: Float[Tensor, " site"]
+            labels: tuple[str, ...]
+            provenance: Provenance
+            def validate(self) -> None:
+                if len(self.labels) != len(self.scores): raise ResultError("...")``
 
-@dataclass(frozen=True)
-class Provenance:
-    """Where a result came from.
-
-    Attributes:
-        base: identifier of the base (or, for single-model analyses, the only) model.
-        finetuned: identifier of the fine-tuned model (None for single-model analyses).
-        processing: how weights were processed before the analysis (same for both models):
-            ``"compat"`` (TransformerLens HookedTransformer-equivalent: folded LayerNorm, centred
-            writing weights and unembedding, folded value biases) or ``"none"`` (raw HF weights).
-        processing_skipped: steps of ``"compat"`` processing that were not applied because they
-            would have changed what the model computes (e.g. ``"center_unembed"`` on a square
-            unembedding); empty when processing was applied whole.
-        task: the task's name.
-        prompts_hash: fingerprint of prompts, answers and metric (:meth:`Task.fingerprint`).
-        n_prompts: number of prompts.
-        metric: the metric name.
-        seed: the seed used, if the analysis is random.
-        versions: package versions.
-        created: ISO timestamp (UTC).
+    A subclass that defines its own ``__post_init__`` must call ``super().__post_init__()``.
     """
 
-    base: str
-    finetuned: str | None
-    processing: str
-    task: str
-    prompts_hash: str
-    n_prompts: int
-    metric: str
-    seed: int | None = None
-    processing_skipped: tuple[str, ...] = ()
-    versions: dict[str, str] = dataclasses.field(default_factory=_versions)
-    created: str = dataclasses.field(
-        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds")
-    )
-    host: str = dataclasses.field(default_factory=platform.node)
+    result_name: ClassVar[str] = "SavableResult"
 
-    @classmethod
-    def of(
-        cls,
-        task: Any,
-        *,
-        base: str,
-        finetuned: str | None,
-        processing: str,
-        seed: int | None = None,
-        processing_skipped: tuple[str, ...] = (),
-    ) -> Provenance:
-        """The provenance of an analysis of ``task`` (a :class:`~mechdiff.tasks.Task`).
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.result_name = cls.__name__ if name is None else name
+        registry.register(cls, cls.result_name)
 
-        The one place results get their provenance: :meth:`mechdiff.loading.ModelPair.provenance`
-        and :func:`mechdiff.loading.model_provenance` call it with the models' identities.
+    def __post_init__(self) -> None:
+        check(self)
+
+    def validate(self) -> None:
+        """Check that the values fit each other; raise :class:`ResultError` saying what does not.
+
+        Called when a result is made and when it is loaded. The base checks nothing beyond the
+        tensor annotations (checked before this); override to check tensor shapes against the
+        result's metadata (axis names, labels, counts).
         """
-        return cls(
-            base=base, finetuned=finetuned, processing=processing, task=task.name,
-            prompts_hash=task.fingerprint(), n_prompts=len(task), metric=task.metric_name,
-            seed=seed, processing_skipped=tuple(processing_skipped),
-        )
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Save to folder ``path`` atomically; returns the folder (absolute).
 
-class SavableResult:
-    """Mixin for frozen dataclass results: tensors to safetensors, everything else to JSON."""
+        The result is written into a temporary sibling, flushed to disk and renamed into place,
+        replacing an earlier result there in one step: an interrupted save leaves the earlier
+        folder (or none) and never a mix. Missing parent folders are created.
 
-    kind_name: ClassVar[str] = "result"
+        Raises:
+            OptionError: ``path`` is not a usable path.
+            OutputError: ``path`` is a file, or a folder that is not a saved result (it is not
+                replaced), or cannot be written.
+            DiskFullError: the disk filled up; nothing was written.
+            ResultError: a field holds a value that cannot be saved.
+        """
+        from mechdiff.results.store import save_result
 
-    def save(self, path: str | Path) -> Path:
-        """Write the result to folder ``path`` (created if missing). Returns the folder."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {"__type__": type(self).__name__}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, torch.Tensor):
-                tensors[f.name] = value.detach().cpu().contiguous()
-            elif dataclasses.is_dataclass(value):
-                meta[f.name] = dataclasses.asdict(value)
-            else:
-                meta[f.name] = value
-        save_file(tensors, str(path / "tensors.safetensors"))
-        (path / "result.json").write_text(json.dumps(meta, indent=2, default=_json_default))
-        return path
+        return save_result(self, path)
 
     @classmethod
-    def load(cls: type[_R], path: str | Path) -> _R:
-        """Load a result saved with :meth:`save`."""
-        path = Path(path)
-        meta_file, tensor_file = path / "result.json", path / "tensors.safetensors"
-        if not meta_file.is_file() or not tensor_file.is_file():
-            raise ResultError(
-                f"{path} is not a saved mechdiff result (expected result.json and "
-                "tensors.safetensors in it)"
-            )
-        try:
-            meta = json.loads(meta_file.read_text())
-            tensors = load_file(str(tensor_file))
-        except Exception as e:  # noqa: BLE001 - re-raised typed
-            raise ResultError(f"cannot read the result in {path}: {e}") from e
-        if meta.pop("__type__", None) != cls.__name__:
-            raise ResultError(f"{path} holds a different result type, not {cls.__name__}")
-        kwargs: dict[str, Any] = dict(tensors)
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name in meta:
-                value = meta[f.name]
-                if f.name == "provenance" and value is not None:
-                    value = Provenance(**value)
-                elif isinstance(value, list):
-                    value = _tuplify(value)
-                kwargs[f.name] = value
-        return cls(**kwargs)
+    def load(cls: type[_R], path: str | os.PathLike[str], *, check_hash: bool = True) -> _R:
+        """Load the result saved in folder ``path``, checked (see :func:`load_result`).
+
+        Called on a subclass, the folder must hold that type (or a subclass of it); called on
+        :class:`SavableResult`, any registered result type.
+
+        Raises:
+            ResultError: the folder does not hold a valid result of this type (the message names
+                the file and what is wrong).
+            OptionError: a bad argument.
+        """
+        from mechdiff.results.store import load_result
+
+        return load_result(path, expected=cls, check_hash=check_hash)  # type: ignore[return-value]
+
+    @property
+    def load_notes(self) -> tuple[str, ...]:
+        """What loading noted but tolerated (e.g. fields unknown to this version); () if made."""
+        return getattr(self, "_mechdiff_load_notes", ())
 
 
-def _tuplify(value: list[Any]) -> tuple[Any, ...]:
-    return tuple(_tuplify(v) if isinstance(v, list) else v for v in value)
+def check(result: SavableResult) -> None:
+    """Check ``result``'s tensors against their annotations, then its own :meth:`validate`.
+
+    Raises:
+        ResultError: what does not fit, naming the fields.
+    """
+    if dataclasses.is_dataclass(result):
+        problem = _tensor_problem(result)
+        if problem is not None:
+            raise ResultError(f"{type(result).__name__}: {problem}")
+    result.validate()
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, tuple):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in result.json")
+def _tensor_problem(result: Any) -> str | None:
+    """Why ``result``'s tensor fields do not fit their jaxtyping annotations, or None."""
+    hints = type_hints(type(result))
+    pairs = []
+    for f in dataclasses.fields(result):
+        hint = tensor_hint(hints.get(f.name))
+        value = getattr(result, f.name)
+        if hint is None or value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            return f"field {f.name!r} must be a tensor, got {type(value).__name__}"
+        dtypes = getattr(hint, "dtypes", None)
+        dtype = str(value.dtype).removeprefix("torch.")
+        if isinstance(dtypes, tuple | list) and dtype not in dtypes:
+            return f"field {f.name!r} has dtype {dtype}, but {hint.__name__} allows {list(dtypes)}"
+        pairs.append((f.name, hint, value))
+    if not pairs:
+        return None
+    for name, hint, value in pairs:
+        if not _fit([(hint, value)]):
+            return (f"field {name!r} has shape {tuple(value.shape)}, which does not fit its "
+                    f"annotation {_dims(hint)!r}")
+    if not _fit([(hint, value) for _, hint, value in pairs]):
+        shapes = ", ".join(f"{n} {tuple(v.shape)} as {_dims(h)!r}" for n, h, v in pairs)
+        return f"tensor shapes disagree on a shared dimension: {shapes}"
+    return None
+
+
+@jaxtyped(typechecker=None)
+def _fit(pairs: list[Any]) -> bool:
+    """Whether every (annotation, tensor) fits, with named dimensions bound across all of them."""
+    return all(isinstance(value, hint) for hint, value in pairs)
+
+
+def _dims(hint: Any) -> str:
+    return getattr(hint, "dim_str", "") or "any shape"
