@@ -3,46 +3,49 @@
 * ``mechdiff demo`` runs a demo of :mod:`mechdiff.demos`: the real model by default (``--real``),
   the embedded zoo with ``--synthetic``.
 * ``mechdiff patch --base DIR --finetuned DIR --prompts FILE`` runs the per-pair analysis
-  (:func:`mechdiff.analysis.analyse_pair`) on a user's own checkpoints.
+  (:func:`mechdiff.pipeline.analyse_pair`) on a user's own checkpoints.
 
-Errors on bad input (:class:`mechdiff.errors.MechdiffError`) are printed as one line,
-``mechdiff: error: <message>``, with exit status 2 and no traceback.
+This module only parses arguments, runs the command inside a transactional output folder
+(:class:`mechdiff.results.folder.OutputFolder`: the output appears whole or not at all; a lock
+refuses a second run into the same folder) and reports errors: a
+:class:`mechdiff.errors.MechdiffError` is printed as one line, ``mechdiff: error: <message>``,
+with exit status 2 and no traceback; Ctrl-C and SIGTERM exit with status 130 and leave ``--out``
+as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from mechdiff.analysis import Report, analyse_pair, write_summary
+from mechdiff._progress import report as print_line
+from mechdiff._runtime import fixed_mmap_threshold
 from mechdiff.demos import DEFAULT_DEMO, DEMOS, REAL_N_PROMPTS
-from mechdiff.directions import DIRECTIONS, Direction
+from mechdiff.directions import ALIASES, DIRECTIONS, Direction
 from mechdiff.errors import MechdiffError
 from mechdiff.loading import load_pair
+from mechdiff.pipeline import analyse_pair
+from mechdiff.report import text
+from mechdiff.report.summary import write_summary
+from mechdiff.results.folder import OutputFolder, RunSpec
+from mechdiff.results.signals import terminate_as_interrupt
 from mechdiff.sites import SITE_KINDS
 from mechdiff.tasks import METRICS, Task
+from mechdiff.viz import pair_figures
 
-_DIRECTION_ALIASES: dict[str, Direction] = {
-    "ft->base": "ft->base",
-    "base->ft": "base->ft",
-    "ft-to-base": "ft->base",
-    "base-to-ft": "base->ft",
-}
-
-
-# ---------------------------------------------------------------- argument parsing and main
+# ---------------------------------------------------------------- argument parsing
 
 
 def _direction(text: str) -> Direction:
     try:
-        return _DIRECTION_ALIASES[text]
+        return ALIASES[text]
     except KeyError:
         raise argparse.ArgumentTypeError(
             f"invalid direction {text!r}; choose ft->base or base->ft (shell-safe: ft-to-base, "
@@ -58,6 +61,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("mechdiff_out"),
+                        help="output folder (default: mechdiff_out); written whole on success, "
+                        "left as it was on failure or Ctrl-C")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace the output of a different earlier run in --out (never "
+                        "mixed with it); without it such a folder is refused")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run on the controlled synthetic zoo (small GPT-2-style models "
                        "trained offline with known mechanisms)")
     demo.set_defaults(demo=DEFAULT_DEMO)
-    demo.add_argument("--out", type=Path, default=Path("mechdiff_out"),
-                      help="output folder (default: mechdiff_out)")
     demo.add_argument("--cache", type=Path, default=None,
                       help="model cache folder (default: $MECHDIFF_CACHE/real, or "
                       "$MECHDIFF_CACHE/zoo with --synthetic; without MECHDIFF_CACHE under "
@@ -93,10 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"prompts per task (default {REAL_N_PROMPTS} for the real model, which "
                       "keeps a run from the cache within about 5 minutes on 2 CPU cores; 64 with "
                       "--synthetic)")
-    demo.add_argument("--seed", type=int, default=0,
-                      help="seed of the task prompts (default 0)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the task prompts (default 0)")
     demo.add_argument("--top", type=_positive, default=10, help="rows per ranked table (default 10)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output(demo)
 
     patch = sub.add_parser(
         "patch", help="analyse your own base and fine-tuned checkpoints",
@@ -120,55 +130,67 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--metric", choices=METRICS, default=None,
                        help="default: logit_diff with wrong answers, logprob with answers only, "
                        "else kl")
-    patch.add_argument("--out", type=Path, default=Path("mechdiff_out"),
-                       help="output folder (default: mechdiff_out)")
     patch.add_argument("--batch-size", type=_positive, default=64,
                        help="sequences per patched forward; bounds memory (default 64)")
-    patch.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                       help="default: cuda if available, else cpu")
+    patch.add_argument("--device", default=None,
+                       help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     patch.add_argument("--top", type=_positive, default=10, help="rows in the ranked table (default 10)")
-    patch.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_output(patch)
     return parser
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise _UsageError(f"output path {out} exists and is not a folder; pass another --out")
+# ---------------------------------------------------------------- commands
 
 
-class _UsageError(MechdiffError):
-    """A command-line argument is unusable (reported like every other MechdiffError)."""
+def _file_digest(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return "unreadable"
 
 
-def _cmd_demo(args: argparse.Namespace, report: Report) -> int:
-    _check_out(args.out)
+def _cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     chosen = {} if args.n_prompts is None else {"n_prompts": args.n_prompts}
-    analyses = DEMOS[args.demo](
-        args.out, cache_dir=args.cache, seed=args.seed, top=args.top, progress=not args.quiet,
-        report=report, **chosen,
-    )
-    report(f"\n{len(analyses)} fine-tunes analysed in {time.perf_counter() - start:.0f} s; "
-           f"results, figures and summary.md in {args.out}/")
+    spec = RunSpec(command="demo", inputs={"cache": str(args.cache or "default")},
+                   options={"demo": args.demo, "n_prompts": args.n_prompts, "seed": args.seed,
+                            "top": args.top})
+    with OutputFolder(args.out, run=spec, replace=args.replace) as work:
+        analyses = DEMOS[args.demo](
+            work, cache_dir=args.cache, seed=args.seed, top=args.top, progress=not args.quiet,
+            report=print_line, **chosen,
+        )
+    print_line(f"\n{len(analyses)} fine-tunes analysed in {time.perf_counter() - start:.0f} s; "
+               f"results, figures and summary.md in {args.out}/")
     return 0
 
 
-def _cmd_patch(args: argparse.Namespace, report: Report) -> int:
-    _check_out(args.out)
+def _cmd_patch(args: argparse.Namespace) -> int:
     extra = {} if args.metric is None else {"metric": args.metric}
     task = Task.from_file(args.prompts, **extra)  # prompt errors before any model is loaded
-    pair = load_pair(args.base, args.finetuned, device=args.device)
-    analysis = analyse_pair(
-        pair, task, args.out, label=task.name, directions=args.direction, sites=args.sites,
-        progress=not args.quiet, positions=args.positions, batch_size=args.batch_size,
+    spec = RunSpec(
+        command="patch",
+        inputs={"base": args.base, "finetuned": args.finetuned, "prompts": str(args.prompts),
+                "prompts_sha256": _file_digest(args.prompts)},
+        options={"sites": args.sites, "direction": args.direction, "positions": args.positions,
+                 "metric": args.metric, "batch_size": args.batch_size, "top": args.top},
     )
-    write_summary(args.out, [analysis], top=args.top, meta={
-        "title": f"mechdiff patch: {task.name}",
-        "intro": f"Base `{pair.base_id}`, fine-tuned `{pair.finetuned_id}`.",
-        "positions": args.positions,
-    })
-    report(analysis.table(args.top))
-    report(f"\nresults, figures and summary.md in {args.out}/")
+    with OutputFolder(args.out, run=spec, replace=args.replace) as work:
+        pair = load_pair(args.base, args.finetuned, device=args.device)
+        analysis = analyse_pair(  # a zero gap is reported here, before anything is written
+            pair, task, label=task.name, directions=args.direction, sites=args.sites,
+            progress=not args.quiet, positions=args.positions, batch_size=args.batch_size,
+        )
+        analysis.save(work / "analysis")
+        pair_figures(analysis, work / "figures")
+        write_summary(work, [analysis], top=args.top, meta={
+            "title": f"mechdiff patch: {task.name}",
+            "intro": f"Base `{pair.base_id}`, fine-tuned `{pair.finetuned_id}`.",
+            "positions": args.positions,
+        })
+    print_line(text.pair_table(analysis, args.top))
+    print_line(f"\nresults, figures and summary.md in {args.out}/")
     return 0
 
 
@@ -186,19 +208,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    report: Report = tqdm.write
-    _fixed_mmap_threshold()
+    fixed_mmap_threshold()
     try:
-        with _hf_progress(enabled=not args.quiet):
+        with terminate_as_interrupt(), _hf_progress(enabled=not args.quiet):
             if args.command == "demo":
-                return _cmd_demo(args, report)
-            return _cmd_patch(args, report)
+                return _cmd_demo(args)
+            return _cmd_patch(args)
     except MechdiffError as e:
         return _fail(str(e))
     except OSError as e:  # unwritable output folder, full disk, ...
         return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except KeyboardInterrupt:
-        print("mechdiff: interrupted", file=sys.stderr)
+        print("mechdiff: interrupted; the output folder was left as it was", file=sys.stderr)
         return 130
 
 
@@ -215,33 +236,9 @@ def _hf_progress(*, enabled: bool) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
-    """Give glibc a fixed mmap threshold for this process (the command is the application).
-
-    By default glibc raises the threshold after every large free, after which freed activation
-    buffers stay in its heap and count as resident memory: patching a GPT-2-small pair kept
-    726 MB resident where 307 MB were needed. Equivalent to ``MALLOC_MMAP_THRESHOLD_=1048576``;
-    a no-op off glibc or when that variable is set.
-    """
-    import ctypes
-    import ctypes.util
-    import os
-
-    name = ctypes.util.find_library("c")
-    if not name or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
-
-
 def _fail(message: str) -> int:
     print("mechdiff: error: " + " ".join(message.split()), file=sys.stderr)
     return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
+__all__ = ["DEFAULT_DEMO", "build_parser", "main"]

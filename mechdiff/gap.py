@@ -13,6 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechdiff import stats
 from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, kl_div, metric_values
 from mechdiff.results import Provenance, SavableResult
@@ -50,6 +51,17 @@ class GapResult(SavableResult):
     def gap(self) -> float:
         """Mean fine-tuned metric minus mean base metric."""
         return float(self.finetuned_metric.mean() - self.base_metric.mean())
+
+    def gap_interval(
+        self,
+        level: float = stats.CI_LEVEL,
+        *,
+        samples: int = stats.BOOTSTRAP_SAMPLES,
+        seed: int = stats.BOOTSTRAP_SEED,
+    ) -> tuple[float, float]:
+        """Bootstrap interval over prompts of the gap (the mean per-prompt difference)."""
+        return stats.mean_interval(self.finetuned_metric - self.base_metric, level=level,
+                                   samples=samples, seed=seed)
 
     @property
     def is_zero(self) -> bool:

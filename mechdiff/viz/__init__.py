@@ -14,8 +14,19 @@ figures globally or changes ``matplotlib.rcParams``.
 """
 
 from mechdiff.viz._gap import plot_gap
+from mechdiff.viz._pair import pair_figures, prompted_figure
 from mechdiff.viz._patching import plot_directions, plot_patch
 from mechdiff.viz._profiles import plot_layer_profiles
+from mechdiff.viz._ranked import plot_ranked
 from mechdiff.viz._save import save_figure
 
-__all__ = ["plot_directions", "plot_gap", "plot_layer_profiles", "plot_patch", "save_figure"]
+__all__ = [
+    "pair_figures",
+    "plot_directions",
+    "plot_gap",
+    "plot_layer_profiles",
+    "plot_patch",
+    "plot_ranked",
+    "prompted_figure",
+    "save_figure",
+]

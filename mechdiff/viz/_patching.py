@@ -43,6 +43,8 @@ class _Panel:
     xlabel: str
     xticklabels: list[str] | None  # None: integer ticks
     note: str  # extra subtitle text ("" if none)
+    low: np.ndarray | None = None  # the 95% interval over prompts, same shape as values
+    high: np.ndarray | None = None
 
     @property
     def is_bars(self) -> bool:
@@ -91,7 +93,7 @@ def plot_patch(
         fig = st.root_figure(ax)
         ax.set_title(heading, fontsize=st.LABEL_PT)
     if panel.is_bars:
-        _draw_bars(ax, panel, colormap, _bar_limits([panel.values], vmax), annotate)
+        _draw_bars(ax, panel, colormap, _bar_limits(_extent([panel]), vmax), annotate)
     else:
         mappable = _draw_heatmap(ax, panel, colormap, limit)
         _colourbar(fig, mappable, ax)
@@ -154,7 +156,7 @@ def plot_directions(
             fontsize=st.LABEL_PT,
         )
         if panel.is_bars:
-            limits = _bar_limits([q.values for q in panels], vmax)
+            limits = _bar_limits(_extent(panels), vmax)
             _draw_bars(ax, panel, colormap, limits, annotate)
         else:
             mappable = _draw_heatmap(ax, panel, colormap, limit)
@@ -196,19 +198,25 @@ def _panel(result: PatchResult, token_labels: Sequence[str] | None) -> _Panel:
     if dims not in _KNOWN_DIMS:
         raise ResultError(f"cannot draw a result with dims {dims}; expected one of {_KNOWN_DIMS}")
     scores = result.scores.detach().float().cpu().numpy()
+    low, high = (t.detach().float().cpu().numpy() for t in result.interval())
+    if result.receiver.shape[0] < 2:  # one prompt: no spread to show
+        low = high = None
     if "pos" not in dims and token_labels is not None:
         raise ValueError(
             "token_labels name positions, but this result was patched at all positions at once "
             f"(dims {dims}); drop token_labels or patch with positions='each'"
         )
     if dims == ("layer",):
-        return _Panel(scores, "layer", None, "")
+        return _Panel(scores, "layer", None, "", low, high)
     if dims == ("layer", "head"):
-        return _Panel(scores, "head", None, "")
+        return _Panel(scores, "head", None, _dot_note(low), low, high)
     note = ""
     if dims == ("layer", "head", "pos"):
         strongest = np.abs(np.nan_to_num(scores, nan=0.0)).argmax(axis=1)[:, None, :]
         scores = np.take_along_axis(scores, strongest, axis=1)[:, 0, :]
+        if low is not None and high is not None:
+            low = np.take_along_axis(low, strongest, axis=1)[:, 0, :]
+            high = np.take_along_axis(high, strongest, axis=1)[:, 0, :]
         note = "each cell: the head with the largest |score|"
     labels = None
     if token_labels is not None:
@@ -219,7 +227,23 @@ def _panel(result: PatchResult, token_labels: Sequence[str] | None) -> _Panel:
                 "per position (the tokens of the prompt, padded to the longest prompt)"
             )
         labels = [st.token_text(t) for t in labels]
-    return _Panel(scores, "position", labels, note)
+    dots = _dot_note(low)
+    note = "; ".join(x for x in (note, dots) if x)
+    return _Panel(scores, "position", labels, note, low, high)
+
+
+def _dot_note(low: np.ndarray | None) -> str:
+    return "" if low is None else "\u00b7 = 95% interval over prompts includes 0"
+
+
+def _mark_uncertain(ax: Axes, panel: _Panel) -> None:
+    """A small grey dot in the upper right corner of every heatmap cell whose interval over
+    prompts includes 0 (clear of a printed value)."""
+    if panel.low is None or panel.high is None:
+        return
+    rows, cols = np.nonzero((panel.low <= 0) & (panel.high >= 0))
+    if rows.size:
+        ax.scatter(cols + 0.34, rows - 0.3, s=1.2, c="0.4", marker="o", linewidths=0, zorder=3)
 
 
 def _titles(result: PatchResult, title: str | None, note: str) -> list[str]:
@@ -263,6 +287,7 @@ def _draw_heatmap(ax: Axes, panel: _Panel, cmap: Colormap, limit: float) -> Scal
         aspect="auto",
         interpolation="nearest",
     )
+    _mark_uncertain(ax, panel)
     st.style_axes(ax)
     ax.set_ylabel("layer", fontsize=st.LABEL_PT)
     ax.set_xlabel(panel.xlabel, fontsize=st.LABEL_PT)
@@ -315,6 +340,14 @@ def _annotate(
         ax.text(j, i, text, ha="center", va="center", fontsize=size, color=colour)
 
 
+def _extent(panels: Sequence[_Panel]) -> list[np.ndarray]:
+    """Every value a bar panel draws: the bars and their error bars' ends."""
+    out = []
+    for p in panels:
+        out += [p.values] + [x for x in (p.low, p.high) if x is not None]
+    return out
+
+
 def _bar_limits(values: list[np.ndarray], vmax: float | None) -> tuple[float, float]:
     """y limits: ``±vmax`` if given, else a range holding 0, 1 (the donor) and every bar."""
     if vmax is not None:
@@ -336,6 +369,11 @@ def _draw_bars(
         layers, finite, width=0.75, color=st.sign_colours(finite, cmap), edgecolor="0.2",
         linewidth=0.4, zorder=2,
     )
+    if panel.low is not None and panel.high is not None:  # 95% interval over prompts
+        err = np.stack([finite - np.nan_to_num(panel.low, nan=0.0),
+                        np.nan_to_num(panel.high, nan=0.0) - finite]).clip(min=0.0)
+        ax.errorbar(layers, finite, yerr=err, fmt="none", ecolor="0.15", elinewidth=0.6,
+                    capsize=1.2, capthick=0.6, zorder=5)
     st.style_axes(ax)
     ax.axhline(0.0, color="0.2", linewidth=0.6, zorder=3)
     ax.axhline(1.0, color="0.45", linewidth=0.7, linestyle=":", zorder=1)

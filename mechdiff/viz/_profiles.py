@@ -4,7 +4,7 @@ Each panel is one site kind (e.g. attention layers, MLP layers); each line is on
 scores over layers (``dims == ("layer",)``): for instance, where a system prompt acts inside the
 base model (single-model patching, prompted into unprompted) beside where a fine-tune acts
 (cross-model patching, fine-tuned into base). A note under a panel title can carry the
-correlation of the lines.
+correlation of the lines. Each line carries its 95% bootstrap interval over prompts as a band.
 """
 
 from __future__ import annotations
@@ -64,7 +64,11 @@ def plot_layer_profiles(
             lines.items(), _LINE_STYLES * len(lines), strict=False
         ):
             values = result.scores.detach().float().cpu().numpy()
-            ax.plot(np.arange(values.shape[0]), values, color=colour, marker=marker,
+            x = np.arange(values.shape[0])
+            if result.receiver.shape[0] > 1:  # the 95% interval over prompts, as a band
+                low, high = (t.float().cpu().numpy() for t in result.interval())
+                ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+            ax.plot(x, values, color=colour, marker=marker,
                     linestyle=style, linewidth=1.0, markersize=2.5, label=st.plain_text(label))
         st.style_axes(ax)
         ax.axhline(0.0, color="0.2", linewidth=0.6, zorder=1)

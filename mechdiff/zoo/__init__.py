@@ -49,8 +49,16 @@ from mechdiff.zoo.recipes import (
 from mechdiff.zoo.tasks import TASKS, TaskName, task
 from mechdiff.zoo.vocab import tokenizer
 
+MECHANISMS: dict[str, str] = {
+    "reweight": "re-weights an existing behaviour",
+    "new_skill": "builds a new skill",
+}
+"""Statements of the known mechanisms of the zoos' fine-tunes (``FineTuneSpec.mechanism`` and
+``real.Experiment.mechanism``)."""
+
 __all__ = [
     "FINETUNES",
+    "MECHANISMS",
     "MODELS",
     "TASKS",
     "THRESHOLDS",

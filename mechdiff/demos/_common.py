@@ -1,0 +1,37 @@
+"""What the demo drivers share: how they report, and how they pick a subset of a task."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
+
+from mechdiff.tasks import Task
+
+Report: TypeAlias = Callable[[str], None]
+"""Where a demo sends its tables and readings as soon as they are ready."""
+
+
+def quiet(_: str) -> None:
+    """A :data:`Report` that drops everything."""
+
+
+def pick(n_total: int, n: int, seed: int) -> list[int]:
+    """``n`` of ``range(n_total)`` (all if fewer), chosen with a local RNG seeded by ``seed``."""
+    if n >= n_total:
+        return list(range(n_total))
+    return sorted(random.Random(seed).sample(range(n_total), n))
+
+
+def subset(task: Task, keep: Sequence[int]) -> Task:
+    """The task restricted to the prompts at ``keep`` (answers and corrupted prompts alike)."""
+    if list(keep) == list(range(len(task))):
+        return task
+
+    def take(items: Sequence[Any] | None) -> list[Any] | None:
+        return None if items is None else [items[i] for i in keep]
+
+    return dataclasses.replace(task, prompts=take(task.prompts), answers=take(task.answers),
+                               wrong_answers=take(task.wrong_answers),
+                               corrupted=take(task.corrupted))

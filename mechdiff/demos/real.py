@@ -1,0 +1,200 @@
+"""``mechdiff demo`` (the default): the real model SmolLM2-135M-Instruct and its fine-tunes
+(:mod:`mechdiff.zoo.real`).
+
+Per fine-tune, exact and attribution patching side by side (:func:`~mechdiff.pipeline.analyse_pair`
+with both methods); for the distillation, the prompted base as a third model
+(:func:`~mechdiff.compare.compare_prompted_base`); for the LoRA distillation, attribution patching
+compared with the full fine-tune's (:func:`~mechdiff.compare.compare_finetunes`). The driver only
+calls analyses, saves their results, draws figures from them and prints their tables.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechdiff import zoo
+from mechdiff._progress import progress_bar
+from mechdiff._runtime import torch_threads
+from mechdiff.compare import (
+    FinetuneComparison,
+    PromptedBaseComparison,
+    compare_finetunes,
+    compare_prompted_base,
+)
+from mechdiff.demos._common import Report, pick, quiet, subset
+from mechdiff.errors import OptionError
+from mechdiff.loading import ModelPair, load_pair
+from mechdiff.patching import PatchResult, activation_patch, cross_patch
+from mechdiff.pipeline import PairAnalysis, analyse_pair
+from mechdiff.pipeline.pair import result_key
+from mechdiff.report import markdown, text
+from mechdiff.report.summary import finetunes_summary, prompted_summary, write_summary
+from mechdiff.tasks import Task
+from mechdiff.viz import pair_figures, prompted_figure
+
+REAL_N_PROMPTS = 4
+"""Default prompts per task of the real demo: keeps a run from the cache within 5 minutes on 2 CPU
+cores."""
+REAL_THREADS: int | None = None
+"""torch threads of the real demo; ``None`` keeps torch's default (one per core). Measured on 2
+idle cores: all-heads patching of 2 prompts took 10.6 s with 2 threads and 20 s with 1. (With
+another process busy on the same cores, 2 threads spin-wait and can be several times slower;
+pass ``threads=1`` to :func:`run_demo_real` there.)"""
+REAL_EXACT = ("distill", "trigger")
+"""Experiments of :data:`mechdiff.zoo.real.EXPERIMENTS` patched exactly as well as by attribution;
+the others (``distill_lora``) get the gap and attribution patching only."""
+PROFILE_KINDS = ("attn", "mlp")
+"""Site kinds of the prompted-base comparison's per-layer profiles."""
+
+
+def run_demo_real(
+    out: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    n_prompts: int = REAL_N_PROMPTS,
+    seed: int = 0,
+    top: int = 10,
+    device: str | None = "cpu",
+    progress: bool = True,
+    report: Report | None = None,
+    threads: int | None = REAL_THREADS,
+) -> list[PairAnalysis]:
+    """The demo on the real model (SmolLM2-135M-Instruct and its fine-tunes).
+
+    Builds the real zoo if it is not cached (conversion and fine-tuning, minutes, once), then:
+
+    * ``distill`` and ``trigger`` (:data:`REAL_EXACT`): behaviour gap; exact and attribution
+      patching of every head and MLP in both directions, side by side, with their agreement.
+    * the prompted base as the third model: the base patched persona-prompted into unprompted
+      (attention layers and MLPs) beside the distilled model patched into the base.
+    * ``distill_lora``: gap and attribution patching, compared with the full distillation's.
+
+    Writes ``<out>/<experiment>/`` (each a saved :class:`PairAnalysis`),
+    ``<out>/comparisons/{prompted_base,distill_lora_vs_distill}/``, figures under
+    ``<out>/figures/``, and ``<out>/summary.json`` / ``summary.md``.
+
+    Args:
+        out: output folder (the command line wraps it in a transactional output folder).
+        cache_dir: the real zoo cache (default ``$MECHDIFF_CACHE/real``).
+        n_prompts: prompts per task (a deterministic subset chosen with ``seed``).
+        seed: seed of the subset.
+        top: rows per ranked table.
+        device: where to run the models.
+        progress: show progress bars.
+        report: called with each table and reading as soon as it is ready.
+        threads: torch threads while the demo runs (restored after); ``None`` leaves them.
+    """
+    from mechdiff.zoo import real
+
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise OptionError(f"n_prompts must be a positive integer, got {n_prompts!r}")
+    if threads is not None and threads < 1:
+        raise OptionError(f"threads must be at least 1, got {threads}")
+    say = report or quiet
+    out = Path(out)
+    start = time.perf_counter()
+    dirs = real.build(cache_dir, progress=progress)
+    tasks = real.tasks(cache_dir, progress=progress)
+    keep = pick(len(tasks["distill"]), n_prompts, seed)
+    chosen = {
+        "distill": subset(tasks["distill"], keep),
+        "distill_prompted": subset(tasks["distill_prompted"], keep),
+        "trigger": subset(tasks["trigger"], pick(len(tasks["trigger"]), n_prompts, seed)),
+    }
+    analyses: dict[str, PairAnalysis] = {}
+    prompted: PromptedBaseComparison | None = None
+    lora: FinetuneComparison | None = None
+    with torch_threads(threads), progress_bar(total=len(real.EXPERIMENTS),
+                                              desc="mechdiff demo (real)", enabled=progress,
+                                              leave=True) as bar:
+        base = load_pair(dirs["base"], dirs["base"], device=device).base
+        for step in ("distill", "trigger", "distill_lora"):
+            bar.set_postfix_str(step)
+            exp = real.EXPERIMENTS[step]
+            pair = _real_pair(base, dirs["base"], dirs[exp.finetuned], device)
+            task = chosen[exp.task]
+            analysis = analyse_pair(
+                pair, task, label=step, progress=progress,
+                methods=("exact", "attribution") if step in REAL_EXACT else ("attribution",),
+                mechanism=zoo.MECHANISMS.get(exp.mechanism, exp.mechanism),
+                description=real.FINETUNES[exp.finetuned].description,
+            )
+            analyses[step] = analysis
+            analysis.save(out / step)
+            pair_figures(analysis, out / "figures" / step)
+            say(text.pair_table(analysis, top))
+            if step == "distill":
+                prompted = _prompted_base(pair, analysis, task, chosen["distill_prompted"],
+                                          str(dirs["base"]), progress)
+                prompted.save(out / "comparisons" / "prompted_base")
+                prompted_figure(prompted, out / "figures" / "prompted_base",
+                                title="Where the system prompt acts vs where distillation acts "
+                                f"\u00b7 {task.name}")
+                say("\n" + text.prompted_text(prompted))
+            elif exp.prompted_task == "distill_prompted" and "distill" in analyses:
+                ref = analyses["distill"]
+                lora = compare_finetunes(
+                    analysis.estimates, ref.estimates, label=step, reference_label="distill",
+                    gaps={step: analysis.gap.gap, "distill": ref.gap.gap},
+                    layers=ref.changed_layers,
+                )
+                lora.save(out / "comparisons" / f"{step}_vs_distill")
+                say("\n" + text.finetunes_text(lora))
+            del pair
+            bar.update(1)
+    sections = [markdown.prompted_section(prompted)] if prompted else []
+    sections += [markdown.finetunes_section(lora)] if lora else []
+    write_summary(out, list(analyses.values()), top=top, sections=sections, meta={
+        "title": "mechdiff demo: SmolLM2-135M-Instruct and its fine-tunes",
+        "intro": (
+            "Context distillation (`distill`, full and LoRA) re-weights a behaviour the base shows "
+            "under a system prompt; a planted trigger (`trigger`) is a new behaviour. Heads "
+            "(patched after their own W_O) and MLPs are ranked by the fraction of the behaviour "
+            "gap that patching each one alone closes, exactly and by attribution patching, with "
+            "95% bootstrap intervals over prompts."
+        ),
+        "demo": "real",
+        "real_zoo": str(dirs["base"].parent),
+        "n_prompts": n_prompts,
+        "seed": seed,
+        "threads": threads,
+        "prompted_base": prompted_summary(prompted) if prompted else None,
+        "lora_vs_full": finetunes_summary(lora) if lora else None,
+        "seconds": round(time.perf_counter() - start, 1),
+    })
+    return list(analyses.values())
+
+
+def _prompted_base(pair: ModelPair, distilled: PairAnalysis, task: Task, prompted_task: Task,
+                   base_id: str, progress: bool) -> PromptedBaseComparison:
+    """The base patched prompted -> unprompted per layer, beside the distilled model -> base."""
+    prompted: dict[str, PatchResult] = {}
+    finetuned: dict[str, PatchResult] = {}
+    for kind in PROFILE_KINDS:
+        prompted[kind] = activation_patch(pair.base, prompted_task, sites=kind, positions="all",
+                                          progress=progress, model_id=base_id)
+        done = distilled.exact.get(result_key(kind, "ft->base"))
+        finetuned[kind] = done if done is not None else cross_patch(
+            pair, task, sites=kind, direction="ft->base", progress=progress)
+    return compare_prompted_base(prompted, finetuned, changed_layers=distilled.changed_layers)
+
+
+def _real_pair(base: TransformerBridge, base_dir: Path, finetuned: Path,
+               device: str | None) -> ModelPair:
+    """A pair sharing the already-loaded base bridge; a LoRA adapter is merged into the base."""
+    import dataclasses
+
+    import torch
+
+    from mechdiff.loading.pair import _load_adapter
+
+    if (finetuned / "adapter_config.json").is_file():
+        ft, ft_id = _load_adapter(base_dir, finetuned, device=device or "cpu",
+                                  dtype=torch.float32, processing="compat")
+    else:
+        ft, ft_id = load_pair(finetuned, finetuned, device=device).base, str(finetuned)
+    pair = load_pair(base, ft, device=device)
+    return dataclasses.replace(pair, base_id=str(base_dir), finetuned_id=ft_id)

@@ -1,0 +1,16 @@
+"""Pipelines: analyses composed into what the commands and demos run, each returning one savable
+result.
+
+* :func:`analyse_pair` (:mod:`.pair`): the behaviour gap of a pair, every site patched in both
+  directions (exact and/or attribution), and how the two methods agree.
+"""
+
+from mechdiff.pipeline.pair import (
+    PAIR_METHODS,
+    ComponentRow,
+    PairAnalysis,
+    PairMethod,
+    analyse_pair,
+)
+
+__all__ = ["PAIR_METHODS", "ComponentRow", "PairAnalysis", "PairMethod", "analyse_pair"]
