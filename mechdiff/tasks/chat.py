@@ -5,6 +5,11 @@ A prompt may be a list of ``{"role", "content"}`` messages with roles ``system``
 add_generation_prompt=True, tokenize=False)`` (:func:`render_chat`); the rendered prompt ends with
 the template's assistant header, so the logits at its last token predict the first token of the
 assistant's reply. Chat prompts are stored frozen as :class:`ChatPrompt`.
+
+Each message must have exactly the keys ``role`` and ``content``; the role is one of
+:data:`ROLES` (lower case) and the content a string (it may be empty: the template still writes
+the message's header). Anything else is a :class:`~mechdiff.errors.PromptError` naming the message,
+with a suggestion for a misspelt key or role.
 """
 
 from __future__ import annotations
@@ -13,10 +18,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from mechdiff.errors import PromptError
+from mechdiff.errors import OptionError, PromptError
+from mechdiff.tasks import checks
+from mechdiff.tasks.checks import Loc
 
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
 """Message roles a chat prompt may use."""
+
+KEYS: tuple[str, ...] = ("role", "content")
+"""The keys of every message."""
 
 Message: TypeAlias = Mapping[str, str]
 """One ``{"role": ..., "content": ...}`` message."""
@@ -29,9 +39,28 @@ class ChatPrompt:
     Attributes:
         messages: ``(role, content)`` pairs in order; roles are ``system``, ``user`` or
             ``assistant``.
+
+    Raises:
+        PromptError: on construction, when ``messages`` is not a non-empty tuple of
+            ``(role, content)`` string pairs with known roles.
     """
 
     messages: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        m = self.messages
+        if not isinstance(m, tuple) or not m:
+            raise PromptError(
+                "ChatPrompt.messages must be a non-empty tuple of (role, content) pairs; build "
+                "chat prompts with ChatPrompt.of([{'role': ..., 'content': ...}, ...])"
+            )
+        for i, pair in enumerate(m):
+            ok = isinstance(pair, tuple) and len(pair) == 2
+            if not ok or pair[0] not in ROLES or not isinstance(pair[1], str):
+                raise PromptError(
+                    f"ChatPrompt message {i} is {pair!r}; each is a (role, content) pair of strings "
+                    f"with a role in {ROLES}; build chat prompts with ChatPrompt.of([...])"
+                )
 
     @classmethod
     def of(cls, messages: ChatPrompt | Sequence[Mapping[str, str]]) -> ChatPrompt:
@@ -43,37 +72,80 @@ class ChatPrompt:
         """
         if isinstance(messages, ChatPrompt):
             return messages
-        if not messages:
-            raise PromptError(
-                "a chat prompt has no messages; give at least one {'role', 'content'} dict"
-            )
-        out = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, Mapping) or set(m) != {"role", "content"}:
-                raise PromptError(
-                    f"chat message {i} is {m!r}; each message must be a dict with exactly the keys "
-                    "'role' and 'content'"
-                )
-            if m["role"] not in ROLES or not isinstance(m["content"], str):
-                raise PromptError(
-                    f"chat message {i} has role {m['role']!r} and content of type "
-                    f"{type(m['content']).__name__}; roles are {ROLES} and content is a string"
-                )
-            out.append((str(m["role"]), m["content"]))
-        return cls(tuple(out))
+        return freeze_chat(messages, Loc("", "chat prompt"))
 
     def as_dicts(self) -> list[dict[str, str]]:
         """The messages as ``[{"role": ..., "content": ...}, ...]``."""
         return [{"role": r, "content": c} for r, c in self.messages]
 
 
+def freeze_chat(messages: object, loc: Loc) -> ChatPrompt:
+    """Validate a list of messages found at ``loc`` and freeze it.
+
+    Raises:
+        PromptError: naming ``loc`` and the message: not a list, empty, a message that is not an
+            object/dict, unknown or missing keys, an unknown role, content that is not a string.
+    """
+    messages = checks.plain(messages)
+    if isinstance(messages, ChatPrompt):
+        return messages
+    if isinstance(messages, Mapping):
+        raise PromptError(
+            f"{loc} is a single message {loc.show(messages)}; a chat prompt is a list of "
+            "messages: wrap it in [...]"
+        )
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise PromptError(
+            f"{loc} is {checks.type_words(messages, loc.json)}; a chat prompt is a list of "
+            '{"role", "content"} messages'
+        )
+    if not messages:
+        raise PromptError(f"{loc} has no messages; give at least one {{'role', 'content'}} message")
+    dict_word = "object" if loc.json else "dict"
+    out = []
+    for i, m in enumerate(messages):
+        at = f"{loc} message {i}"
+        m = checks.plain(m)
+        if not isinstance(m, Mapping):
+            raise PromptError(
+                f"{at} is {loc.show(m)} ({checks.type_words(m, loc.json)}); each message is a "
+                f'{dict_word} {{"role": ..., "content": ...}}'
+            )
+        for key in m:
+            if key not in KEYS:
+                raise PromptError(
+                    f"{at} has the unknown key {key!r}{checks.suggest(str(key), KEYS)}; a message "
+                    "has exactly the keys 'role' and 'content'"
+                )
+        for key in KEYS:
+            if key not in m:
+                raise PromptError(
+                    f"{at} has no {key!r}; a message has exactly the keys 'role' and 'content'"
+                )
+        role, content = m["role"], m["content"]
+        if not isinstance(role, str) or role not in ROLES:
+            hint = checks.suggest(role, ROLES) if isinstance(role, str) else ""
+            raise PromptError(
+                f"{at} has the role {loc.show(role)}{hint}; roles are {', '.join(ROLES)}"
+            )
+        if not isinstance(content, str):
+            raise PromptError(
+                f"{at} has content {loc.show(content)} ({checks.type_words(content, loc.json)}); "
+                "a message's content is a string"
+            )
+        out.append((role, checks.text(content, Loc("", f"{at} content"), PromptError)))
+    return ChatPrompt(tuple(out))
+
+
 def is_chat(x: Any) -> bool:
+    """Whether ``x`` is (or would be read as) a chat prompt: a :class:`ChatPrompt`, or a list
+    holding at least one mapping."""
     if isinstance(x, ChatPrompt):
         return True
+    x = checks.plain(x)
     return (
-        not isinstance(x, (str, bytes))
+        not isinstance(x, (str, bytes, Mapping))
         and isinstance(x, Sequence)
-        and len(x) > 0
         and any(isinstance(m, Mapping) for m in x)
     )
 
@@ -91,8 +163,16 @@ def render_chat(
 
     Raises:
         PromptError: the tokenizer has no chat template, or the messages are malformed.
+        OptionError: ``tokenizer`` has no ``apply_chat_template``, or ``add_generation_prompt`` is
+            not a boolean.
     """
+    checks.flag(add_generation_prompt, "add_generation_prompt")
     chat = ChatPrompt.of(messages)
+    if not callable(getattr(tokenizer, "apply_chat_template", None)):
+        raise OptionError(
+            f"render_chat needs a Hugging Face tokenizer (with apply_chat_template), got "
+            f"{type(tokenizer).__name__}"
+        )
     if not getattr(tokenizer, "chat_template", None):
         raise PromptError(
             "chat prompts need a tokenizer with a chat template (tokenizer.chat_template is "
