@@ -151,7 +151,8 @@ def decode(value: Any, hint: Any, where: str, notes: list[str]) -> Any:
                 return decode(value, option, where, notes)
             except FieldError as e:
                 errors.append(e)
-        raise errors[0] if len(errors) == 1 else _mismatch(where, hint, value)
+        nested = [e for e in errors if not str(e).startswith(f"{where} must be")]
+        raise nested[0] if len(errors) == 1 and nested else _mismatch(where, hint, value)
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):
             return value
