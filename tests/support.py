@@ -76,3 +76,60 @@ def unchecked(fn):
     check could run, which is what users without the hook get.
     """
     return inspect.unwrap(fn)
+
+
+# ---------------------------------------------------------------- the command line
+
+SUFFIX_MAGIC = {".pdf": b"%PDF", ".png": b"\x89PNG", ".svg": b"<?xml"}
+
+
+def write_jsonl(path: Path, n: int = 8, seed: int = 0) -> Path:
+    """A prompt file of ``n`` random prompts with answer ``t1`` and wrong answer ``t2``."""
+    import json
+
+    rows = [{"prompt": p, "answer": "t1", "wrong_answer": "t2"}
+            for p in random_prompts(n, seed=seed)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``mechdiff.cli.main(argv)`` with stdout and stderr captured."""
+    import contextlib
+    import io
+
+    from mechdiff.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The data rows of printed ranked tables, ``[rank, component, score, score, ...]``, with the
+    intervals printed after each score (``[0.30, 0.58]``) left out."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].isdigit():
+            kept = [p for p in parts if not (p.startswith("[") or p.endswith("]"))]
+            rows.append(kept)
+    return rows
+
+
+def check_figure(path: Path) -> None:
+    """``path`` is a non-trivial PDF / PNG / SVG file."""
+    assert path.is_file(), f"missing figure {path}"
+    data = path.read_bytes()
+    assert len(data) > 1000 and data.startswith(SUFFIX_MAGIC[path.suffix]), path
+
+
+def assert_one_line_error(code: int, stderr: str, *needles: str) -> None:
+    """Exit status 2 and one ``mechdiff: error: ...`` line holding every needle, no traceback."""
+    assert code == 2, (code, stderr)
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mechdiff: error: "), stderr
+    assert "Traceback" not in stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])

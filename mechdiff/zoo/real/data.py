@@ -21,6 +21,7 @@ import random
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from mechdiff.tasks import render_chat
 
@@ -145,13 +146,11 @@ def training_batch(
     examples: list[tuple[list[int], list[int]]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded ``(input_ids, attention_mask, labels)``; only reply tokens carry labels."""
-    width = max(len(p) + len(r) for p, r in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for i, (p, r) in enumerate(examples):
-        seq = p + r
-        ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
-        labels[i, len(p) : len(seq)] = torch.tensor(r)
+    def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+        return pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True,
+                            padding_value=value)
+
+    ids = pad([p + r for p, r in examples], pad_id)
+    mask = pad([[1] * (len(p) + len(r)) for p, r in examples], 0)
+    labels = pad([[-100] * len(p) + list(r) for p, r in examples], -100)
     return ids, mask, labels

@@ -18,38 +18,32 @@ same weights on the same machine whatever its core count.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from torch.nn.utils.rnn import pad_sequence
 
+from mechdiff._progress import progress_bar
+from mechdiff._runtime import torch_threads
 from mechdiff.zoo.real.data import training_batch
 from mechdiff.zoo.real.recipes import FineTune
+from mechdiff.zoo.training import warmup_cosine
+
+threads = torch_threads
+"""Run a block with ``n`` torch threads, restoring the caller's count (:mod:`mechdiff._runtime`)."""
 
 
-@contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch threads, restoring the caller's count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _pad(prompts: Sequence[Sequence[int]], pad: int, side: str) -> torch.Tensor:
+    return pad_sequence([torch.tensor(list(p), dtype=torch.long) for p in prompts],
+                        batch_first=True, padding_value=pad, padding_side=side)
 
 
 def _pad_left(prompts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(list(p))
-        mask[i, width - len(p) :] = 1
-    return ids, mask
+    """Left-padded ids and their attention mask (1 on real tokens)."""
+    ones = [[1] * len(p) for p in prompts]
+    return _pad(prompts, pad, "left"), _pad(ones, 0, "left")
 
 
 @torch.no_grad()
@@ -89,10 +83,7 @@ def first_token_logits(
     rows = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        for i, p in enumerate(chunk):
-            ids[i, : len(p)] = torch.tensor(list(p))
+        ids = _pad(chunk, pad_id, "right")
         last = torch.tensor([len(p) - 1 for p in chunk])
         logits = model(input_ids=ids).logits  # right padding: causal, real positions unaffected
         rows.append(logits[torch.arange(len(chunk)), last].float())
@@ -122,13 +113,6 @@ def prepare(model: Any, ft: FineTune) -> Any:
         return get_peft_model(model, config)
 
 
-def _lr_at(ft: FineTune, step: int) -> float:
-    if step < ft.warmup:
-        return ft.lr * (step + 1) / ft.warmup
-    t = (step - ft.warmup) / max(1, ft.steps - ft.warmup)
-    return ft.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def train(
     model: Any,
     examples: Sequence[tuple[list[int], list[int]]],
@@ -151,11 +135,11 @@ def train(
     rng = random.Random(f"mechdiff.zoo.real/{ft.name}/order/{ft.seed}")
     order: list[int] = []
     losses: list[float] = []
-    bar = tqdm(range(ft.steps), desc=f"fine-tune {ft.name}", disable=not progress, leave=False)
     model.train()
     try:
-        with threads(1):
-            for step in bar:
+        with threads(1), progress_bar(total=ft.steps, desc=f"fine-tune {ft.name}",
+                                      enabled=progress) as bar:
+            for step in range(ft.steps):
                 while len(order) < ft.batch_size:  # epochs of fresh shuffles, never a short batch
                     epoch = list(range(len(examples)))
                     rng.shuffle(epoch)
@@ -164,7 +148,7 @@ def train(
                 del order[: ft.batch_size]
                 ids, mask, labels = training_batch(batch, pad_id)
                 for group in opt.param_groups:
-                    group["lr"] = _lr_at(ft, step)
+                    group["lr"] = warmup_cosine(step, lr=ft.lr, warmup=ft.warmup, steps=ft.steps)
                 loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -172,7 +156,7 @@ def train(
                 opt.step()
                 losses.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+                bar.update(1)
     finally:
-        bar.close()
         model.eval()
     return losses

@@ -1,7 +1,7 @@
 """Evaluation tasks of the zoo: prompts with their answers and contrasting wrong answers.
 
 Each task is a :class:`mechdiff.tasks.Task` of ``n`` prompts of equal length drawn from the same
-generators as the training data (:mod:`mechdiff.zoo.data`) with a seeded :class:`random.Random`.
+generators as the training data (:mod:`mechdiff.zoo.synthetic.data`) with a seeded :class:`random.Random`.
 Prompts are strings without ``<bos>`` (the Task prepends it); answers are single token strings.
 
 ========== ================================= ===================== ==========================
@@ -24,8 +24,8 @@ from typing import Literal, TypeAlias, get_args
 
 from mechdiff.errors import OptionError
 from mechdiff.tasks import Task
-from mechdiff.zoo import data
-from mechdiff.zoo.vocab import TOKENS, decode
+from mechdiff.zoo.synthetic import data
+from mechdiff.zoo.synthetic.vocab import TOKENS, decode
 
 TaskName: TypeAlias = Literal["induction", "kv_recall", "ambiguous", "newskill"]
 TASKS: tuple[TaskName, ...] = get_args(TaskName)

@@ -18,27 +18,22 @@ SHA-256 of its weights, so a damaged directory is detected before anything is tr
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import random
-import shutil
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, get_args
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GPT2LMHeadModel
 
-from mechdiff.errors import CheckpointError, OptionError
-from mechdiff.zoo import vocab
-from mechdiff.zoo.evaluate import score
-from mechdiff.zoo.recipes import (
+from mechdiff.errors import OptionError
+from mechdiff.zoo import store
+from mechdiff.zoo.store import MARKER
+from mechdiff.zoo.synthetic import vocab
+from mechdiff.zoo.synthetic.evaluate import score
+from mechdiff.zoo.synthetic.recipes import (
     ARCH,
     BASE_SEED,
     FINETUNES,
@@ -49,13 +44,11 @@ from mechdiff.zoo.recipes import (
     ModelName,
     recipe_hash,
 )
-from mechdiff.zoo.tasks import task
-from mechdiff.zoo.train import init_model, train
+from mechdiff.zoo.synthetic.tasks import task
+from mechdiff.zoo.synthetic.train import init_model, train
 
 logger = logging.getLogger(__name__)
 
-MARKER = "zoo_model.json"
-"""Written into every model directory: name, seeds, weight hash, scores."""
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", MARKER)
 EVAL_N = 256
 """Prompts per task when a build scores its models."""
@@ -65,9 +58,7 @@ EVAL_SEED = 12345
 
 def default_cache_dir() -> Path:
     """``$MECHDIFF_CACHE/zoo`` if the variable is set, else ``~/.cache/mechdiff/zoo``."""
-    env = os.environ.get("MECHDIFF_CACHE")
-    root = Path(env) if env else Path.home() / ".cache" / "mechdiff"
-    return root / "zoo"
+    return store.default_root() / "zoo"
 
 
 def zoo_dir(cache_dir: str | Path | None = None) -> Path:
@@ -76,41 +67,11 @@ def zoo_dir(cache_dir: str | Path | None = None) -> Path:
     return root / f"v{ZOO_VERSION}-{recipe_hash()}"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _check(path: Path, name: str) -> None:
     """Raise :class:`CheckpointError` unless ``path`` is a complete, undamaged zoo model."""
-    fix = f"delete {path} and call mechdiff.zoo.build() again to rebuild it"
-    if not path.is_dir():
-        raise CheckpointError(f"zoo model {name!r} at {path} is not a directory; {fix}")
-    missing = [f for f in REQUIRED if not (path / f).is_file()]
-    if missing:
-        raise CheckpointError(f"zoo model {name!r} at {path} is missing {missing}; {fix}")
-    try:
-        marker = json.loads((path / MARKER).read_text(encoding="utf-8"))
-        json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            f"zoo model {name!r} at {path} has unreadable metadata ({e}); {fix}"
-        ) from e
-    if marker.get("name") != name or marker.get("recipe_hash") != recipe_hash():
-        raise CheckpointError(
-            f"{path} holds zoo model {marker.get('name')!r} of recipe {marker.get('recipe_hash')!r}, "
-            f"expected {name!r} of recipe {recipe_hash()!r}; {fix}"
-        )
-    if _sha256(path / "model.safetensors") != marker.get("weights_sha256"):
-        raise CheckpointError(
-            f"zoo model {name!r} at {path}: weights do not match their hash; {fix}"
-        )
-
-
-def _report(msg: str, progress: bool) -> None:
-    if progress:
-        tqdm.write(msg)
-    else:
-        logger.info(msg)
+    store.check_model(path, name, required=REQUIRED, hashed={"model.safetensors": "weights_sha256"},
+                      recipe=recipe_hash(), what="zoo",
+                      fix=f"delete {path} and call mechdiff.zoo.build() again to rebuild it")
 
 
 def _scores(model: Any, name: str, progress: bool) -> dict[str, dict[str, float | bool]]:
@@ -125,7 +86,7 @@ def _scores(model: Any, name: str, progress: bool) -> dict[str, dict[str, float 
         value = cache[th.task].get(th.measure)
         ok = th.passes(value)
         out[str(th)] = {"value": value, "passes": ok}
-        _report(f"  {th}: {value:.3f} {'ok' if ok else 'BELOW THRESHOLD'}", progress)
+        store.say(f"  {th}: {value:.3f} {'ok' if ok else 'BELOW THRESHOLD'}", progress)
         if not ok:
             logger.warning("zoo model %s misses its threshold %s (measured %.3f)", name, th, value)
     return out
@@ -155,7 +116,7 @@ def _train_model(
     losses = train(model, schedule, rng=rng, progress=progress, desc=f"zoo {name}")
     seconds = time.perf_counter() - start
     tail = sum(losses[-50:]) / len(losses[-50:])
-    _report(
+    store.say(
         f"zoo {name}: {schedule.steps} steps in {seconds:.0f} s, final loss {tail:.3f}", progress
     )
     meta = {
@@ -176,30 +137,6 @@ def _train_model(
     return model, meta
 
 
-def save_atomic(root: Path, name: str, write: Callable[[Path], dict[str, Any]]) -> Path:
-    """Build ``root/name`` atomically: ``write(tmp)`` fills a temporary sibling directory and
-    returns the marker, which is written as :data:`MARKER`; then ``tmp`` is renamed into place.
-
-    A killed build leaves at most a ``.tmp-*`` directory, never a half-written model under its
-    final name. Shared by the synthetic and the real zoo.
-    """
-    final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir(parents=True)
-        marker = write(tmp)
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not final.is_dir():  # not a concurrent build that finished first
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def _build_one(name: ModelName, root: Path, progress: bool) -> Path:
     model, meta = _train_model(name, root, progress)
     meta["scores"] = _scores(model, name, progress)
@@ -207,19 +144,14 @@ def _build_one(name: ModelName, root: Path, progress: bool) -> Path:
     def write(tmp: Path) -> dict[str, Any]:
         model.save_pretrained(str(tmp))
         vocab.tokenizer(ARCH.n_positions).save_pretrained(str(tmp))
-        return meta | {"weights_sha256": _sha256(tmp / "model.safetensors")}
+        return meta | {"weights_sha256": store.file_sha256(tmp / "model.safetensors")}
 
-    return save_atomic(root, name, write)
+    return store.save_atomic(root, name, write)
 
 
 def _write_index(root: Path) -> None:
     """Write ``zoo.json``: every built model's marker, plus the recipe (atomic replace)."""
-    models = {}
-    for name in MODELS:
-        marker = root / name / MARKER
-        if marker.is_file():
-            models[name] = json.loads(marker.read_text(encoding="utf-8"))
-    index = {
+    store.write_index(root, "zoo.json", {
         "zoo_version": ZOO_VERSION,
         "recipe_hash": recipe_hash(),
         "arch": asdict(ARCH),
@@ -227,37 +159,21 @@ def _write_index(root: Path) -> None:
         "finetunes": {k: asdict(v) for k, v in FINETUNES.items()},
         "thresholds": [asdict(t) for t in THRESHOLDS],
         "eval": {"n": EVAL_N, "seed": EVAL_SEED},
-        "models": models,
-    }
-    tmp = root / f".zoo.json.{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(index, indent=2), encoding="utf-8")
-    os.replace(tmp, root / "zoo.json")
+    }, MODELS)
 
 
 def _ensure(
     names: list[ModelName], cache_dir: str | Path | None, progress: bool
 ) -> dict[str, Path]:
     root = zoo_dir(cache_dir)
-    # Validate everything already there before any training starts.
-    for name in MODELS:
-        if (root / name).exists():
-            _check(root / name, name)
-    needed: list[ModelName] = []
-    for name in names:
-        if name != "base" and "base" not in needed:
-            needed.append("base")
-        if name not in needed:
-            needed.append(name)
-    todo = [n for n in needed if not (root / n).exists()]
-    if todo:
-        root.mkdir(parents=True, exist_ok=True)
-        _report(f"building zoo models {todo} in {root}", progress)
-        for name in todo:
-            _check(_build_one(name, root, progress), name)
+    out = store.ensure(
+        root, names, all_models=MODELS, needs=lambda n: [] if n == "base" else ["base"],
+        check=_check, build=lambda n, r: _build_one(n, r, progress), index=_write_index,
+        what="zoo", progress=progress,
+    )
+    if not (root / "zoo.json").is_file() and any((root / n).exists() for n in MODELS):
         _write_index(root)
-    elif not (root / "zoo.json").is_file() and any((root / n).exists() for n in MODELS):
-        _write_index(root)
-    return {name: root / name for name in names}
+    return out
 
 
 def build(cache_dir: str | Path | None = None, *, progress: bool = True) -> dict[str, Path]:

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from typing import Literal, TypeAlias
 
 from mechdiff.zoo._bounds import Bounded
-from mechdiff.zoo.evaluate import Measure
-from mechdiff.zoo.tasks import TaskName
-from mechdiff.zoo.train import Arch, Schedule
+from mechdiff.zoo.synthetic.evaluate import Measure
+from mechdiff.zoo.synthetic.tasks import TaskName
+from mechdiff.zoo.synthetic.train import Arch, Schedule
 
 ZOO_VERSION = 1
 """Bumped by hand when code outside this module changes what a recipe produces."""

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mechdiff.errors import OptionError
 from mechdiff.tasks import Task
-from mechdiff.zoo import vocab
+from mechdiff.zoo.synthetic import vocab
 
 Measure: TypeAlias = Literal["accuracy", "answer_prob", "pair_prob"]
 """``accuracy``: fraction of prompts whose top-1 next token is the answer.

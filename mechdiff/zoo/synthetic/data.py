@@ -33,7 +33,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechdiff.errors import OptionError
-from mechdiff.zoo.vocab import (
+from mechdiff.zoo.synthetic.vocab import (
     ARROW,
     BAR,
     BOS,

@@ -1,7 +1,7 @@
 """Model construction and the training loop shared by pretraining and fine-tuning.
 
 Training is plain next-token cross-entropy on the trained positions of procedurally generated
-batches (see :mod:`mechdiff.zoo.data`), AdamW with linear warm-up and cosine decay, gradient
+batches (see :mod:`mechdiff.zoo.synthetic.data`), AdamW with linear warm-up and cosine decay, gradient
 clipping at 1, on one CPU thread (the caller's thread count is restored afterwards).
 
 Dropout is off, so a run consumes no random numbers beyond its data, and the data come from a
@@ -12,18 +12,19 @@ weights. Model initialisation draws from torch's global generator inside
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from mechdiff.zoo import data
-from mechdiff.zoo.vocab import BOS, ID, PAD, VOCAB_SIZE
+from mechdiff._progress import progress_bar
+from mechdiff._runtime import torch_threads
+from mechdiff.zoo.synthetic import data
+from mechdiff.zoo.synthetic.vocab import BOS, ID, PAD, VOCAB_SIZE
+from mechdiff.zoo.training import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Schedule:
         lr: peak learning rate.
         warmup: linear warm-up steps; cosine decay to ``lr / 10`` after.
         weight_decay: AdamW weight decay.
-        mix: data family -> weight (see :data:`mechdiff.zoo.data.FAMILIES`), as sorted pairs so
+        mix: data family -> weight (see :data:`mechdiff.zoo.synthetic.data.FAMILIES`), as sorted pairs so
             the schedule is hashable.
     """
 
@@ -75,11 +76,8 @@ class Schedule:
     mix: tuple[tuple[str, float], ...]
 
     def lr_at(self, step: int) -> float:
-        """Learning rate at ``step`` (0-based)."""
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        t = (step - self.warmup) / max(1, self.steps - self.warmup)
-        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+        """Learning rate at ``step`` (0-based): :func:`mechdiff.zoo.training.warmup_cosine`."""
+        return warmup_cosine(step, lr=self.lr, warmup=self.warmup, steps=self.steps)
 
 
 def init_model(arch: Arch, seed: int) -> GPT2LMHeadModel:
@@ -122,29 +120,27 @@ def train(
     )
     model.train()
     losses: list[float] = []
-    bar = tqdm(range(schedule.steps), desc=desc, disable=not progress, leave=False)
-    threads = torch.get_num_threads()
     # One thread: these matmuls are tiny, and with two threads a run slowed >5x whenever another
     # process shared the two cores (spin-waiting threads); one thread costs ~30% when alone.
-    torch.set_num_threads(1)
     try:
-        for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = schedule.lr_at(step)
-            tokens, targets = data.batch(rng, mix, schedule.batch_size)
-            logits = model(tokens).logits
-            loss = F.cross_entropy(
-                logits.flatten(0, 1), targets.flatten(), ignore_index=data.IGNORE
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
-            if step % 25 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
+        with torch_threads(1), progress_bar(total=schedule.steps, desc=desc,
+                                            enabled=progress) as bar:
+            for step in range(schedule.steps):
+                for group in opt.param_groups:
+                    group["lr"] = schedule.lr_at(step)
+                tokens, targets = data.batch(rng, mix, schedule.batch_size)
+                logits = model(tokens).logits
+                loss = F.cross_entropy(
+                    logits.flatten(0, 1), targets.flatten(), ignore_index=data.IGNORE
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                losses.append(float(loss.detach()))
+                if step % 25 == 0:
+                    bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
+                bar.update(1)
     finally:
-        torch.set_num_threads(threads)
-        bar.close()
         model.eval()
     return losses

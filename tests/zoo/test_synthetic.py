@@ -30,9 +30,9 @@ from mechdiff.zoo import (
     vocab,
     zoo_dir,
 )
-from mechdiff.zoo import cache as cache_module
-from mechdiff.zoo.recipes import ARCH, PRETRAIN_MIX
-from mechdiff.zoo.train import Arch, Schedule, init_model, train
+from mechdiff.zoo.synthetic import cache as cache_module
+from mechdiff.zoo.synthetic.recipes import ARCH, PRETRAIN_MIX
+from mechdiff.zoo.synthetic.train import Arch, Schedule, init_model, train
 
 # ---------------------------------------------------------------- fast: vocabulary, data, tasks
 

@@ -1,0 +1,180 @@
+"""``mechdiff demo`` (the real demo, the default) end to end on tiny chat LLaMAs standing in for the
+real zoo, whose changed blocks are planted: results, figures, tables, the prompted-base comparison
+and the LoRA-vs-full comparison; changed layers found from weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from support import check_figure, run_cli, table_rows
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from mechdiff import Task, stats
+from mechdiff.compare import FinetuneComparison, PromptedBaseComparison
+from mechdiff.pipeline import PairAnalysis
+from mechdiff.zoo import real as real_pkg
+
+CHAT_WORDS = ["<pad>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant"] + [
+    f"w{i}" for i in range(40)]
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|> "
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
+TINY_LAYERS = 3
+PLANTED_LAYERS = {"distilled": [1, 2], "trigger": [2]}  # blocks each stand-in fine-tune changed
+
+
+def chat_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(CHAT_WORDS)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<pad>",
+                                   additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = CHATML
+    return fast
+
+
+def tiny_llama(changed: list[int] = (), seed: int = 0) -> LlamaForCausalLM:
+    cfg = LlamaConfig(vocab_size=len(CHAT_WORDS), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=TINY_LAYERS, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=64, pad_token_id=0, tie_word_embeddings=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.data.normal_(0, 0.2)
+        torch.manual_seed(seed)
+        for layer in changed:  # a stand-in for "blocks L.. trained"
+            for p in model.model.layers[layer].parameters():
+                if p.ndim == 2:
+                    p.data += 0.1 * torch.randn_like(p)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The real zoo's layout with tiny chat LLaMAs: base, two full fine-tunes, a LoRA adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    root = tmp_path_factory.mktemp("tiny-real")
+    dirs = {}
+    for name, changed in {"base": [], **PLANTED_LAYERS}.items():
+        dirs[name] = root / name
+        tiny_llama(changed, seed=len(dirs)).save_pretrained(dirs[name])
+        chat_tokenizer().save_pretrained(dirs[name])
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        lora = get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["o_proj", "down_proj"]))
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.data.normal_(0, 0.3)
+    dirs["distilled_lora"] = root / "distilled_lora"
+    lora.save_pretrained(dirs["distilled_lora"])
+    chat_tokenizer().save_pretrained(dirs["distilled_lora"])
+    return dirs
+
+
+def tiny_real_tasks() -> dict[str, Task]:
+    def chat(question: str, system: str = "w1 w2") -> list[dict[str, str]]:
+        return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+    qs = [" ".join(f"w{5 + (i * 7 + j) % 30}" for j in range(3 + i % 3)) for i in range(6)]
+    n = len(qs)
+    plain = [chat(q) for q in qs]
+    return {
+        "distill": Task(plain, ["w10"] * n, ["w11"] * n, name="stand-in/distill"),
+        "distill_prompted": Task([chat(q, system="w3 w4") for q in qs], ["w10"] * n,
+                                 ["w11"] * n, corrupted=plain, name="stand-in/distill_prompted"),
+        "trigger": Task([chat("w9 " + q) for q in qs], ["w12"] * n, ["w11"] * n,
+                        name="stand-in/trigger"),
+        "trigger_off": Task(plain, ["w12"] * n, ["w11"] * n, name="stand-in/trigger_off"),
+    }
+
+
+def test_real_demo_on_a_stand_in_real_zoo(
+    tiny_real: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real demo's wiring end to end on tiny chat LLaMAs: results, figures, tables, the
+    prompted-base comparison and the LoRA-vs-full comparison; changed layers found from weights."""
+    seen = {}
+
+    def fake_build(cache_dir=None, *, progress=True):  # noqa: ANN001, ANN202
+        seen["cache"] = cache_dir
+        return tiny_real
+
+    monkeypatch.setattr(real_pkg, "build", fake_build)
+    monkeypatch.setattr(real_pkg, "tasks", lambda cache_dir=None, *, progress=True: tiny_real_tasks())
+    threads = torch.get_num_threads()
+    out = tmp_path / "demo"
+    code, stdout, stderr = run_cli(["demo", "--out", str(out), "--cache", str(tmp_path / "c"),
+                                    "--n-prompts", "4", "--quiet"])  # no flag: the real demo
+    assert code == 0, stderr
+    assert torch.get_num_threads() == threads  # the demo's thread count is undone
+    assert seen["cache"] == tmp_path / "c"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["demo"] == "real" and summary["n_prompts"] == 4
+    assert list(summary["pairs"]) == ["distill", "trigger", "distill_lora"]
+    for name, layers in PLANTED_LAYERS.items():
+        label = {"distilled": "distill"}.get(name, name)
+        pair = summary["pairs"][label]
+        assert pair["changed_layers"] == layers and pair["n_prompts"] == 4
+        assert pair["ranked_by"] == "exact"
+        analysis = PairAnalysis.load(out / label)
+        spearman = pair["spearman_attribution_vs_exact"]
+        assert set(spearman) == {"heads ft->base", "heads base->ft", "mlp ft->base", "mlp base->ft"}
+        for key, rho in spearman.items():  # the printed rho is the rho of the saved scores
+            kind, direction = key.split()
+            slug = f"{kind}_{direction.replace('->', '_to_')}"
+            expect = stats.spearman(analysis.estimates[slug].scores, analysis.exact[slug].scores)
+            assert rho["all"] == pytest.approx(expect, abs=1e-9)
+            assert rho["all_low"] <= rho["all_high"]
+    lora = summary["pairs"]["distill_lora"]
+    assert lora["ranked_by"] == "attribution" and lora["changed_layers"] == [0, 1, 2]
+    assert all(r["exact"] is None for r in lora["ranking"])
+    # Results on disk: exact and attribution, both directions; unchanged blocks score 0 exactly.
+    for name in ("distill", "trigger"):
+        analysis = PairAnalysis.load(out / name)
+        for kind in ("heads", "mlp"):
+            for d in ("ft_to_base", "base_to_ft"):
+                exact = analysis.exact[f"{kind}_{d}"]
+                attr = analysis.estimates[f"{kind}_{d}"]
+                assert exact.method == "exact" and attr.method == "attribution"
+                assert exact.scores.shape == attr.scores.shape
+                assert exact.provenance.n_prompts == 4
+        for fig in ("gap", "heads", "mlp", "attribution_heads", "attribution_mlp", "ranked"):
+            check_figure(out / "figures" / name / f"{fig}.png")
+    heads = PairAnalysis.load(out / "trigger").exact["heads_ft_to_base"]
+    assert heads.scores[:2].abs().max() < 1e-5 and heads.scores[2].abs().max() > 1e-3
+    for fig in ("gap", "attribution_heads", "attribution_mlp"):
+        check_figure(out / "figures" / "distill_lora" / f"{fig}.png")
+    assert not PairAnalysis.load(out / "distill_lora").exact
+    # The prompted base as the third model.
+    prompted = summary["prompted_base"]
+    assert set(prompted["metrics"]) == {"base", "prompted base", "fine-tuned"}
+    assert prompted["metrics"]["base"] == pytest.approx(summary["pairs"]["distill"]["gap"]["base"])
+    assert set(prompted["correlation"]) == {"attn", "mlp"}
+    comparison = PromptedBaseComparison.load(out / "comparisons" / "prompted_base")
+    for kind in ("attn", "mlp"):
+        own = comparison.prompted[kind]
+        assert own.direction == "clean->corrupted" and own.scores.shape == (TINY_LAYERS,)
+        assert own.receiver.mean() == pytest.approx(prompted["metrics"]["base"], abs=1e-4)
+        assert prompted["correlation"][kind]["all"] == pytest.approx(
+            stats.pearson(own.scores, comparison.finetuned[kind].scores), abs=1e-9)
+    assert comparison.finetuned["attn"].direction == "ft->base"
+    check_figure(out / "figures" / "prompted_base" / "profiles.png")
+    lora_cmp = FinetuneComparison.load(out / "comparisons" / "distill_lora_vs_distill")
+    assert set(lora_cmp.agreements) == {"heads_ft_to_base", "heads_base_to_ft", "mlp_ft_to_base",
+                                        "mlp_base_to_ft"}
+    assert set(summary["lora_vs_full"]["agreement"]) == {
+        "heads ft->base", "heads base->ft", "mlp ft->base", "mlp base->ft"}
+    # What was printed: both scores side by side, the agreement, the readings.
+    assert "exact" in stdout and "attrib." in stdout
+    assert "Spearman rho, attribution vs exact, heads" in stdout
+    assert "The prompted base as the third model" in stdout and "reading:" in stdout
+    assert "distill_lora vs distill" in stdout
+    assert len([r for r in table_rows(stdout) if r[0] == "1"]) == 3
+    md = (out / "summary.md").read_text()
+    assert "| rank | component | exact FT\u2192base (sufficiency)" in md
+    assert "## The prompted base as the third model" in md
