@@ -1,0 +1,1 @@
+"""Circuits (work in progress)."""

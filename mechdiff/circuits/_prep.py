@@ -1,0 +1,108 @@
+"""Checks every circuit analysis makes before any forward pass, and shared small helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechdiff.circuits import _run
+from mechdiff.circuits.ablation import ABLATIONS
+from mechdiff.circuits.graph import (
+    Graph,
+    check_exact,
+    check_hooks,
+    graph_of,
+    logits_in_hook,
+    mlp_in_hook,
+    qkv_in_hook,
+    resid_pre_hook,
+)
+from mechdiff.errors import OptionError, PromptError
+from mechdiff.loading import model_device
+from mechdiff.metrics import metric_values
+from mechdiff.tasks import Task, Tokens
+
+
+def check_option(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise OptionError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def check_positive(**values: int) -> None:
+    for name, v in values.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise OptionError(f"{name} must be a positive integer, got {v!r}")
+
+
+def prepare(model: TransformerBridge, task: Task, ablation: str) -> tuple[Graph, Tokens]:
+    """The model's graph and the tokenized task, after every cheap check.
+
+    Raises:
+        GraphError: the model has no exact edge graph (before any forward).
+        OptionError: unknown ablation.
+        PromptError, AnswerTokenError: the prompts cannot be tokenized as asked, or
+            ``ablation="corrupted"`` without corrupted prompts.
+    """
+    check_option("ablation", ablation, ABLATIONS)
+    graph = graph_of(model)
+    check_hooks(model, graph)
+    if ablation == "corrupted" and task.corrupted is None:
+        raise PromptError(
+            "ablation='corrupted' needs a task with corrupted prompts (Task(corrupted=...), one "
+            "per prompt, of the same token length); use ablation='mean' otherwise"
+        )
+    tokens = task.tokenize(model.tokenizer, n_ctx=int(model.cfg.n_ctx), device=model_device(model))
+    return graph, tokens
+
+
+def batches(tokens: Tokens, size: int) -> Iterator[tuple[int, int, Tokens]]:
+    for start in range(0, tokens.n, size):
+        stop = min(start + size, tokens.n)
+        yield start, stop, tokens.select(start, stop)
+
+
+def check_records(graph: Graph) -> tuple[str, ...]:
+    """Hooks recorded on a first batch to check the decomposition (:func:`checked`)."""
+    names = [qkv_in_hook(0, "q"), logits_in_hook(graph.n_layers)]
+    for layer in range(graph.n_layers):
+        names += [resid_pre_hook(layer), mlp_in_hook(layer)]
+    return tuple(names)
+
+
+def checked(model: TransformerBridge, graph: Graph, out: _run.Out, sub: Tokens) -> None:
+    """Raise GraphError unless the run's reader inputs are sums of its writers (first batch)."""
+    check_exact(model, graph, out.acts, out.writers, sub.position_mask())
+
+
+def metric(task: Task, read: Tensor, sub: Tokens, ref: Tensor | None) -> Tensor:
+    """Per-prompt metric; ``ref`` are the reference log-probabilities of ``kl`` metrics."""
+    return metric_values(task.metric_name, read, sub, ref)
+
+
+def reference(task: Task, read: Tensor) -> Tensor | None:
+    """Log-probabilities a ``kl`` metric compares with (None for task metrics)."""
+    return read.detach().log_softmax(-1) if task.metric_name in ("kl", "kl_all") else None
+
+
+def tile(sub: Tokens, copies: int) -> Tokens:
+    from mechdiff._engine import tile_tokens
+
+    return tile_tokens(sub, copies)
+
+
+def tile_ref(ref: Tensor | None, copies: int) -> Tensor | None:
+    if ref is None or copies == 1:
+        return ref
+    return ref.repeat(copies, *[1] * (ref.ndim - 1))
+
+
+def cpu(x: Tensor) -> Tensor:
+    return x.detach().float().cpu()
+
+
+def zeros_like_graph(graph: Graph, *lead: int, device: torch.device | None = None) -> Tensor:
+    return torch.zeros(*lead, graph.n_readers, graph.n_writers, device=device)

@@ -1,0 +1,231 @@
+"""One forward of a bridge with edge-level interventions, writer capture and reader gradients.
+
+Every circuit method runs through :func:`forward`. It turns on the bridge's per-head result and
+split q/k/v input hooks (:func:`~mechdiff.circuits.graph.split_inputs`) and runs ``copies``
+stacked copies of a prompt batch at once. Writers' outputs are grouped in **blocks** of the
+writer order: ``[input, heads of layer 0, MLP 0, heads of layer 1, MLP 1, ...]``, each
+``[batch, pos, n, d_model]`` (``n`` = 1 or ``n_heads``); block ``b`` of layer ``l`` starts at
+writer ``1 + l (H + 1)`` (heads) or ``1 + l (H + 1) + H`` (MLP).
+
+**Edge interventions.** Given replacement outputs ``A`` (a corrupted run's, per-position means, or
+another model's) and per copy a coefficient ``c[r, w]`` for every edge, the input of reader ``r``
+becomes::
+
+    x_r  ->  x_r + sum_w c[r, w] (A_w - cur_w)
+
+where ``cur_w`` is writer ``w``'s output *in this run* (so an ablated edge carries ``A_w`` whatever
+happened upstream of ``w``, as EAP-IG's ``evaluate`` does). ``c = 1`` on the edges outside a circuit
+ablates them all in one forward; ``c = alpha`` everywhere interpolates every edge at once.
+
+**Reader gradients.** With ``on_grad``, a tensor hook on each (intervened) reader input hands the
+gradient ``dM/dx_r`` to the caller during the backward pass, reader group by reader group, so the
+caller contracts it at once and no gradient is kept (memory bounded by one layer's readers).
+
+Hooks are always removed and the bridge's flags restored, also when an exception is raised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechdiff import _engine
+from mechdiff.circuits.graph import (
+    INPUT_HOOK,
+    Graph,
+    head_out_hook,
+    logits_in_hook,
+    mlp_in_hook,
+    mlp_out_hook,
+    qkv_in_hook,
+    split_inputs,
+)
+
+GradFn = Callable[[list[int], int, Tensor], None]
+"""``on_grad(reader_rows, n_upstream_writers, grad)``: ``grad`` is ``[copies*batch, pos, len(rows),
+d_model]``, the gradient of the summed metric at those readers' inputs."""
+
+
+def block_starts(graph: Graph) -> list[int]:
+    """First writer index of each writer block."""
+    starts = [0]
+    for layer in range(graph.n_layers):
+        starts += [graph.head(layer, 0), graph.mlp(layer)]
+    return starts
+
+
+def block_sizes(graph: Graph) -> list[int]:
+    return [1] + [graph.n_heads, 1] * graph.n_layers
+
+
+@dataclass
+class Out:
+    """What one forward returns.
+
+    Attributes:
+        read: logits at each row's read position ``[copies*batch, d_vocab]`` (every position,
+            ``[copies*batch, pos, d_vocab]``, with ``all_positions``), float32.
+        writers: the writer blocks of this run (detached), if asked for.
+        acts: activations recorded at the hooks asked for (detached).
+        leaf: the input tensor gradients can be taken with respect to (with ``grad``).
+    """
+
+    read: Tensor
+    writers: list[Tensor] | None
+    acts: dict[str, Tensor]
+    leaf: Tensor | None
+
+
+def _reader_groups(graph: Graph) -> list[tuple[str, list[int], int, int]]:
+    """``(hook name, reader rows, upstream writers, blocks before)`` for every reader hook."""
+    out = []
+    n_h, n_kv = graph.n_heads, graph.n_kv_heads
+    for layer in range(graph.n_layers):
+        up = 1 + layer * graph.per_layer_writers
+        for kind, count in (("q", n_h), ("k", n_kv), ("v", n_kv)):
+            rows = [graph.reader(layer, kind, i) for i in range(count)]
+            out.append((qkv_in_hook(layer, kind), rows, up, 1 + 2 * layer))
+        out.append((mlp_in_hook(layer), [graph.reader(layer, "mlp")], up + n_h, 2 + 2 * layer))
+    out.append((logits_in_hook(graph.n_layers), [graph.logits_reader], graph.n_writers,
+                1 + 2 * graph.n_layers))
+    return out
+
+
+def forward(
+    model: TransformerBridge,
+    graph: Graph,
+    ids: Tensor,
+    read_pos: Tensor | None,
+    *,
+    copies: int = 1,
+    replace: list[Tensor] | None = None,
+    coef: Tensor | None = None,
+    capture: bool = False,
+    record: tuple[str, ...] = (),
+    embed: Tensor | None = None,
+    on_grad: GradFn | None = None,
+) -> Out:
+    """Run ``copies`` stacked copies of ``ids`` with edge interventions.
+
+    Args:
+        model: the bridge.
+        graph: its graph.
+        ids: ``[batch, pos]`` token ids.
+        read_pos: each prompt's read position ``[batch]``; None unembeds every position.
+        copies: how many copies of the batch run stacked (one per coefficient matrix).
+        replace: replacement writer blocks ``[batch or 1, pos, n, d_model]`` (see module docstring).
+        coef: ``[copies, reader, writer]`` edge coefficients (0 = edge untouched); needs ``replace``.
+        capture: return this run's writer blocks (detached).
+        record: hook names whose activations to return (detached).
+        embed: replaces the input writer's output (``hook_embed``), ``[batch, pos, d_model]``.
+        on_grad: build the autograd graph and call ``on_grad`` with each reader group's
+            gradient during the caller's backward pass.
+    """
+    batch = ids.shape[0]
+    rows_all = copies * batch
+    grad = on_grad is not None
+    n_blocks = 2 * graph.n_layers + 1
+    cur: list[Tensor | None] = [None] * n_blocks
+    diff: list[Tensor | None] = [None] * n_blocks
+    acts: dict[str, Tensor] = {}
+    leaf: list[Tensor] = []
+    starts, sizes = block_starts(graph), block_sizes(graph)
+    active = None
+    if coef is not None:
+        if replace is None:
+            raise ValueError("edge coefficients need replacement outputs")
+        # which (reader rows, block) pairs carry a non-zero coefficient in some copy
+        active = coef.ne(0).any(0)  # [reader, writer]
+
+    def as_block(x: Tensor) -> Tensor:
+        return x if x.ndim == 4 else x[:, :, None]
+
+    def writer_fn(b: int) -> Callable[[Tensor], Tensor]:
+        def fn(x: Tensor) -> Tensor:
+            if b == 0:
+                if embed is not None:
+                    x = embed.repeat(copies, 1, 1) if copies > 1 else embed
+                if grad:
+                    x = x.detach().requires_grad_(True) if not x.requires_grad else x
+                    leaf.append(x)
+            cur[b] = as_block(x)
+            return x
+
+        return fn
+
+    def delta_for(rows: list[int], before: int) -> Tensor | None:
+        total = None
+        for b in range(before):
+            cols = slice(starts[b], starts[b] + sizes[b])
+            if not bool(active[rows][:, cols].any()):
+                continue
+            if diff[b] is None:
+                a = replace[b]
+                c = cur[b].reshape(copies, batch, *cur[b].shape[1:])
+                diff[b] = a.to(c.dtype)[None] - c  # [copies, batch, pos, n, d]
+            term = torch.einsum("crn,cbsnd->cbsrd", coef[:, rows, cols].to(diff[b].dtype), diff[b])
+            total = term if total is None else total + term
+        return None if total is None else total.reshape(rows_all, *total.shape[2:])
+
+    def reader_fn(rows: list[int], before: int, per_head: bool) -> Callable[[Tensor], Tensor]:
+        def fn(x: Tensor) -> Tensor:
+            if grad and not per_head:
+                # The MLP input hook sees the residual stream itself (a pre-hook of the layer
+                # norm); a fresh tensor keeps the residual path's gradient out of this reader's.
+                x = x.clone()
+            if active is not None:
+                d = delta_for(rows, before)
+                if d is not None:
+                    x = x + (d if per_head else d[:, :, 0])
+            if grad and x.requires_grad:
+                if per_head:
+                    x.register_hook(lambda g: on_grad(rows, before_w, g))
+                else:
+                    x.register_hook(lambda g: on_grad(rows, before_w, g[:, :, None]))
+            return x
+
+        before_w = starts[before - 1] + sizes[before - 1] if before else 0
+        return fn
+
+    hooks: dict[str, Any] = {INPUT_HOOK: writer_fn(0)}
+    for layer in range(graph.n_layers):
+        hooks[head_out_hook(layer)] = writer_fn(1 + 2 * layer)
+        hooks[mlp_out_hook(layer)] = writer_fn(2 + 2 * layer)
+    for name, rows, _up, before in _reader_groups(graph):
+        hooks[name] = reader_fn(rows, before, per_head=".attn." in name)
+
+    def recorder(name: str, inner: Callable[[Tensor], Tensor] | None) -> Callable:
+        def fn(x: Tensor) -> Tensor:
+            y = inner(x) if inner is not None else x
+            acts[name] = y.detach()
+            return y
+
+        return fn
+
+    for name in record:
+        hooks[name] = recorder(name, hooks.get(name))
+    if read_pos is not None and _engine.UNEMBED_IN in model.hook_dict:
+        rows_idx = torch.arange(rows_all, device=ids.device)
+        pos = read_pos.repeat(copies)
+        hooks[_engine.UNEMBED_IN] = lambda x: x[rows_idx, pos][:, None]
+        sliced = True
+    else:
+        sliced = False
+
+    ids_all = ids.repeat(copies, 1) if copies > 1 else ids
+    ctx = torch.enable_grad() if grad else torch.no_grad()
+    with ctx, split_inputs(model), _engine.forward_hooks(model, hooks):
+        logits = model(ids_all, use_cache=False)
+    if read_pos is None:
+        read = logits.float()
+    elif sliced:
+        read = logits[:, 0].float()
+    else:
+        read = logits[torch.arange(rows_all, device=ids.device), read_pos.repeat(copies)].float()
+    writers = [c.detach() for c in cur] if capture else None
+    return Out(read=read, writers=writers, acts=acts, leaf=leaf[0] if leaf else None)

@@ -1,0 +1,92 @@
+"""What an ablated edge carries instead of its upstream node's output.
+
+Two ablations, always recorded in results (Miller, Chughtai & Saunders 2024, "Transformer Circuit
+Faithfulness Metrics Are Not Robust": the ablation type changes faithfulness numbers):
+
+* ``"corrupted"``: the upstream node's output on the task's corrupted prompt (``Task.corrupted``,
+  one per clean prompt, of the same token length), from the same model: EAP-IG's and MIB's
+  counterfactual "patching" ablation.
+* ``"mean"``: the upstream node's **mean output at the same position over the task's prompts**:
+  for writer ``w`` and position ``p``, ``mean_i a_w(prompt_i)[p]`` over the prompts ``i`` that have
+  a token at position ``p`` (positions counted from each prompt's first token; padding never
+  enters). For prompts of equal length this is MIB's position-wise mean ablation over the
+  evaluation set; for unequal lengths, late positions average fewer prompts. The means are taken on
+  the model being analysed (a circuit evaluated inside another model uses *that* model's means).
+  They cost one forward pass over the prompts.
+
+The empty circuit (every edge ablated) reads ``sum_w A_w`` plus the constants at the logits: for
+``"corrupted"`` exactly the corrupted run, for ``"mean"`` the mean residual stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechdiff import _engine
+from mechdiff.circuits import _run
+from mechdiff.circuits.graph import Graph, constants
+from mechdiff.tasks import Tokens
+
+Ablation: TypeAlias = Literal["corrupted", "mean"]
+ABLATIONS: tuple[Ablation, ...] = ("corrupted", "mean")
+
+
+@dataclass
+class Replacements:
+    """Replacement writer outputs for every prompt batch of one model.
+
+    Attributes:
+        kind: the ablation.
+        means: for ``"mean"``, the mean writer blocks ``[1, pos, n, d_model]`` (all positions of
+            the longest prompt).
+    """
+
+    kind: Ablation
+    means: list[Tensor] | None = None
+
+    def blocks(self, model: TransformerBridge, graph: Graph, sub: Tokens) -> list[Tensor]:
+        """Replacement blocks for one prompt batch (``sub``, trimmed to its own width)."""
+        width = int(sub.tokens.shape[1])
+        if self.kind == "mean":
+            return [m[:, :width] for m in self.means]
+        out = _run.forward(model, graph, sub.corrupted_tokens, sub.read_pos, capture=True)
+        return out.writers
+
+
+def mean_outputs(model: TransformerBridge, graph: Graph, tokens: Tokens, batch_size: int,
+                 progress: bool = False) -> list[Tensor]:
+    """Per-position mean of every writer's output over the prompts (see module docstring)."""
+    width = int(tokens.tokens.shape[1])
+    sums: list[Tensor] | None = None
+    counts = torch.zeros(width, device=tokens.tokens.device)
+    starts = range(0, tokens.n, batch_size)
+    for start in tqdm(starts, desc="mean outputs", disable=not progress, leave=False):
+        sub = tokens.select(start, min(start + batch_size, tokens.n))
+        w = int(sub.tokens.shape[1])
+        out = _run.forward(model, graph, sub.tokens, sub.read_pos, capture=True)
+        mask = sub.position_mask().to(out.writers[0].dtype)[:, :, None, None]
+        batch_sums = [(b * mask).sum(0) for b in out.writers]  # [w, n, d]
+        if sums is None:
+            sums = [torch.zeros(width, *s.shape[1:], dtype=torch.float32, device=s.device)
+                    for s in batch_sums]
+        for total, s in zip(sums, batch_sums, strict=True):
+            total[:w] += s.float()
+        counts[:w] += mask[:, :, 0, 0].sum(0)
+    dtype = next(model.parameters()).dtype
+    return [(s / counts.clamp_min(1)[:, None, None])[None].to(dtype) for s in sums]
+
+
+def empty_logits(model: TransformerBridge, graph: Graph, blocks: list[Tensor],
+                 read_pos: Tensor | None, batch: int) -> Tensor:
+    """Logits of the empty circuit: every edge ablated, so the logits read the sum of the
+    replacement outputs plus the constants (positional embedding, ``b_O``)."""
+    width = blocks[0].shape[1]
+    total = sum(b.float().sum(2) for b in blocks) + constants(model, width)[graph.n_layers]
+    total = total.expand(batch, *total.shape[1:]).to(next(model.parameters()).dtype)
+    return _engine.unembed(model, total, read_pos)

@@ -1,0 +1,240 @@
+"""Edge attribution in one model: EAP and EAP-IG scores for every edge of the graph at once.
+
+**EAP** (edge attribution patching; Syed, Rager & Conmy 2023, "Attribution Patching Outperforms
+Automated Circuit Discovery") scores edge ``u -> v`` by the first-order estimate of ablating it::
+
+    score(u -> v) = (1/N) sum_prompts sum_positions (A_u - a_u) . dM/dx_v
+
+``a_u`` is the upstream node's output on the clean prompt, ``A_u`` its ablated value (the
+corrupted prompt's output or the per-position mean, :mod:`mechdiff.circuits.ablation`), and
+``dM/dx_v`` the gradient of the prompt's metric at the downstream input ``x_v`` (the residual stream
+before the layer norm that node ``v`` applies; for a key-value head, the shared k or v input) on the
+clean run. **Sign convention** (EAP-IG's): ``score`` estimates ``M(edge ablated) - M(clean)``, so an
+edge that supports the behaviour has a negative score. **Scaling**: the estimate of the change of
+the *mean* metric over prompts, so numbers do not depend on the batch size (EAP-IG's code divides by
+the number of prompts a second time, after a metric that already averages over the batch).
+Circuits rank edges by ``|score|``. Cost: the ablated values (one forward of the corrupted prompts,
+or one forward over all prompts for the means) and one forward and one backward of the clean
+prompts, for all edges; the gradient of each reader group is contracted with the upstream
+differences as the backward pass reaches it, so memory holds one layer's reader gradients.
+
+**EAP-IG** (Hanna, Pezzelle & Belinkov 2024, "Have Faith in Faithfulness", integrated gradients
+on the inputs, their "EAP-IG-inputs") averages the gradient along a path from the ablated input
+to the clean input::
+
+    score(u -> v) = (1/N) sum sum (A_u - a_u) . (1/m) sum_k dM/dx_v (run_k),
+
+where run ``k`` feeds the token embedding ``e_ablated + alpha_k (e_clean - e_ablated)`` with
+``alpha_k = (k + 1/2) / m`` (midpoint rule; EAP-IG's code takes ``k / m``, a left Riemann sum that
+never reaches the clean end). Cost: ``m`` forwards and backwards. Preferred for saturated metrics
+and for ``kl`` metrics, whose gradient at the clean run is zero (EAP gives all zeros there).
+
+The edge graph, including key-value heads of grouped-query attention as their own k/v inputs, is
+:mod:`mechdiff.circuits.graph`. The same quantities as TransformerLens 4.3's
+``attribution_patch(..., EdgeAttributionConfig(granularity="edge"))`` for one clean/corrupted pair,
+summed over positions, with the opposite sign (TransformerLens takes the gradient on the corrupted
+run and scores ``(a_clean - a_corrupt) . g``, the denoising direction); it refuses GQA models and
+integrated gradients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechdiff.circuits import _prep, _run
+from mechdiff.circuits.ablation import Ablation, Replacements, empty_logits, mean_outputs
+from mechdiff.circuits.graph import Graph
+from mechdiff.circuits.results import OnGraph, RankedEdge
+from mechdiff.loading import model_provenance
+from mechdiff.metrics import check_finite
+from mechdiff.results import Provenance, SavableResult
+from mechdiff.tasks import Task
+
+Method: TypeAlias = Literal["eap", "eap_ig"]
+METHODS: tuple[Method, ...] = ("eap", "eap_ig")
+EdgePositions: TypeAlias = Literal["all", "each"]
+
+
+@dataclass(frozen=True)
+class EdgeScores(SavableResult, OnGraph):
+    """Every edge's estimated ablation effect in one model.
+
+    Attributes:
+        scores: estimated ``M(edge ablated) - M(clean)`` of the mean metric, summed over
+            positions, ``[edge]`` in the graph's edge order (see :class:`Graph`).
+        per_prompt: each prompt's own estimate ``[batch, edge]`` (``scores`` is their mean).
+        per_position: estimates per position ``[edge, pos]`` (mean over prompts of each position's
+            term; positions counted from each prompt's start), with ``positions="each"``.
+        clean: metric per prompt on the clean run ``[batch]``.
+        ablated: metric per prompt with every edge ablated (the empty circuit) ``[batch]``.
+        n_layers, n_heads, n_kv_heads: the graph.
+        method: ``"eap"`` or ``"eap_ig"``.
+        steps: integration steps of EAP-IG (1 for EAP).
+        ablation: ``"corrupted"`` or ``"mean"``.
+        provenance: model, task, metric, processing, versions.
+    """
+
+    scores: Float[Tensor, " edge"]
+    per_prompt: Float[Tensor, "batch edge"]
+    per_position: Float[Tensor, "edge pos"] | None
+    clean: Float[Tensor, " batch"]
+    ablated: Float[Tensor, " batch"]
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    method: str
+    steps: int
+    ablation: str
+    provenance: Provenance
+
+    def top(self, k: int = 10, *, absolute: bool = True) -> list[RankedEdge]:
+        """The ``k`` edges with the largest ``|score|`` (largest score if not ``absolute``)."""
+        return self._ranked(self.scores, k, absolute)
+
+    def table(self, k: int = 10) -> str:
+        """A plain-text ranking of the top ``k`` edges."""
+        p, g = self.provenance, self.graph
+        name = self.method if self.method == "eap" else f"eap_ig(steps={self.steps})"
+        lines = [
+            f"edge attribution ({name}, {self.ablation} ablation) on {p.task!r} ({p.n_prompts} "
+            f"prompts, metric {p.metric}): {g.n_edges} edges; clean {self.clean.mean():.4f}, "
+            f"all edges ablated {self.ablated.mean():.4f}",
+            f"{'rank':>4}  {'edge':<24} {'est. M(ablated)-M(clean)':>25}",
+        ]
+        for r, row in enumerate(self.top(k), 1):
+            lines.append(f"{r:>4}  {row.label:<24} {row.score:>+25.4f}")
+        return "\n".join(lines)
+
+    def dense(self) -> Tensor:
+        """Scores as ``[reader, writer]`` (0 where there is no edge)."""
+        return self.graph.dense(self.scores)
+
+
+def edge_attribution(
+    model: TransformerBridge,
+    task: Task,
+    *,
+    method: Method = "eap_ig",
+    steps: int = 5,
+    ablation: Ablation = "mean",
+    positions: EdgePositions = "all",
+    prompt_batch_size: int = 16,
+    progress: bool = True,
+    model_id: str = "<bridge>",
+) -> EdgeScores:
+    """Score every edge of ``model``'s graph on ``task`` (see module docstring).
+
+    Args:
+        model: a ``TransformerBridge`` (GPT-2- or LLaMA-style; GQA supported natively). Runs on
+            the model's device.
+        task: prompts (any lengths; each is read at its own last position) and metric.
+        method: ``"eap"`` (gradient at the clean run) or ``"eap_ig"`` (integrated gradients on
+            the input embedding).
+        steps: integration steps of ``"eap_ig"`` (ignored by ``"eap"``).
+        ablation: ``"mean"`` or ``"corrupted"`` (needs ``task.corrupted``); see
+            :mod:`mechdiff.circuits.ablation`.
+        positions: ``"all"``; ``"each"`` also keeps per-position scores.
+        prompt_batch_size: prompts per forward/backward; results do not depend on it.
+        progress: show a progress bar.
+        model_id: the model's name in the provenance.
+
+    Raises:
+        GraphError: the model has no exact edge graph.
+        OptionError, PromptError, AnswerTokenError, MetricError: bad arguments (before any
+            forward).
+    """
+    _prep.check_option("method", method, METHODS)
+    _prep.check_option("positions", positions, ("all", "each"))
+    _prep.check_positive(steps=steps, prompt_batch_size=prompt_batch_size)
+    graph, tokens = _prep.prepare(model, task, ablation)
+    steps = steps if method == "eap_ig" else 1
+    n, width = tokens.n, int(tokens.tokens.shape[1])
+    repl = Replacements(ablation)
+    if ablation == "mean":
+        repl.means = mean_outputs(model, graph, tokens, prompt_batch_size, progress)
+    per_prompt = torch.zeros(n, graph.n_edges)
+    per_pos = torch.zeros(graph.n_edges, width) if positions == "each" else None
+    clean_vals, empty_vals = [], []
+    starts = list(range(0, n, prompt_batch_size))
+    bar = tqdm(total=len(starts) * steps, desc=f"edge attribution ({method})",
+               disable=not progress, leave=False)
+    try:
+        for i, (start, stop, sub) in enumerate(_prep.batches(tokens, prompt_batch_size)):
+            vals, empty, pp, pos = _batch(model, graph, task, sub, repl, method, steps,
+                                          per_pos is not None, check=i == 0, bar=bar)
+            clean_vals.append(vals)
+            empty_vals.append(empty)
+            per_prompt[start:stop] = pp
+            if per_pos is not None:
+                per_pos[:, : pos.shape[1]] += pos
+    finally:
+        bar.close()
+    check_finite(per_prompt, "an edge attribution estimate")
+    if per_pos is not None:
+        per_pos /= n
+    prov = model_provenance(model, task, model_id=model_id)
+    return EdgeScores(
+        scores=per_prompt.mean(0), per_prompt=per_prompt, per_position=per_pos,
+        clean=torch.cat(clean_vals), ablated=torch.cat(empty_vals), **graph.dims,
+        method=method, steps=steps, ablation=ablation, provenance=prov,
+    )
+
+
+def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replacements,
+           method: str, steps: int, keep_pos: bool, *, check: bool, bar: tqdm
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Scores of one prompt batch: metric values, empty-circuit values, ``[batch, edge]`` and
+    (if ``keep_pos``) ``[edge, pos]`` sums over the batch."""
+    ids, read_pos = sub.tokens, None if task.reads_all_positions else sub.read_pos
+    b, width = sub.n, int(ids.shape[1])
+    blocks = repl.blocks(model, graph, sub)
+    acc = _prep.zeros_like_graph(graph, b, device=ids.device)
+    acc_pos = torch.zeros(graph.n_readers, graph.n_writers, width, device=ids.device) if keep_pos \
+        else None
+    holder: dict[str, Tensor] = {}
+    weight = 1.0 / steps
+
+    def on_grad(rows: list[int], n_up: int, g: Tensor) -> None:
+        up = holder["delta"][:, :, :n_up].to(g.dtype)
+        acc[:, rows, :n_up] += weight * torch.einsum("bsrd,bswd->brw", g, up).float()
+        if acc_pos is not None:
+            acc_pos[rows, :n_up] += weight * torch.einsum("bsrd,bswd->rws", g, up).float()
+
+    record = _prep.check_records(graph) if check else ()
+    if method == "eap":  # one forward with grad: capture the clean outputs and differentiate
+        out = _run.forward(model, graph, ids, read_pos, capture=True, record=record,
+                           on_grad=on_grad)
+    else:
+        out = _run.forward(model, graph, ids, read_pos, capture=True, record=record)
+    if check:
+        _prep.checked(model, graph, out, sub)
+    ref = _prep.reference(task, out.read)
+    vals = _prep.metric(task, out.read.detach(), sub, ref)
+    check_finite(vals, "the clean run")
+    holder["delta"] = torch.cat([a.to(c.dtype) - c for a, c in zip(blocks, out.writers,
+                                                                 strict=True)], dim=2)
+    if method == "eap":
+        values = _prep.metric(task, out.read, sub, ref)
+        torch.autograd.grad(values.sum(), [out.leaf])
+        bar.update(1)
+    else:
+        clean_in, base_in = out.writers[0][:, :, 0], blocks[0][:, :, 0]
+        for k in range(steps):
+            alpha = (k + 0.5) / steps
+            embed = (base_in + alpha * (clean_in - base_in)).expand_as(clean_in)
+            run = _run.forward(model, graph, ids, read_pos, embed=embed, on_grad=on_grad)
+            values = _prep.metric(task, run.read, sub, ref)
+            torch.autograd.grad(values.sum(), [run.leaf])
+            bar.update(1)
+    empty = _prep.metric(task, empty_logits(model, graph, blocks, read_pos, b), sub, ref)
+    pos = None
+    if acc_pos is not None:
+        pos = graph.flat(acc_pos.permute(2, 0, 1)).T.cpu()
+    return _prep.cpu(vals), _prep.cpu(empty), graph.flat(acc).cpu(), pos

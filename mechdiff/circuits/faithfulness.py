@@ -1,0 +1,344 @@
+"""Faithfulness of circuits, by real intervention: every edge outside the circuit ablated at once.
+
+A circuit ``C`` is run as the model with **every edge outside C ablated**: the input of each
+downstream node ``v`` becomes ``x_v + sum_{u -> v not in C} (A_u - a_u)``, where ``a_u`` is the upstream
+node's output *in this run* and ``A_u`` its ablated value (:mod:`mechdiff.circuits.ablation`), as
+EAP-IG's ``evaluate`` does (Hanna et al. 2024). All ablated edges of a circuit share one forward
+pass; several circuits run as stacked copies of the prompt batch. Nothing is estimated.
+
+**Normalized faithfulness** (MIB, Mueller et al. 2025, "MIB: A Mechanistic Interpretability
+Benchmark")::
+
+    f(C) = (m(C) - m(empty)) / (m(full) - m(empty))
+
+with ``m`` the task metric averaged over prompts, ``m(full)`` the unablated model and ``m(empty)``
+the model with every edge ablated (which reads the sum of the ablated outputs at the logits: the
+corrupted run for ``"corrupted"`` ablation, the mean residual stream for ``"mean"``). ``f(full) = 1``
+and ``f(empty) = 0`` exactly.
+
+**The curve** (:func:`faithfulness_curve`): circuits of ``floor(p * n_edges)`` edges (MIB's count,
+before pruning) at the MIB fractions ``p`` = 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100 % of edges.
+With ``x`` the requested fraction of edges on a *linear* axis from 0.001 to 1 and the trapezoid
+rule between consecutive points (MIB's ``evaluate_area_under_curve`` with ``log_scale=False``):
+
+* **CPR** = area under ``f`` (higher is better: a faithful circuit early on);
+* **CMD** = area under ``|1 - f|`` (lower is better: close to the model everywhere).
+
+The x axis spans 0.999, so CPR of a circuit perfect from the first point is 0.999.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechdiff.circuits import _prep, _run
+from mechdiff.circuits.ablation import Ablation, Replacements, empty_logits, mean_outputs
+from mechdiff.circuits.circuit import Circuit, Rule, select_circuit
+from mechdiff.circuits.graph import Graph, GraphError
+from mechdiff.circuits.results import OnGraph
+from mechdiff.errors import MetricError, OptionError
+from mechdiff.loading import model_provenance
+from mechdiff.metrics import check_finite
+from mechdiff.results import Provenance, SavableResult
+from mechdiff.tasks import Task, Tokens
+
+MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+"""Fractions of edges at which MIB evaluates circuits."""
+
+
+def normalized(circuit: float, full: float, empty: float) -> float:
+    """``(m(C) - m(empty)) / (m(full) - m(empty))``; NaN when full and empty agree."""
+    denom = full - empty
+    return (circuit - empty) / denom if denom != 0 else float("nan")
+
+
+def areas(fractions: tuple[float, ...], values: list[float]) -> tuple[float, float]:
+    """(CPR, CMD): trapezoid areas under ``f`` and ``|1 - f|`` on the linear fraction axis."""
+    cpr = cmd = 0.0
+    for i in range(len(values) - 1):
+        dx = fractions[i + 1] - fractions[i]
+        cpr += dx * (values[i] + values[i + 1]) / 2
+        cmd += dx * (abs(1 - values[i]) + abs(1 - values[i + 1])) / 2
+    return cpr, cmd
+
+
+@dataclass(frozen=True)
+class Faithfulness(SavableResult, OnGraph):
+    """How much of the model's behaviour a circuit alone keeps, measured by intervention.
+
+    Attributes:
+        value: normalized faithfulness ``f`` (module docstring).
+        circuit: metric per prompt with every edge outside the circuit ablated ``[batch]``.
+        full: metric per prompt of the unablated model ``[batch]``.
+        empty: metric per prompt with every edge ablated ``[batch]``.
+        edges: the circuit's edges ``[edge]``.
+        n_layers, n_heads, n_kv_heads: the graph.
+        rule: how the circuit was chosen.
+        ablation: ``"corrupted"`` or ``"mean"``.
+        provenance: the model the circuit was *evaluated* in, task, metric.
+    """
+
+    value: float
+    circuit: Float[Tensor, " batch"]
+    full: Float[Tensor, " batch"]
+    empty: Float[Tensor, " batch"]
+    edges: Bool[Tensor, " edge"]
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    rule: str
+    ablation: str
+    provenance: Provenance
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edges.sum())
+
+    def summary(self) -> str:
+        p = self.provenance
+        return (f"faithfulness {self.value:.3f} of a {self.n_edges}-edge circuit ({self.rule}) in "
+                f"{p.base} on {p.task!r} ({p.n_prompts} prompts, {p.metric}, {self.ablation} "
+                f"ablation): circuit {self.circuit.mean():.4f}, full {self.full.mean():.4f}, "
+                f"empty {self.empty.mean():.4f}")
+
+
+@dataclass(frozen=True)
+class FaithfulnessCurve(SavableResult, OnGraph):
+    """Faithfulness of circuits of growing size, with MIB's CPR and CMD.
+
+    Attributes:
+        fractions: requested fractions of edges (the x axis).
+        requested: edges selected at each fraction (``floor(fraction * n_edges)``).
+        kept: edges left after pruning ``[n_fractions]``.
+        values: normalized faithfulness at each fraction ``[n_fractions]``.
+        circuit: metric per prompt of each circuit ``[n_fractions, batch]``.
+        full: metric per prompt of the unablated model ``[batch]``.
+        empty: metric per prompt with every edge ablated ``[batch]``.
+        edges: the circuits ``[n_fractions, edge]``.
+        cpr: area under ``f`` (module docstring).
+        cmd: area under ``|1 - f|``.
+        rule: selection rule of the circuits.
+        ablation: ``"corrupted"`` or ``"mean"``.
+        method: how the edge scores were computed (``eap``, ``eap_ig(steps=5)``).
+        n_layers, n_heads, n_kv_heads: the graph.
+        provenance: the model the circuits were evaluated in, task, metric.
+        scores_from: the model the edge scores (and circuits) came from.
+    """
+
+    fractions: tuple[float, ...]
+    requested: tuple[int, ...]
+    kept: tuple[int, ...]
+    values: Float[Tensor, " fraction"]
+    circuit: Float[Tensor, "fraction batch"]
+    full: Float[Tensor, " batch"]
+    empty: Float[Tensor, " batch"]
+    edges: Bool[Tensor, "fraction edge"]
+    cpr: float
+    cmd: float
+    rule: str
+    ablation: str
+    method: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    provenance: Provenance
+    scores_from: str = ""
+
+    def circuit_at(self, fraction: float) -> Circuit:
+        """The circuit evaluated at ``fraction``."""
+        if fraction not in self.fractions:
+            raise OptionError(f"no circuit at {fraction}; fractions are {self.fractions}")
+        i = self.fractions.index(fraction)
+        return Circuit(self.edges[i], self.n_layers, self.n_heads, self.n_kv_heads,
+                       rule=self.rule, requested=self.requested[i])
+
+    def smallest(self, target: float) -> int | None:
+        """Index of the first fraction whose faithfulness reaches ``target`` (None if none)."""
+        for i, v in enumerate(self.values.tolist()):
+            if v >= target:
+                return i
+        return None
+
+    def table(self) -> str:
+        p = self.provenance
+        lines = [f"faithfulness curve ({self.rule} circuits from {self.method} scores, "
+                 f"{self.ablation} ablation) in {p.base} on {p.task!r} ({p.n_prompts} prompts, "
+                 f"{p.metric}): CPR {self.cpr:.3f}, CMD {self.cmd:.3f}; full "
+                 f"{self.full.mean():.4f}, empty {self.empty.mean():.4f}",
+                 f"{'edges %':>8} {'selected':>9} {'kept':>7} {'f':>8}"]
+        for i, fr in enumerate(self.fractions):
+            lines.append(f"{100 * fr:>8.1f} {self.requested[i]:>9} {self.kept[i]:>7} "
+                         f"{float(self.values[i]):>8.3f}")
+        return "\n".join(lines)
+
+
+def faithfulness(
+    model: TransformerBridge,
+    task: Task,
+    circuit: Circuit,
+    *,
+    ablation: Ablation = "mean",
+    prompt_batch_size: int = 16,
+    progress: bool = True,
+    model_id: str = "<bridge>",
+) -> Faithfulness:
+    """Run ``model`` with every edge outside ``circuit`` ablated; normalized faithfulness.
+
+    The circuit may come from another model with the same graph (a base circuit inside its
+    fine-tune). Cost: three forwards per prompt batch (full, circuit, and the ablated values:
+    corrupted run or, for ``"mean"``, one pass for the means).
+
+    Raises:
+        GraphError: the model has no exact edge graph, or the circuit belongs to another graph.
+        OptionError, PromptError, MetricError: bad arguments (before any forward).
+    """
+    graph, tokens = _prep.prepare(model, task, ablation)
+    _check_circuit(graph, circuit)
+    _prep.check_positive(prompt_batch_size=prompt_batch_size)
+    full, empty, vals = evaluate(model, graph, task, tokens, Replacements(ablation),
+                                 circuit.ablated()[None], prompt_batch_size=prompt_batch_size,
+                                 progress=progress)
+    value = normalized(float(vals[0].mean()), float(full.mean()), float(empty.mean()))
+    return Faithfulness(value=value, circuit=vals[0], full=full, empty=empty,
+                        edges=circuit.edges.clone(), **graph.dims, rule=circuit.rule,
+                        ablation=ablation, provenance=model_provenance(model, task,
+                                                                       model_id=model_id))
+
+
+def faithfulness_curve(
+    model: TransformerBridge,
+    task: Task,
+    scores: object,
+    *,
+    fractions: tuple[float, ...] = MIB_FRACTIONS,
+    rule: Rule = "top_n",
+    ablation: Ablation | None = None,
+    circuit_batch: int = 4,
+    prompt_batch_size: int = 16,
+    progress: bool = True,
+    model_id: str = "<bridge>",
+) -> FaithfulnessCurve:
+    """Faithfulness of circuits chosen from ``scores`` at each fraction, with CPR and CMD.
+
+    Args:
+        model: the model to evaluate the circuits in (usually the one scored).
+        task: prompts and metric.
+        scores: :class:`~mechdiff.circuits.EdgeScores` the circuits are chosen from.
+        fractions: requested fractions of edges, increasing (default: MIB's).
+        rule: ``"top_n"`` or ``"greedy"``, then pruned.
+        ablation: default: the scores' own ablation.
+        circuit_batch: circuits run as stacked copies in one forward (memory x this).
+        prompt_batch_size: prompts per forward.
+        progress: show a progress bar.
+        model_id: the evaluated model's name in the provenance.
+    """
+    ablation = ablation or scores.ablation
+    if rule not in ("top_n", "greedy"):
+        raise OptionError(f"rule must be 'top_n' or 'greedy' for a curve, got {rule!r}")
+    if not fractions or list(fractions) != sorted(fractions) or not all(
+            0 <= f <= 1 for f in fractions):
+        raise OptionError(f"fractions must be increasing within [0, 1], got {fractions}")
+    _prep.check_positive(circuit_batch=circuit_batch, prompt_batch_size=prompt_batch_size)
+    graph, tokens = _prep.prepare(model, task, ablation)
+    circuits = [select_circuit(scores, rule=rule, fraction=f) for f in fractions]
+    for c in circuits:
+        _check_circuit(graph, c)
+    coefs = torch.stack([c.ablated() for c in circuits])
+    full, empty, vals = evaluate(model, graph, task, tokens, Replacements(ablation), coefs,
+                                 circuit_batch=circuit_batch, prompt_batch_size=prompt_batch_size,
+                                 progress=progress)
+    f_full, f_empty = float(full.mean()), float(empty.mean())
+    values = [normalized(float(v.mean()), f_full, f_empty) for v in vals]
+    cpr, cmd = areas(tuple(fractions), values)
+    method = scores.method if scores.method == "eap" else f"eap_ig(steps={scores.steps})"
+    return FaithfulnessCurve(
+        fractions=tuple(fractions), requested=tuple(c.requested for c in circuits),
+        kept=tuple(c.n_edges for c in circuits), values=torch.tensor(values), circuit=vals,
+        full=full, empty=empty, edges=torch.stack([c.edges for c in circuits]), cpr=cpr, cmd=cmd,
+        rule=rule, ablation=ablation, method=method, **graph.dims,
+        provenance=model_provenance(model, task, model_id=model_id),
+        scores_from=scores.provenance.base,
+    )
+
+
+def _check_circuit(graph: Graph, circuit: Circuit) -> None:
+    if (circuit.n_layers, circuit.n_heads, circuit.n_kv_heads) != (
+            graph.n_layers, graph.n_heads, graph.n_kv_heads):
+        raise GraphError(
+            f"the circuit belongs to a graph of {circuit.n_layers} layers x {circuit.n_heads} "
+            f"heads ({circuit.n_kv_heads} key-value heads), the model's is {graph.n_layers} x "
+            f"{graph.n_heads} ({graph.n_kv_heads})"
+        )
+
+
+def evaluate(
+    model: TransformerBridge,
+    graph: Graph,
+    task: Task,
+    tokens: Tokens,
+    repl: Replacements,
+    coefs: Float[Tensor, "circuit reader writer"],
+    *,
+    circuit_batch: int = 4,
+    prompt_batch_size: int = 16,
+    progress: bool = False,
+    donor_blocks: object = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Metric per prompt of the full model, of the empty circuit and of each coefficient matrix.
+
+    ``donor_blocks(sub) -> (blocks, read)``: replacement outputs taken from another model's run
+    (cross-model edge patching), whose logits are also the ``kl`` reference; else ``repl``.
+
+    Returns:
+        ``full [batch]``, ``empty [batch]``, ``values [circuit, batch]`` (CPU, float32).
+    """
+    n = tokens.n
+    if repl.kind == "mean" and donor_blocks is None and repl.means is None:
+        repl.means = mean_outputs(model, graph, tokens, prompt_batch_size, progress)
+    vals = torch.zeros(coefs.shape[0], n)
+    fulls, empties = [], []
+    chunks = [list(range(c, min(c + circuit_batch, coefs.shape[0])))
+              for c in range(0, coefs.shape[0], circuit_batch)]
+    starts = list(range(0, n, prompt_batch_size))
+    bar = tqdm(total=len(starts) * (1 + len(chunks)), desc="circuit evaluation",
+               disable=not progress, leave=False)
+    try:
+        for i, (start, stop, sub) in enumerate(_prep.batches(tokens, prompt_batch_size)):
+            read_pos = None if task.reads_all_positions else sub.read_pos
+            record = _prep.check_records(graph) if i == 0 else ()
+            out = _run.forward(model, graph, sub.tokens, read_pos, capture=i == 0, record=record)
+            if i == 0:
+                _prep.checked(model, graph, out, sub)
+            bar.update(1)
+            if donor_blocks is not None:
+                blocks, donor_read = donor_blocks(sub)
+                ref = _prep.reference(task, donor_read)
+            else:
+                blocks = repl.blocks(model, graph, sub)
+                ref = _prep.reference(task, out.read)
+            fulls.append(_prep.cpu(_prep.metric(task, out.read, sub, ref)))
+            empty = empty_logits(model, graph, blocks, read_pos, sub.n)
+            empties.append(_prep.cpu(_prep.metric(task, empty, sub, ref)))
+            for chunk in chunks:
+                k = len(chunk)
+                coef = coefs[chunk].to(sub.tokens.device)
+                run = _run.forward(model, graph, sub.tokens, read_pos, copies=k, replace=blocks,
+                                   coef=coef)
+                v = _prep.metric(task, run.read, _prep.tile(sub, k), _prep.tile_ref(ref, k))
+                vals[chunk, start:stop] = _prep.cpu(v).reshape(k, sub.n)
+                bar.update(1)
+    finally:
+        bar.close()
+    full, empty = torch.cat(fulls), torch.cat(empties)
+    for what, x in (("the full model", full), ("the empty circuit", empty), ("a circuit", vals)):
+        try:
+            check_finite(x, what)
+        except MetricError:
+            raise
+    return full, empty, vals
