@@ -1,39 +1,43 @@
 """Model pairs: a base and a fine-tuned model as two TransformerLens bridges, checked compatible.
 
 Each side may be a Hugging Face model name, a local HF directory (model + tokenizer saved together),
-an already-built :class:`~transformer_lens.model_bridge.TransformerBridge`, or (fine-tuned side only)
-a LoRA adapter directory, which is merged into a copy of the base with ``peft``.
+a :class:`~transformer_lens.model_bridge.TransformerBridge`, or (fine-tuned side only) a LoRA
+adapter directory, merged into a copy of the base with ``peft`` after it is checked to belong to it.
 
-Both sides are processed the same way, recorded as ``ModelPair.processing``:
+Both sides are loaded through :func:`mechdiff.loading.load_model` and processed the same way,
+recorded as ``ModelPair.processing`` and ``ModelPair.processing_skipped``:
 
 * ``"compat"`` (default): TransformerLens's HookedTransformer-equivalent processing (folded
-  LayerNorm, centred writing weights and unembedding, folded value biases). Activations and
-  weights of the two models are then comparable like for like.
+  LayerNorm, centred writing weights and unembedding, folded value biases), checked on a probe
+  batch to keep each model's logits up to a per-position constant; steps that would not are left
+  out on both sides (:mod:`mechdiff.loading.processing`). Activations and weights of the two
+  models are then comparable like for like.
 * ``"none"``: raw HF weights and activations.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechdiff.errors import (
-    CheckpointError,
-    IncompatibleModelsError,
-    MissingDependencyError,
-    OptionError,
+from mechdiff.errors import CheckpointError, IncompatibleModelsError
+from mechdiff.loading.adapters import is_adapter_dir
+from mechdiff.loading.model import (
+    ModelSpec,
+    Source,
+    boot_raw,
+    check_loaded,
+    check_options,
+    complete,
+    load_info,
+    prepare,
 )
+from mechdiff.loading.options import Processing, ProcessingStep
 from mechdiff.results import Provenance
 from mechdiff.tasks import Task
-
-Processing: TypeAlias = Literal["compat", "none"]
-ModelSpec: TypeAlias = str | Path | TransformerBridge
 
 _CFG_FIELDS = (
     "architecture",
@@ -48,6 +52,9 @@ _CFG_FIELDS = (
     "normalization_type",
     "positional_embedding_type",
 )
+_CONFIG_KEYS = ("model_type", "architectures", "n_layer", "n_head", "n_embd", "n_inner",
+                "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size",
+                "intermediate_size", "ffn_dim", "vocab_size", "tie_word_embeddings")
 
 
 @dataclass
@@ -61,6 +68,8 @@ class ModelPair:
         base_id: where the base came from (path, HF name or ``"<bridge>"``).
         finetuned_id: where the fine-tuned model came from.
         processing: how both models' weights were processed (see module docstring).
+        processing_skipped: ``"compat"`` steps left out on both sides (empty when processing was
+            applied whole, and for ``"none"``).
     """
 
     base: TransformerBridge
@@ -69,6 +78,7 @@ class ModelPair:
     base_id: str
     finetuned_id: str
     processing: Processing
+    processing_skipped: tuple[ProcessingStep, ...] = ()
 
     @property
     def cfg(self) -> Any:
@@ -96,14 +106,16 @@ class ModelPair:
     def provenance(self, task: Task, *, seed: int | None = None) -> Provenance:
         """Provenance of an analysis of this pair on ``task``."""
         return Provenance.of(task, base=self.base_id, finetuned=self.finetuned_id,
-                             processing=self.processing, seed=seed)
+                             processing=self.processing, seed=seed,
+                             processing_skipped=self.processing_skipped)
 
     def __repr__(self) -> str:
         c = self.cfg
+        skipped = f", skipped={list(self.processing_skipped)}" if self.processing_skipped else ""
         return (
             f"ModelPair(base={self.base_id!r}, finetuned={self.finetuned_id!r}, "
             f"{c.architecture}, {c.n_layers} layers x {c.n_heads} heads, d_model={c.d_model}, "
-            f"processing={self.processing!r})"
+            f"processing={self.processing!r}{skipped})"
         )
 
 
@@ -114,39 +126,72 @@ def load_pair(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     processing: Processing = "compat",
+    allow_adapter_mismatch: bool = False,
 ) -> ModelPair:
     """Load a base and a fine-tuned model as a checked :class:`ModelPair`.
 
+    Options are checked first, then both checkpoints and their configs are compared (no weights
+    read), then the models are booted, compared as bridges, and processed together.
+
     Args:
         base: HF name, local HF directory, or a ``TransformerBridge``.
-        finetuned: HF name, local HF directory, LoRA adapter directory, or a ``TransformerBridge``.
-        device: where to put the models (default: CUDA if available, else CPU).
-        dtype: parameter dtype.
+        finetuned: HF name, local HF directory, LoRA adapter directory (merged into ``base``), or
+            a ``TransformerBridge``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` (default: CUDA if available).
+        dtype: parameter dtype (float32, float64, bfloat16, float16).
         processing: ``"compat"`` or ``"none"``, applied to both sides (see module docstring).
-            A bridge passed in is put in compatibility mode in place if ``processing="compat"``.
+            A raw bridge passed in is not modified (a processed copy is used); a bridge loaded by
+            :func:`~mechdiff.loading.load_model` is used as it is.
+        allow_adapter_mismatch: merge a LoRA adapter whose ``adapter_config.json`` records
+            another base.
 
     Raises:
-        CheckpointError: a directory is missing or corrupt, or a name cannot be loaded.
-        IncompatibleModelsError: architectures, sizes or tokenizer vocabularies differ.
+        OptionError: a bad option (processing, device, dtype).
+        CheckpointError: a directory is missing, corrupt, incomplete or not a supported causal
+            LM, or a name cannot be loaded.
+        IncompatibleModelsError: architectures, sizes or tokenizer vocabularies differ; an
+            adapter belongs to another base; the sides were processed differently.
+        ProcessingError: processing cannot keep a model's logits.
         MissingDependencyError: a LoRA adapter was given and ``peft`` is not installed.
     """
-    if processing not in ("compat", "none"):
-        raise OptionError(f"processing must be 'compat' or 'none', got {processing!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    # Cheap checks first: read configs and vocabularies of local directories before loading weights.
-    _precheck_dirs(base, finetuned)
-    base_bridge, base_id = _load_side(base, device=device, dtype=dtype, processing=processing)
-    if _is_adapter_dir(finetuned):
-        ft_bridge, ft_id = _load_adapter(base, finetuned, device=device, dtype=dtype,
-                                         processing=processing)
-    elif finetuned is base:
-        ft_bridge, ft_id = base_bridge, base_id
-    else:
-        ft_bridge, ft_id = _load_side(finetuned, device=device, dtype=dtype, processing=processing)
-    check_compatible(base_bridge, ft_bridge)
-    _release_memory(base_bridge, ft_bridge)
-    return ModelPair(base_bridge, ft_bridge, base_bridge.tokenizer, base_id, ft_id, processing)
+    processing, dev, dtype, _ = check_options(processing, device, dtype, (),
+                                              allow_adapter_mismatch)
+    if is_adapter_dir(base):
+        raise CheckpointError(
+            f"the base {base} is a LoRA adapter; a pair's base is a full model (pass the "
+            "adapter as the fine-tuned side and its base model as the base)"
+        )
+    kw = {"device": dev, "dtype": dtype, "processing": processing,
+          "allow_adapter_mismatch": allow_adapter_mismatch}
+    src_b = prepare(base, base=None, **kw)
+    same = finetuned is base
+    src_f = src_b if same else prepare(
+        finetuned, base=base if is_adapter_dir(finetuned) else None, **kw)
+    _compare_configs(src_b, src_f)
+    sources = [src_b] if same else [src_b, src_f]
+    ready = [s for s in sources if s.info is not None]
+    for s in ready:
+        check_loaded(s, processing, ())
+    todo = [s for s in sources if s.info is None]
+    booted = [boot_raw(s, processing) for s in todo]
+    models = {id(s): (s.bridge, s.info) for s in ready}
+    if len(sources) == 2:
+        b, f = (models[id(s)][0] if s.info is not None else booted[todo.index(s)]
+                for s in sources)
+        check_compatible(b, f)
+    skip = ready[0].info.processing_skipped if ready else ()
+    for s, loaded in zip(todo, complete(todo, booted, processing, skip), strict=True):
+        models[id(s)] = loaded
+    (bm, bi), (fm, fi) = models[id(src_b)], models[id(src_f)]
+    if bi.processing_skipped != fi.processing_skipped:
+        raise IncompatibleModelsError(
+            f"the base was processed leaving out {list(bi.processing_skipped)} but the "
+            f"fine-tuned model needs {list(fi.processing_skipped)} left out, so their weights "
+            "would not be comparable; load both together (load_pair with two directories) or "
+            "load the base with skip=... covering both"
+        )
+    return ModelPair(bm, fm, bm.tokenizer, bi.model_id, fi.model_id, processing,
+                     bi.processing_skipped)
 
 
 def check_compatible(a: TransformerBridge, b: TransformerBridge) -> None:
@@ -179,167 +224,17 @@ def _vocab_mismatch(ta: Any, tb: Any) -> list[str]:
     ]
 
 
-def _is_local(spec: Any) -> bool:
-    if isinstance(spec, Path):
-        return True
-    if not isinstance(spec, str):
-        return False
-    return Path(spec).exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1
-
-
-def _is_adapter_dir(spec: Any) -> bool:
-    return _is_local(spec) and (Path(spec).expanduser() / "adapter_config.json").is_file()
-
-
-def _check_dir(path: Path) -> None:
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint directory {path} does not exist")
-    config = path / "config.json"
-    if not config.is_file():
-        raise CheckpointError(
-            f"{path} has no config.json: it is not a Hugging Face model directory (save one with "
-            "model.save_pretrained(dir) and tokenizer.save_pretrained(dir))"
-        )
-    try:
-        json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{config} is corrupt: {e}") from e
-    weights = [*path.glob("*.safetensors"), *path.glob("*.bin")]
-    if not weights:
-        raise CheckpointError(f"{path} has a config.json but no weight files (*.safetensors, *.bin)")
-
-
-def _precheck_dirs(base: ModelSpec, finetuned: ModelSpec) -> None:
-    """Validate local directories and compare their configs/vocabularies before loading."""
-    for spec in (base, finetuned):
-        if _is_local(spec) and not _is_adapter_dir(spec):
-            _check_dir(Path(spec).expanduser())
-    if _is_adapter_dir(finetuned) and not _is_local(base) and not isinstance(base, str):
-        raise CheckpointError(
-            "a LoRA adapter needs the base as a directory or HF name (not a bridge), so the adapter "
-            "can be merged into the base's raw weights"
-        )
-    if not (_is_local(base) and _is_local(finetuned)) or _is_adapter_dir(finetuned):
+def _compare_configs(a: Source, b: Source) -> None:
+    """Compare the two sides' ``config.json`` before loading any weights."""
+    if a is b or a.config is None or b.config is None:
         return
-    cfg_a = json.loads((Path(base).expanduser() / "config.json").read_text())
-    cfg_b = json.loads((Path(finetuned).expanduser() / "config.json").read_text())
-    keys = ("model_type", "architectures", "n_layer", "n_head", "n_embd", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "hidden_size", "intermediate_size",
-            "vocab_size")
-    problems = [f"{k}: {cfg_a.get(k)!r} vs {cfg_b.get(k)!r}" for k in keys
-                if cfg_a.get(k) != cfg_b.get(k)]
+    problems = [f"{k}: {a.config.get(k)!r} vs {b.config.get(k)!r}" for k in _CONFIG_KEYS
+                if a.config.get(k) != b.config.get(k)]
     if problems:
         raise IncompatibleModelsError(
-            f"{base} and {finetuned} have different architectures or sizes: " + "; ".join(problems)
+            f"{a.model_id} and {b.model_id} have different architectures or sizes: "
+            + "; ".join(problems)
         )
-
-
-def _finish(bridge: TransformerBridge, processing: Processing) -> TransformerBridge:
-    is_compat = bool(getattr(bridge, "compatibility_mode", False))
-    if processing == "compat" and not is_compat:
-        bridge.enable_compatibility_mode(disable_warnings=True)
-    elif processing == "none" and is_compat:
-        raise IncompatibleModelsError(
-            "a bridge passed in is already in compatibility mode but processing='none' was asked; "
-            "pass processing='compat' or a bridge without processing"
-        )
-    bridge.eval()
-    for p in bridge.parameters():
-        p.requires_grad_(False)
-    return bridge
-
-
-def _boot(name: str, **kwargs: Any) -> TransformerBridge:
-    try:
-        return TransformerBridge.boot_transformers(name, **kwargs)
-    except Exception as e:  # noqa: BLE001 - re-raised typed with the cause attached
-        local = Path(name).exists()
-        hint = (
-            "the directory exists but could not be loaded; is it complete and uncorrupted?"
-            if local
-            else "it is not a local directory, and loading it by name failed (is a model hub "
-            "reachable? if not, save the model locally and pass its directory)"
-        )
-        raise CheckpointError(f"cannot load model {name!r}: {hint} Cause: {type(e).__name__}: {e}") from e
-
-
-def _load_side(
-    spec: ModelSpec, *, device: Any, dtype: torch.dtype, processing: Processing
-) -> tuple[TransformerBridge, str]:
-    if isinstance(spec, TransformerBridge):
-        return _finish(spec, processing), "<bridge>"
-    if not isinstance(spec, (str, Path)):
-        raise CheckpointError(
-            f"a model must be a HF name, a directory or a TransformerBridge, got {type(spec).__name__}"
-        )
-    name = str(Path(spec).expanduser()) if _is_local(spec) else str(spec)
-    bridge = _boot(name, device=device, dtype=dtype)
-    if bridge.tokenizer is None:
-        raise CheckpointError(f"{name} has no tokenizer; save the tokenizer in the same directory")
-    return _finish(bridge, processing), name
-
-
-def _load_adapter(
-    base: ModelSpec, adapter: ModelSpec, *, device: Any, dtype: torch.dtype, processing: Processing
-) -> tuple[TransformerBridge, str]:
-    """Merge a LoRA adapter into a fresh copy of the base's raw weights and boot it."""
-    try:
-        from peft import PeftModel
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"{adapter} is a LoRA adapter; merging it needs peft: pip install 'mechdiff[lora]'"
-        ) from e
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base_name = str(Path(base).expanduser()) if _is_local(base) else str(base)
-    adapter_dir = Path(adapter).expanduser()
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(base_name, dtype=dtype)
-        merged = PeftModel.from_pretrained(hf, str(adapter_dir)).merge_and_unload()
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot merge LoRA adapter {adapter_dir} into {base_name}: {e}") from e
-    # boot_transformers needs a directory it can read the config and tokenizer from.
-    with tempfile.TemporaryDirectory(prefix="mechdiff-lora-") as tmp:
-        merged.save_pretrained(tmp)
-        tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_name
-        AutoTokenizer.from_pretrained(str(tok_src)).save_pretrained(tmp)
-        bridge = _boot(tmp, device=device, dtype=dtype)
-    return _finish(bridge, processing), f"{base_name}+lora:{adapter_dir}"
-
-
-def _release_memory(*models: torch.nn.Module) -> None:
-    """Release memory that loading and weight processing left behind.
-
-    * Weights still backed by the checkpoint file: safetensors tensors are views of a memory map
-      of the whole file, and weight processing keeps a few originals (e.g. GPT-2's fused
-      ``c_attn``), which keeps every page of the file mapped and resident. Those tensors are
-      copied into ordinary memory so the map is dropped (GPT-2 small: 950 MB of resident file
-      pages for 2 x 85 MB of such weights).
-    * Memory freed while processing weights is handed back to the OS (glibc ``malloc_trim``;
-      elsewhere a no-op): ~440 MB for a GPT-2-small pair.
-    """
-    import ctypes
-    import ctypes.util
-    import gc
-
-    with torch.no_grad():
-        for model in models:
-            for module in model.modules():
-                for t in [*module._parameters.values(), *module._buffers.values()]:
-                    # Storages torch allocated itself are resizable; views of a file map are not.
-                    if t is not None and t.device.type == "cpu" and not (
-                        t.untyped_storage().resizable()
-                    ):
-                        t.data = t.data.clone()
-    gc.collect()
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return
-    trim(0)
 
 
 def processing_of(model: TransformerBridge) -> Processing:
@@ -347,12 +242,18 @@ def processing_of(model: TransformerBridge) -> Processing:
     return "compat" if getattr(model, "compatibility_mode", False) else "none"
 
 
+def processing_skipped_of(model: TransformerBridge) -> tuple[ProcessingStep, ...]:
+    """The ``"compat"`` steps left out when mechdiff loaded ``model`` (empty if none or unknown)."""
+    info = load_info(model)
+    return info.processing_skipped if info is not None else ()
+
+
 def model_provenance(
     model: TransformerBridge, task: Task, *, model_id: str = "<bridge>", seed: int | None = None
 ) -> Provenance:
     """Provenance of a single-model analysis of ``model`` on ``task``."""
     return Provenance.of(task, base=model_id, finetuned=None, processing=processing_of(model),
-                         seed=seed)
+                         seed=seed, processing_skipped=processing_skipped_of(model))
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -367,3 +268,14 @@ def active_hooks(model: torch.nn.Module) -> int:
         + len(getattr(m, "_backward_pre_hooks", {}))
         for m in model.modules()
     )
+
+
+def _load_adapter(
+    base: ModelSpec, adapter: ModelSpec, *, device: Any, dtype: torch.dtype, processing: Processing
+) -> tuple[TransformerBridge, str]:
+    """Deprecated: ``load_model(adapter, base=base, ...)``; kept for ``mechdiff.demos`` until it
+    moves to :func:`~mechdiff.loading.load_model`."""
+    from mechdiff.loading.model import load_model
+
+    model, info = load_model(adapter, base=base, device=device, dtype=dtype, processing=processing)
+    return model, info.model_id

@@ -1,0 +1,89 @@
+"""The model families mechdiff loads, and the check that refuses the others before any weight is read.
+
+A family is supported when all of these hold, each tested on tiny random checkpoints (square
+shapes included) in ``tests/loading/test_families.py``:
+
+* TransformerLens 4.3's bridge boots it from a local directory, and its raw forward equals
+  ``transformers``' own ``AutoModelForCausalLM`` forward;
+* ``"compat"`` processing, with the steps that fail the probe check skipped, gives logits equal to
+  ``transformers``' up to a per-position constant;
+* :func:`mechdiff.cross_patch` runs on a pair of them for heads and MLPs.
+
+Other architectures are refused with :class:`~mechdiff.errors.CheckpointError` before their
+weights are read: the bridge boots many more, but mechdiff's patching depends on each family's
+hook layout, and an unchecked family could be silently wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mechdiff.errors import CheckpointError
+
+SUPPORTED_FAMILIES: dict[str, str] = {
+    "gpt2": "GPT2LMHeadModel",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "opt": "OPTForCausalLM",
+    "phi": "PhiForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "olmo": "OlmoForCausalLM",
+}
+"""``config.json`` ``model_type`` -> the causal-LM class mechdiff loads it as."""
+
+
+def _causal_lm_types() -> dict[str, str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return dict(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def check_family(config: dict[str, Any], where: Path | str) -> str:
+    """The model type of a ``config.json`` mechdiff supports, else :class:`CheckpointError`.
+
+    Args:
+        config: the parsed ``config.json`` (a dict).
+        where: the directory, for messages.
+
+    Raises:
+        CheckpointError: no ``model_type``; not a causal language model (e.g. BERT); a causal LM
+            family mechdiff does not support; ``architectures`` naming another head (e.g.
+            ``LlamaForSequenceClassification``).
+    """
+    model_type = config.get("model_type")
+    archs = config.get("architectures") or []
+    supported = ", ".join(sorted(SUPPORTED_FAMILIES))
+    if not isinstance(model_type, str):
+        raise CheckpointError(
+            f"{where}/config.json has no model_type, so the architecture is unknown; it is not a "
+            "Hugging Face model directory mechdiff can load"
+        )
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise CheckpointError(
+            f"{where}/config.json: architectures must be a list of class names, got {archs!r}"
+        )
+    if model_type not in SUPPORTED_FAMILIES:
+        if model_type not in _causal_lm_types():
+            raise CheckpointError(
+                f"{where} is not a causal language model (config.json model_type {model_type!r}, "
+                f"architectures {archs}); mechdiff compares causal LMs ({supported})"
+            )
+        raise CheckpointError(
+            f"{where} is a {model_type!r} model, a causal LM family mechdiff does not support "
+            f"(supported: {supported}); its loading and patching are not checked for it"
+        )
+    expected = SUPPORTED_FAMILIES[model_type]
+    other = [a for a in archs if a != expected]
+    if other:
+        raise CheckpointError(
+            f"{where}/config.json declares architectures {archs} but mechdiff loads a "
+            f"{model_type!r} model only as {expected} (a causal language-model head); "
+            f"{other[0]} is not one"
+        )
+    return model_type
