@@ -149,8 +149,11 @@ class OutputFolder:
         path = as_path(out, "the output folder")
         if os.path.islink(path):
             path = Path(os.path.realpath(path))
-        cwd = Path.cwd().resolve()
-        if path.resolve() == cwd or path.resolve() in cwd.parents:
+        try:
+            cwd = Path.cwd().resolve()
+        except OSError:  # the working directory was deleted: nothing to protect there
+            cwd = None
+        if cwd is not None and (path.resolve() == cwd or path.resolve() in cwd.parents):
             raise OptionError(f"the output folder {path} is the working directory or contains "
                               "it; it would be replaced whole: choose a folder of its own")
         self.out = path

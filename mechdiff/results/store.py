@@ -47,6 +47,7 @@ import hashlib
 import json
 import os
 import re
+import typing
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -312,7 +313,8 @@ def _build(cls: type, folder: Path, meta_file: Path, sections: dict[str, Any],
         if name not in fields:
             unknown.append(name)
             continue
-        kwargs[name] = _load_children(ref, folder, meta_file, name, check_hash, notes)
+        kwargs[name] = _load_children(ref, folder, meta_file, name, check_hash, notes,
+                                      _result_type(hints.get(name)))
     if unknown:
         notes.append(f"{meta_file}: fields this mechdiff does not know were ignored: "
                      f"{', '.join(map(repr, sorted(unknown)))} (written by a newer mechdiff?)")
@@ -334,7 +336,7 @@ def _build(cls: type, folder: Path, meta_file: Path, sections: dict[str, Any],
 
 
 def _load_children(ref: Any, folder: Path, meta_file: Path, name: str, check_hash: bool,
-                   notes: list[str]) -> Any:
+                   notes: list[str], expected: type[SavableResult] | None) -> Any:
     def child(r: Any) -> SavableResult:
         if not (isinstance(r, dict) and isinstance(r.get("folder"), str)
                 and isinstance(r.get("hash"), str)):
@@ -344,7 +346,7 @@ def _load_children(ref: Any, folder: Path, meta_file: Path, name: str, check_has
         if rel.is_absolute() or ".." in rel.parts:
             raise ResultError(f"{meta_file}: nested result folder {r['folder']!r} lies outside "
                               "the result")
-        return _load_tree(folder / rel, None, check_hash, notes,
+        return _load_tree(folder / rel, expected, check_hash, notes,
                           r["hash"] if check_hash else None)
 
     if isinstance(ref, dict) and "dict" in ref and isinstance(ref["dict"], dict):
@@ -352,6 +354,16 @@ def _load_children(ref: Any, folder: Path, meta_file: Path, name: str, check_has
     if isinstance(ref, dict) and "tuple" in ref and isinstance(ref["tuple"], list):
         return tuple(child(r) for r in ref["tuple"])
     return child(ref)
+
+
+def _result_type(hint: Any) -> type[SavableResult] | None:
+    """The result type a field's annotation asks for (``R``, ``R | None``, ``dict[str, R]``,
+    ``tuple[R, ...]``), or None where it names none (any registered type is then accepted)."""
+    if isinstance(hint, type) and issubclass(hint, SavableResult):
+        return hint
+    args = [a for a in typing.get_args(hint) if a is not Ellipsis and a is not type(None)]
+    found = {t for t in map(_result_type, args) if t is not None}
+    return found.pop() if len(found) == 1 else None
 
 
 def _require_files(folder: Path, meta_file: Path, tensor_file: Path) -> None:

@@ -4,6 +4,7 @@ saved result can be wrong on disk, each refused as a ResultError naming the file
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 from support import unchecked
-from toy_results import Comparison, Pair, Scores, edit, pair, provenance, same_scores, scores
+from toy_results import (
+    Comparison,
+    Pair,
+    Scores,
+    edit,
+    pair,
+    provenance,
+    rehash,
+    same_scores,
+    scores,
+)
 
 import mechdiff
 from mechdiff.errors import OptionError, ResultError
@@ -282,6 +293,20 @@ def test_a_swapped_nested_result_is_caught(tmp_path: Path) -> None:
         (path / "gap" / name).write_bytes((other / name).read_bytes())
     with pytest.raises(ResultError, match="not the result that was saved with the result "
                                           "containing it"):
+        Pair.load(path)
+
+
+def test_a_nested_result_of_the_wrong_type_is_refused(tmp_path: Path) -> None:
+    """Even with every hash made to match, a field annotated Scores does not load a Pair."""
+    path = pair(0).save(tmp_path / "pair")
+    shutil.rmtree(path / "gap")
+    pair(9).save(path / "gap")
+    meta = json.loads((path / "result.json").read_text())
+    child = json.loads((path / "gap" / "result.json").read_text())["hash"]["content"]
+    meta["results"]["gap"] |= {"type": "tests.Pair", "hash": child}
+    (path / "result.json").write_text(json.dumps(meta))
+    rehash(path)
+    with pytest.raises(ResultError, match=r"pair/gap holds a tests\.Pair, not a Scores"):
         Pair.load(path)
 
 
