@@ -93,7 +93,9 @@ class SavableResult:
         """Load the result saved in folder ``path``, checked (see :func:`load_result`).
 
         Called on a subclass, the folder must hold that type (or a subclass of it); called on
-        :class:`SavableResult`, any registered result type.
+        :class:`SavableResult`, any registered result type. Fields this version does not know
+        (written by a newer mechdiff) are tolerated: ignored with a :class:`ResultWarning` and
+        listed in :attr:`load_notes`; a newer result *format* is refused.
 
         Raises:
             ResultError: the folder does not hold a valid result of this type (the message names
