@@ -124,6 +124,11 @@ def encode_prompt(
                     f"vocabulary (ids 0..{vocab - 1}); give ids of this tokenizer"
                 )
         return list(prompt)
+    if isinstance(prompt, ChatPrompt) and not getattr(tokenizer, "chat_template", None):
+        raise PromptError(
+            f"{label} is a chat, but the tokenizer has no chat template (tokenizer.chat_template "
+            "is empty); give the prompts as plain strings, or use the chat model's own tokenizer"
+        )
     text = render_chat(tokenizer, prompt) if isinstance(prompt, ChatPrompt) else prompt
     ids = _ids(tokenizer, text, label, PromptError)
     if not ids:
