@@ -40,7 +40,7 @@ import mechdiff  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MMAP_THRESHOLD = 1 << 20  # bytes; the memory row's glibc MALLOC_MMAP_THRESHOLD_
-ROWS = ("heads_all", "per_position", "memory", "attribution")  # methods of Bench, run in order
+ROWS = ("heads_all", "per_position", "memory", "attribution", "hooks")  # methods of Bench, run in order
 CACHE = HERE / ".cache" / "gpt2-small-random"
 
 
@@ -256,6 +256,49 @@ class Bench:
         self.meta["heads_all_times"] = md.times
         if self.args.profile:
             self.profile(task)
+
+    # -- row 5 -----------------------------------------------------------------------------------
+    def hooks(self) -> None:
+        """mechdiff's raw forward hooks against TransformerLens's ``model.hooks()`` context
+        manager, swapped into the same engine, interleaved (the choice of DESIGN: TL's context
+        managers are used where they cost < 5%)."""
+        import contextlib
+
+        from mechdiff import _engine
+
+        p = self.prompts(8, 20)
+        task = p.cross_task()
+        raw = _engine.forward_hooks
+
+        @contextlib.contextmanager
+        def tl_hooks(model, hooks):  # type: ignore[no-untyped-def]
+            with model.hooks(fwd_hooks=[(name, (lambda x, hook, f=fn: f(x)))
+                                        for name, fn in hooks.items()]):
+                yield
+
+        def run() -> mechdiff.PatchResult:
+            return mechdiff.cross_patch(self.pair, task, sites="heads", progress=False)
+
+        log("row 5: raw hooks vs TransformerLens model.hooks(), all heads 8x20")
+        times: dict[str, list[float]] = {"raw": [], "tl": []}
+        results = {}
+        for _ in range(1 if self.quick else 3):
+            for name, impl in (("raw", raw), ("tl", tl_hooks)):
+                _engine.forward_hooks = impl
+                try:
+                    t0 = time.perf_counter()
+                    results[name] = run()
+                    times[name].append(time.perf_counter() - t0)
+                finally:
+                    _engine.forward_hooks = raw
+        diff = float((results["raw"].scores - results["tl"].scores).abs().max())
+        raw_s, tl_s = statistics.median(times["raw"]), statistics.median(times["tl"])
+        self.rows.append(Row("hook mechanism", mechdiff_call="raw register_forward_hook",
+                             peer="TL model.hooks() in the same engine", shape=p.shape,
+                             mechdiff_s=raw_s, peer_s=tl_s, repeats=len(times["raw"]),
+                             check="scores raw vs TL hooks", max_abs_diff=diff,
+                             notes=[f"TL hooks cost {100 * (tl_s / raw_s - 1):+.1f}% "
+                                    "(the engine keeps raw hooks if > +5%)"]))
 
     def profile(self, task: mechdiff.Task) -> None:
         prof = cProfile.Profile()

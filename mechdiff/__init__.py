@@ -21,7 +21,7 @@ from mechdiff.patching import (
     attribute_single,
     cross_patch,
 )
-from mechdiff.results import Provenance
+from mechdiff.results import Provenance, load_result
 from mechdiff.sites import MLP, AttnOut, Head, Resid
 from mechdiff.tasks import ChatPrompt, Task, Tokens, render_chat
 
@@ -47,5 +47,6 @@ __all__ = [
     "cross_patch",
     "errors",
     "load_pair",
+    "load_result",
     "render_chat",
 ]

@@ -29,7 +29,7 @@ from mechdiff._progress import report as print_line
 from mechdiff._runtime import fixed_mmap_threshold
 from mechdiff.demos import DEFAULT_DEMO, DEMOS, REAL_N_PROMPTS
 from mechdiff.directions import ALIASES, DIRECTIONS, Direction
-from mechdiff.errors import MechdiffError
+from mechdiff.errors import MechdiffError, Terminated
 from mechdiff.loading import load_pair
 from mechdiff.pipeline import analyse_pair
 from mechdiff.report import text
@@ -68,8 +68,9 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: mechdiff_out); written whole on success, "
                         "left as it was on failure or Ctrl-C")
     parser.add_argument("--replace", action="store_true",
-                        help="replace the output of a different earlier run in --out (never "
-                        "mixed with it); without it such a folder is refused")
+                        help="replace the output of a different earlier run in --out whole (never "
+                        "mixed with it); without it such a folder is refused. Re-running the same "
+                        "command with the same inputs and options needs no flag")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -218,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(e))
     except OSError as e:  # unwritable output folder, full disk, ...
         return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
+    except Terminated as e:
+        print("mechdiff: terminated; the output folder was left as it was", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("mechdiff: interrupted; the output folder was left as it was", file=sys.stderr)
         return 130

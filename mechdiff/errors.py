@@ -1,10 +1,16 @@
 """Typed errors. Each says what was wrong and what to do about it.
 
 Every error mechdiff raises on bad input derives from :class:`MechdiffError`, and is raised before
-any expensive work (model forwards, training) starts.
+any expensive work (model forwards, training) starts; the command line prints each as one line
+(``mechdiff: error: ...``, exit status 2). Output folders add :class:`OutputError` and its
+kinds; :class:`ResultWarning` notes what loading a result tolerated; :class:`Terminated` is how
+SIGTERM stops a command (like Ctrl-C, leaving its output folder as it was).
 """
 
 from __future__ import annotations
+
+import signal
+from pathlib import Path
 
 
 class MechdiffError(Exception):
@@ -49,3 +55,58 @@ class MissingDependencyError(MechdiffError):
 
 class ResultError(MechdiffError):
     """A saved result is missing or corrupt."""
+
+
+class OutputError(MechdiffError):
+    """An output folder or file cannot be written where asked; nothing was written.
+
+    Attributes:
+        path: the path that could not be written (None where no single path is to blame).
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class OutputConflictError(OutputError):
+    """The output folder holds another run's output, or files mechdiff did not write."""
+
+
+class OutputLockedError(OutputError):
+    """Another mechdiff run is writing into the same output folder right now.
+
+    Attributes:
+        holder: what the other run recorded in the lock file (``pid``, ``command``, ...), or {}.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None,
+                 holder: dict[str, object] | None = None) -> None:
+        super().__init__(message, path=path)
+        self.holder = dict(holder or {})
+
+
+class DiskFullError(OutputError):
+    """No space left on the device (or the quota is used up) while writing ``path``."""
+
+
+class ResultWarning(UserWarning):
+    """A saved result was loaded with a note, e.g. fields that this mechdiff does not know."""
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop by a signal (SIGTERM, SIGHUP) and stops like after Ctrl-C.
+
+    Attributes:
+        signum: the signal's number.
+        exit_code: the conventional exit status for it, ``128 + signum`` (143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        try:
+            name = signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        super().__init__(f"terminated by {name}")

@@ -14,6 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechdiff import stats
+from mechdiff.errors import ResultError
 from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, kl_div, metric_values
 from mechdiff.results import Provenance, SavableResult
@@ -46,6 +47,19 @@ class GapResult(SavableResult):
     fell_delta: Float[Tensor, " k"]
     message: str
     provenance: Provenance
+
+    def validate(self) -> None:
+        """Per-prompt values and token lists fit together."""
+        n = int(self.base_metric.shape[0])
+        shapes = [t.shape for t in (self.finetuned_metric, self.kl_final, self.kl_mean)]
+        if any(tuple(s) != (n,) for s in shapes):
+            raise ResultError(f"per-prompt values of different lengths: {n} and {shapes}")
+        if (len(self.rose_tokens), len(self.fell_tokens)) != (
+                int(self.rose_delta.shape[0]), int(self.fell_delta.shape[0])):
+            raise ResultError("the rose/fell token lists do not match their probability changes")
+        if self.provenance.n_prompts != n:
+            raise ResultError(f"{n} per-prompt values but provenance records "
+                              f"{self.provenance.n_prompts} prompts")
 
     @property
     def gap(self) -> float:

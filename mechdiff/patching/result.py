@@ -16,6 +16,7 @@ from torch import Tensor
 
 from mechdiff import stats
 from mechdiff.directions import ROLES
+from mechdiff.errors import ResultError
 from mechdiff.results import Provenance, SavableResult
 from mechdiff.sites import family
 
@@ -63,6 +64,24 @@ class PatchResult(SavableResult):
     positions: str
     provenance: Provenance
     method: str = "exact"
+
+    def validate(self) -> None:
+        """The score grid, its axis names and the per-prompt values fit together."""
+        if len(self.dims) != self.scores.ndim:
+            raise ResultError(f"dims {self.dims} name {len(self.dims)} axes but scores has shape "
+                              f"{tuple(self.scores.shape)}")
+        if (self.positions == "each") != ("pos" in self.dims):
+            raise ResultError(f"positions={self.positions!r} does not match dims {self.dims}")
+        n = int(self.receiver.shape[0])
+        if tuple(self.patched.shape) != (*self.scores.shape, n) or self.donor.shape != (n,):
+            raise ResultError(
+                f"patched {tuple(self.patched.shape)}, receiver {tuple(self.receiver.shape)} and "
+                f"donor {tuple(self.donor.shape)} do not fit scores {tuple(self.scores.shape)}"
+            )
+        if self.provenance.n_prompts != n:
+            raise ResultError(f"{n} per-prompt values but provenance records "
+                              f"{self.provenance.n_prompts} prompts")
+        family(self.sites)
 
     @property
     def gap(self) -> float:

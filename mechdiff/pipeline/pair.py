@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from mechdiff.compare import Agreement, agreement
+from mechdiff.compare import Agreement, Interaction, agreement, interaction
 from mechdiff.directions import DIRECTIONS, Direction, parse_direction, slug
 from mechdiff.errors import OptionError, ZeroGapError
 from mechdiff.gap import GapResult, behaviour_gap
@@ -62,6 +62,8 @@ class PairAnalysis(SavableResult):
         exact: exact patching results, keyed by :func:`result_key` (may be empty).
         estimates: attribution-patching results, same keys (may be empty).
         agreements: where both exist, how attribution ranks the sites against exact patching.
+        interaction: where exact results of both directions exist, sufficiency against
+            necessity summed over components (:func:`mechdiff.compare.interaction`).
         directions: the patching directions run, in order.
         changed_layers: blocks whose weights differ between the two models (as processed).
         mechanism: the fine-tune's known mechanism, where one is known (the zoos').
@@ -75,6 +77,7 @@ class PairAnalysis(SavableResult):
     agreements: dict[str, Agreement]
     directions: tuple[str, ...]
     changed_layers: tuple[int, ...]
+    interaction: Interaction | None = None
     mechanism: str | None = None
     description: str | None = None
 
@@ -185,9 +188,12 @@ def analyse_pair(
     agreements = {key: agreement(estimates[key], exact[key], a_name="attribution",
                                  b_name="exact", layers=changed)
                   for key in exact if key in estimates}
+    both = {r.sites for r in exact.values() if r.direction == "ft->base"} & {
+        r.sites for r in exact.values() if r.direction == "base->ft"}
     return PairAnalysis(
         label=label, gap=gap, exact=exact, estimates=estimates, agreements=agreements,
-        directions=directions, changed_layers=changed, mechanism=mechanism,
+        directions=directions, changed_layers=changed,
+        interaction=interaction(exact) if both else None, mechanism=mechanism,
         description=description,
     )
 

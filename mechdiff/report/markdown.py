@@ -36,9 +36,11 @@ def pair_section(a: PairAnalysis, k: int | None = None) -> str:
         vals = " | ".join(fmt.score_ci(*row.scores.get((m, d), (math.nan,) * 3))
                           for d in a.directions for m in methods)
         lines.append(f"| {i} | {row.component} | {vals} |")
-    agreement = text.agreement_lines(a)
-    if agreement:
-        lines += [""] + [f"- {line}" for line in agreement]
+    notes = text.agreement_lines(a)
+    if a.interaction is not None:
+        notes.append(text.interaction_line(a.interaction))
+    if notes:
+        lines += [""] + [f"- {line}" for line in notes]
     return "\n".join(lines) + "\n"
 
 

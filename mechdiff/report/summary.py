@@ -37,6 +37,11 @@ def pair_summary(a: PairAnalysis, k: int | None = None) -> dict[str, Any]:
                 for m in ("exact", "attribution")}}
             for i, row in enumerate(a.ranking()[:k], 1)
         ],
+        "series_index": None if a.interaction is None else {
+            "sufficiency": a.interaction.sufficiency, "necessity": a.interaction.necessity,
+            "index": a.interaction.index, "low": a.interaction.index_low,
+            "high": a.interaction.index_high, "threshold": a.interaction.threshold,
+            "reading": a.interaction.reading().words},
         "spearman_attribution_vs_exact": {
             f"{x.sites} {x.direction}": {"all": x.rho, "all_low": x.rho_low,
                                          "all_high": x.rho_high, "changed": x.rho_layers,

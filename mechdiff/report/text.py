@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from mechdiff.compare import Agreement, FinetuneComparison, PromptedBaseComparison
+from mechdiff.compare import Agreement, FinetuneComparison, Interaction, PromptedBaseComparison
 from mechdiff.gap import GapResult
 from mechdiff.pipeline.pair import PairAnalysis
 from mechdiff.report import fmt
@@ -48,12 +48,26 @@ def pair_table(a: PairAnalysis, k: int | None = None) -> str:
             for d in a.directions)
         lines.append(f"  {i:>4}  {row.component:<12}{cells}")
     lines += [f"  {line}" for line in agreement_lines(a)]
+    if a.interaction is not None:
+        lines.append(f"  {interaction_line(a.interaction)}")
     what = ("exact = the patch itself, attrib. = its gradient estimate; " if len(methods) == 2
             else "")
     lines.append(f"  (ranked by {a.ranked_by} scores: fraction of the gap closed by patching one "
                  f"component, [95% interval over prompts]; {what}FT->base = sufficiency, "
                  "base->FT = necessity)")
     return "\n".join(lines)
+
+
+def interaction_line(x: Interaction) -> str:
+    """The series index: necessity total minus sufficiency total, with intervals, and its
+    reading."""
+    r = x.reading()
+    line = (f"series index (exact, {'+'.join(x.sites)}): necessity total {x.necessity:.2f} "
+            f"{fmt.interval(x.necessity_low, x.necessity_high)} - sufficiency total "
+            f"{x.sufficiency:.2f} {fmt.interval(x.sufficiency_low, x.sufficiency_high)} = "
+            f"{fmt.rho_ci(x.index, x.index_low, x.index_high)} (threshold {x.threshold:.1f}): "
+            f"{r.words}")
+    return line + (f"; {r.note()}" if not r.firm else "")
 
 
 def agreement_text(x: Agreement) -> str:

@@ -10,6 +10,8 @@ from typing import Literal, TypeAlias
 
 from matplotlib.figure import Figure
 
+from mechdiff.results.atomic import atomic_file
+
 Format: TypeAlias = Literal["pdf", "png", "svg"]
 _FORMATS: tuple[Format, ...] = ("pdf", "png", "svg")
 _NO_DATE: dict[str, dict[str, None]] = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
@@ -51,8 +53,9 @@ def save_figure(
         out = stem.with_name(f"{stem.name}.{fmt}")
         # No creation date in the PDF/SVG, so re-running an analysis gives byte-identical files.
         metadata = _NO_DATE.get(fmt, {})
-        fig.savefig(out, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.03,
-                    metadata=metadata)
+        with atomic_file(out) as tmp:  # a full disk or Ctrl-C never leaves a truncated file
+            fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.03,
+                        metadata=metadata)
         written.append(out)
     _close(fig)
     return written

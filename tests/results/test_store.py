@@ -109,7 +109,7 @@ def test_patch_result_made_by_hand_round_trips_by_type(tmp_path: Path) -> None:
     r = mechdiff.PatchResult(
         scores=torch.rand(3, 4), patched=torch.rand(3, 4, 5), receiver=torch.rand(5),
         donor=torch.rand(5), sites="heads", dims=("layer", "head"), direction="ft->base",
-        positions="all", provenance=provenance(), method="attribution",
+        positions="all", provenance=provenance(n_prompts=5), method="attribution",
     )
     back = load_result(r.save(tmp_path / "p"))
     assert isinstance(back, mechdiff.PatchResult)
@@ -122,7 +122,7 @@ def test_patch_tensors_that_no_longer_fit_each_other_are_refused(tmp_path: Path)
     r = mechdiff.PatchResult(
         scores=torch.rand(3, 4), patched=torch.rand(3, 4, 5), receiver=torch.rand(5),
         donor=torch.rand(5), sites="heads", dims=("layer", "head"), direction="ft->base",
-        positions="all", provenance=provenance(),
+        positions="all", provenance=provenance(n_prompts=5),
     )
     path = r.save(tmp_path / "p")
     edit(path, tensors={"scores": r.scores, "patched": r.patched, "receiver": torch.rand(7),
