@@ -3,7 +3,11 @@
 * :mod:`mechdiff.tasks.task`: :class:`Task` (prompts, answers, metric) and :class:`Tokens` (padded
   ids, each prompt's own read position).
 * :mod:`mechdiff.tasks.chat`: chat prompts rendered with the tokenizer's own template.
-* :mod:`mechdiff.tasks.files`: prompt files (``.jsonl``, ``.json``, text).
+* :mod:`mechdiff.tasks.files`: prompt files (``.jsonl``, ``.json``, ``.txt``), parsed strictly;
+  the schema is in its module docstring.
+* :mod:`mechdiff.tasks.checks`: the checks ``Task(...)`` and prompt files share (what is refused,
+  and why).
+* :mod:`mechdiff.tasks.encoding`: the checks that need the tokenizer, made by ``Task.tokenize``.
 """
 
 from mechdiff.tasks.chat import ROLES, ChatPrompt, Message, render_chat

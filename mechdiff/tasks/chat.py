@@ -137,19 +137,6 @@ def freeze_chat(messages: object, loc: Loc) -> ChatPrompt:
     return ChatPrompt(tuple(out))
 
 
-def is_chat(x: Any) -> bool:
-    """Whether ``x`` is (or would be read as) a chat prompt: a :class:`ChatPrompt`, or a list
-    holding at least one mapping."""
-    if isinstance(x, ChatPrompt):
-        return True
-    x = checks.plain(x)
-    return (
-        not isinstance(x, (str, bytes, Mapping))
-        and isinstance(x, Sequence)
-        and any(isinstance(m, Mapping) for m in x)
-    )
-
-
 def render_chat(
     tokenizer: Any, messages: ChatPrompt | Sequence[Message], *, add_generation_prompt: bool = True
 ) -> str:

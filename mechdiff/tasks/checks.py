@@ -62,8 +62,14 @@ class Loc:
         """``x`` as the user wrote it (JSON in files, Python in the API), cut to ``limit``."""
         try:
             text = json.dumps(x, ensure_ascii=False) if self.json else repr(x)
-        except (TypeError, ValueError):
-            text = repr(x)
+            text.encode("utf-8")  # half a surrogate pair: escape it, so the message prints
+        except UnicodeEncodeError:
+            text = json.dumps(x)
+        except (TypeError, ValueError, RecursionError):
+            try:
+                text = repr(x)
+            except (ValueError, RecursionError):  # ints past str()'s digit limit, deep nesting
+                text = f"<{type(x).__name__}>"
         text = text.replace("\n", "\\n").replace("\r", "\\r")
         return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -152,7 +158,9 @@ def token_id(x: object, loc: Loc, error: type[Exception]) -> int:
     if not isinstance(x, Integral):
         raise error(f"{loc} is {what_is(x, loc)}; token ids are integers")
     if x < 0:
-        raise error(f"{loc} is token id {int(x)}; token ids are 0 or more")
+        raise error(f"{loc} is a negative token id ({loc.show(x)}); token ids are 0 or more")
+    if x >= MAX_ID:
+        raise error(f"{loc} is {loc.show(x, 30)}, too large to be a token id; check the value")
     return int(x)
 
 
@@ -164,6 +172,9 @@ def kind(prompt: object) -> Kind:
         return "text"
     return "chat" if isinstance(prompt, ChatPrompt) else "ids"
 
+
+MAX_ID = 2**63
+"""Token ids are torch ``long``s: anything from here up is refused before it reaches torch."""
 
 KIND_WORDS: dict[Kind, str] = {"text": "a string", "ids": "a list of token ids", "chat": "a chat"}
 

@@ -47,9 +47,13 @@ a non-empty list of ``{"role", "content"}`` objects with roles ``system``, ``use
 tokenizer makes exactly one token, or a token id (integer from 0). Refused: ``true``/``false``
 (they would be read as token ids 1 and 0), numbers with a fraction, negative ids, an answer equal to
 its wrong answer, a list of strings as a prompt, a corrupted prompt of another kind than its
-prompt. What needs the tokenizer (answers of one known token, ids inside the vocabulary, prompts
-within the context, an answer and wrong answer that tokenize to different tokens) is checked by
-:meth:`Task.tokenize <mechdiff.tasks.Task.tokenize>`, whose errors still name the file and line.
+prompt. What needs the tokenizer is checked by :meth:`Task.tokenize <mechdiff.tasks.Task.tokenize>`,
+whose errors still name the file and line: an answer string must be exactly one token and not one
+the tokenizer maps to its unknown token; prompts must not hold words mapped to the unknown token
+(the unknown token written as itself is allowed), nor tokenize to nothing; token ids must lie in
+the vocabulary (``0 .. len(tokenizer) - 1``); an answer and its wrong answer must be different
+tokens (``"t1"`` and ``1`` may be the same); prompts must fit the model's context (never
+truncated); a corrupted prompt must have its clean prompt's token length.
 
 **Errors.** :class:`~mechdiff.errors.PromptError` for the file and its prompts,
 :class:`~mechdiff.errors.AnswerTokenError` for answers, :class:`~mechdiff.errors.MetricError` for
@@ -241,6 +245,8 @@ def _read_jsonl(path: Path, text: str) -> tuple[dict[str, Any], dict[str, tuple[
             raise PromptError(f"{where}the key {e.key!r} appears twice; give each key once") from None
         except RecursionError:
             raise PromptError(f"{where}the JSON is nested too deeply to read") from None
+        except ValueError as e:  # e.g. an integer past Python's digit limit
+            raise PromptError(f"{where}cannot read this line as JSON: {_first_line(e)}") from None
         if not isinstance(row, dict):
             raise PromptError(
                 f"{where}the line is {checks.type_words(row, True)}, not an object; each "
@@ -333,8 +339,15 @@ def _json_lines(text: str) -> dict[str, tuple[int, list[int]]]:
 
 def _duplicate_line(text: str, key: str) -> int:
     """The line of the second ``"key":`` in ``text`` (best effort; 1 if not found)."""
-    hits = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
-    return text.count("\n", 0, hits[1]) + 1 if len(hits) > 1 else 1
+    for written in (json.dumps(key, ensure_ascii=False), json.dumps(key)):
+        hits = [m.start() for m in re.finditer(re.escape(written) + r"\s*:", text)]
+        if len(hits) > 1:
+            return text.count("\n", 0, hits[1]) + 1
+    return 1
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _read_json(path: Path, text: str) -> tuple[dict[str, Any], dict[str, tuple[Loc, ...]]]:
@@ -352,6 +365,8 @@ def _read_json(path: Path, text: str) -> tuple[dict[str, Any], dict[str, tuple[L
         ) from None
     except RecursionError:
         raise PromptError(f"{path}: the JSON is nested too deeply to read") from None
+    except ValueError as e:  # e.g. an integer past Python's digit limit
+        raise PromptError(f"{path}: cannot read the file as JSON: {_first_line(e)}") from None
     if isinstance(obj, list):
         raise PromptError(
             f"{path}: the top level is a list; a .json prompt file is one object such as "

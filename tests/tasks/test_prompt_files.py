@@ -38,6 +38,7 @@ def refused(error: type[MechdiffError], path: Path, *words: str, tokenize: bool 
             task.tokenize(TOK, n_ctx=32)
     assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
     msg = str(info.value)
+    msg.encode("utf-8")  # printable: no half surrogate pairs
     assert "\n" not in msg and str(path) in msg, msg
     for w in words:
         assert w in msg, f"{w!r} not in {msg!r}"
@@ -73,8 +74,18 @@ JSONL_FAULTS = [
      [":1:", "'wrong_answer' is false (a boolean)", "token id 0"]),
     ("boolids.jsonl", rows({"prompt": [1, True]}), PromptError,
      [":1:", "'prompt' token 1 is true (a boolean)"]),
-    ("negative.jsonl", rows({"prompt": [1, -2]}), PromptError, [":1:", "token id -2"]),
-    ("negans.jsonl", rows({**OK, "answer": -5}), AnswerTokenError, [":1:", "token id -5"]),
+    ("negative.jsonl", rows({"prompt": [1, -2]}), PromptError,
+     [":1:", "'prompt' token 1 is a negative token id (-2)"]),
+    ("negans.jsonl", rows({**OK, "answer": -5}), AnswerTokenError,
+     [":1:", "'answer' is a negative token id (-5)"]),
+    ("huge.jsonl", rows({"prompt": [1, 2**70]}), PromptError,
+     [":1:", "too large to be a token id"]),
+    ("digits.jsonl", rows(OK) + '{"prompt": [' + "9" * 5000 + "]}\n", PromptError,
+     [":2:", "cannot read this line as JSON", "digits"]),
+    ("nested.jsonl", '{"prompt": ' + "[" * 800 + "]" * 800 + "}\n", PromptError,
+     [":1:", "'prompt' token 0 is [[[["]),
+    ("surrogatekey.jsonl", '{"prompt": "t1", "\\udc80": 1}\n', PromptError,
+     [":1:", "unknown key '\\udc80'"]),
     ("float.jsonl", rows({**OK, "answer": 3.5}), AnswerTokenError, [":1:", "3.5 (a number)"]),
     ("null.jsonl", rows({**OK, "answer": None}), AnswerTokenError, [":1:", "'answer' is null"]),
     ("space.jsonl", rows(OK, {**OK, "prompt": " \t "}), PromptError,

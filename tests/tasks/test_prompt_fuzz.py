@@ -129,6 +129,7 @@ def check_file(folder: Path, name: str, body: bytes) -> Task | None:
         task = read_task(path)
     except DOCUMENTED as e:
         assert "\n" not in str(e) and str(path) in str(e), str(e)
+        str(e).encode("utf-8")  # printable: no half surrogate pairs
         return None
     assert isinstance(task, Task) and len(task) >= 1 and task.metric_name in METRICS
     for p in task.prompts:

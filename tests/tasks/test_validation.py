@@ -41,6 +41,7 @@ def refused(error: type[MechdiffError], fn, *words: str) -> str:
         fn()
     assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
     msg = str(info.value)
+    msg.encode("utf-8")  # printable: no half surrogate pairs
     assert "\n" not in msg, msg
     for w in words:
         assert w in msg, f"{w!r} not in {msg!r}"
@@ -71,7 +72,8 @@ def word_tokenizer(words: list[str], unk: str | None, normalizer=None) -> PreTra
         (None, ["prompt 1 is None", "a prompt is a string"]),
         (True, ["prompt 1 is True (a boolean)"]),
         ([5, True], ["prompt 1 token 1 is True (a boolean)", "token id 1"]),
-        ([5, -3], ["prompt 1 token 1 is token id -3", "0 or more"]),
+        ([5, -3], ["prompt 1 token 1 is a negative token id (-3)", "0 or more"]),
+        ([5, 2**63], ["prompt 1 token 1 is 9223372036854775808, too large to be a token id"]),
         ([5, 2.0], ["prompt 1 token 1 is 2.0", "decimal point"]),
         ([5, 2.5], ["prompt 1 token 1 is 2.5 (a number)", "integers"]),
         ([5, "t2"], ["prompt 1 token 1 is 't2' (a string)"]),
@@ -97,7 +99,8 @@ def test_bad_prompts_are_prompt_errors(prompt, words) -> None:
     [
         (True, ["[1] is True (a boolean)", "token id 1"]),
         (False, ["[1] is False (a boolean)", "token id 0"]),
-        (-1, ["[1] is token id -1"]),
+        (-1, ["[1] is a negative token id (-1)"]),
+        pytest.param(10**5000, ["[1] is <int>, too large to be a token id"], id="5000-digits"),
         ("", ["[1] is an empty string"]),
         (None, ["[1] is None"]),
         (1.0, ["[1] is 1.0", "decimal point"]),
@@ -227,8 +230,8 @@ def test_prompts_that_tokenize_to_nothing_are_refused() -> None:
 def test_ids_outside_the_vocabulary_are_refused() -> None:
     refused(PromptError, lambda: tokenize(task([[1, 62]])),
             "prompt 0 holds token id 62 at position 1", "vocabulary (ids 0..61)")
-    refused(PromptError, lambda: tokenize(task([[1, 2]], corrupted=[[1, 10**30]])),
-            "corrupted prompt 0 holds token id")
+    refused(PromptError, lambda: tokenize(task([[1, 2]], corrupted=[[1, 70]])),
+            "corrupted prompt 0 holds token id 70 at position 1")
     refused(AnswerTokenError, lambda: tokenize(task(["t1"], answers=[62])),
             "answers[0] = 62 is not a token id", "ids 0..61")
     t = tokenize(task([[1, 61]], answers=[61], wrong_answers=[0]))
