@@ -10,6 +10,7 @@ and the donor itself scores 0.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -58,9 +59,10 @@ def metric_values(
 
 
 def kl_div(ref_logprobs: Tensor, logprobs: Tensor) -> Tensor:
-    """KL(ref || model) over the last axis, from log-probabilities."""
-    ref_logprobs = ref_logprobs.float()
-    return (ref_logprobs.exp() * (ref_logprobs - logprobs.float())).sum(-1).clamp_min(0.0)
+    """KL(ref || model) over the last axis, from log-probabilities (``F.kl_div`` with a log
+    target; clamped at 0 against rounding)."""
+    kl = F.kl_div(logprobs.float(), ref_logprobs.float(), reduction="none", log_target=True)
+    return kl.sum(-1).clamp_min(0.0)
 
 
 def check_finite(values: Tensor, what: str) -> None:

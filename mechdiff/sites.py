@@ -16,7 +16,7 @@ only a head's ``W_O`` is visible. ``Resid(L)`` is the residual stream entering b
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal, TypeAlias
 
@@ -72,63 +72,53 @@ class Head:
 
 
 @dataclass(frozen=True, order=True)
-class AttnOut:
+class _LayerSite:
+    """A site with one instance per block: its label is a prefix and the layer, and it is read
+    and written at the same hook."""
+
+    layer: int
+    kind: ClassVar[SiteKind]
+    prefix: ClassVar[str]
+    hook: ClassVar[Callable[[int], str]]
+
+    @property
+    def label(self) -> str:
+        return f"{self.prefix}{self.layer}"
+
+    @property
+    def read_hook(self) -> str:
+        return type(self).hook(self.layer)
+
+    @property
+    def write_hook(self) -> str:
+        return type(self).hook(self.layer)
+
+
+@dataclass(frozen=True, order=True)
+class AttnOut(_LayerSite):
     """Whole attention output of block ``layer`` (all heads plus ``b_O``)."""
 
-    layer: int
     kind: ClassVar[SiteKind] = "attn"
-
-    @property
-    def label(self) -> str:
-        return f"ATTN{self.layer}"
-
-    @property
-    def read_hook(self) -> str:
-        return attn_out_hook(self.layer)
-
-    @property
-    def write_hook(self) -> str:
-        return attn_out_hook(self.layer)
+    prefix: ClassVar[str] = "ATTN"
+    hook: ClassVar[Callable[[int], str]] = staticmethod(attn_out_hook)
 
 
 @dataclass(frozen=True, order=True)
-class MLP:
+class MLP(_LayerSite):
     """MLP output of block ``layer``."""
 
-    layer: int
     kind: ClassVar[SiteKind] = "mlp"
-
-    @property
-    def label(self) -> str:
-        return f"MLP{self.layer}"
-
-    @property
-    def read_hook(self) -> str:
-        return mlp_out_hook(self.layer)
-
-    @property
-    def write_hook(self) -> str:
-        return mlp_out_hook(self.layer)
+    prefix: ClassVar[str] = "MLP"
+    hook: ClassVar[Callable[[int], str]] = staticmethod(mlp_out_hook)
 
 
 @dataclass(frozen=True, order=True)
-class Resid:
+class Resid(_LayerSite):
     """Residual stream entering block ``layer``."""
 
-    layer: int
     kind: ClassVar[SiteKind] = "resid"
-
-    @property
-    def label(self) -> str:
-        return f"RESID{self.layer}"
-
-    @property
-    def read_hook(self) -> str:
-        return resid_pre_hook(self.layer)
-
-    @property
-    def write_hook(self) -> str:
-        return resid_pre_hook(self.layer)
+    prefix: ClassVar[str] = "RESID"
+    hook: ClassVar[Callable[[int], str]] = staticmethod(resid_pre_hook)
 
 
 Site: TypeAlias = Head | AttnOut | MLP | Resid
