@@ -9,8 +9,8 @@ refused, naming the line). The suffix decides the format, in any case (``.JSONL`
 other suffixes are refused. Lines end in ``\\n`` or ``\\r\\n`` and are numbered from 1, blank lines
 included. A file with no prompts is refused.
 
-**.jsonl** (JSON Lines): one JSON object per line, one row per prompt. Blank lines (nothing, or spaces
-and tabs only) are allowed and skipped, but counted for line numbers. Keys of a row::
+**.jsonl** (JSON Lines): one JSON object per line, one row per prompt. Blank lines (nothing, or
+spaces and tabs only) are allowed and skipped, but counted for line numbers. Keys of a row::
 
     prompt        required  the prompt (see "Prompts" below)
     answer        optional  the correct next token: a string (" Paris") or a token id (integer)
@@ -34,7 +34,8 @@ Example row: ``{"prompt": "The capital of France is", "answer": " Paris", "wrong
     name           optional  a non-blank string (default: the file's stem)
     prepend_bos    optional  true or false (default true): prepend BOS to string prompts
 
-Unknown and duplicate keys are refused as in ``.jsonl``; lists must have one entry per prompt.
+Unknown and duplicate keys are refused as in ``.jsonl``, and so is ``null`` as a value (leave the
+key out); every list must have one entry per prompt.
 
 **.txt**: one prompt per line, taken verbatim (leading and trailing spaces kept, only the line
 ending removed); lines holding only whitespace are skipped. A text file has no answers: its metric
@@ -42,12 +43,14 @@ is ``kl`` unless overridden (``kl_all`` reads every position of each text).
 
 **Prompts** (in ``.jsonl`` and ``.json``) are one of: a string with at least one non-whitespace
 character; a non-empty list of token ids (integers from 0, used as given: no BOS is added); a chat,
-a non-empty list of ``{"role", "content"}`` objects with roles ``system``, ``user``,
-``assistant`` (see :mod:`mechdiff.tasks.chat`). **Answers** are a non-empty string that the
-tokenizer makes exactly one token, or a token id (integer from 0). Refused: ``true``/``false``
-(they would be read as token ids 1 and 0), numbers with a fraction, negative ids, an answer equal to
-its wrong answer, a list of strings as a prompt, a corrupted prompt of another kind than its
-prompt. What needs the tokenizer is checked by :meth:`Task.tokenize <mechdiff.tasks.Task.tokenize>`,
+a non-empty list of objects with exactly the keys ``role`` (``system``, ``user`` or
+``assistant``) and ``content`` (a string, possibly empty), see :mod:`mechdiff.tasks.chat`.
+**Answers** are a non-empty string that the tokenizer makes exactly one token (whitespace such as
+``"\\n"`` is allowed: it is a token in most vocabularies), or a token id (integer from 0).
+Refused: ``true``/``false`` (they would be read as token ids 1 and 0), numbers written with a
+decimal point (``3.0`` too), negative ids and ids from 2**63 up, a list of strings as a prompt, a
+single message object where a chat (a list) belongs, an answer equal to its wrong answer, a
+corrupted prompt of another kind than its prompt. What needs the tokenizer is checked by :meth:`Task.tokenize <mechdiff.tasks.Task.tokenize>`,
 whose errors still name the file and line: an answer string must be exactly one token and not one
 the tokenizer maps to its unknown token; prompts must not hold words mapped to the unknown token
 (the unknown token written as itself is allowed), nor tokenize to nothing; token ids must lie in
@@ -423,6 +426,11 @@ def _read_json(path: Path, text: str) -> tuple[dict[str, Any], dict[str, tuple[L
     if "corrupted" in data:
         for i, (p, c) in enumerate(zip(data["prompts"], data["corrupted"], strict=True)):
             checks.same_kind(p, c, locs["corrupted"][i])
+    for key in ("metric", "name", "prepend_bos"):
+        if key in obj and obj[key] is None:
+            raise PromptError(
+                f"{path}:{lines[key][0]}: {key!r} is null; leave the key out for the default"
+            )
     if "metric" in obj:
         data["metric"] = check_metric(obj["metric"], f"{path}:{lines['metric'][0]}: ")
     if "name" in obj:

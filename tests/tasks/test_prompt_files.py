@@ -149,6 +149,8 @@ JSON_FAULTS = [
     ("bos.json", '{"prompts": ["t1"], "prepend_bos": "yes"}', PromptError,
      [":1:", "prepend_bos is a string"]),
     ("nothing.json", "", PromptError, ["the prompt list is empty"]),
+    ("nullmetric.json", '{"prompts": ["t1"],\n "metric": null}', PromptError,
+     [":2:", "'metric' is null", "leave the key out"]),
 ]
 
 OTHER_FAULTS = [
