@@ -192,8 +192,9 @@ def merged_booter(
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            hf = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
-            merged = PeftModel.from_pretrained(hf, str(adapter)).merge_and_unload()
+            with torch.random.fork_rng(devices=[]):  # loading draws from the global RNG
+                hf = AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype)
+                merged = PeftModel.from_pretrained(hf, str(adapter)).merge_and_unload()
         except Exception as e:  # noqa: BLE001 - re-raised typed
             raise CheckpointError(
                 f"cannot merge LoRA adapter {adapter} into {base}: {type(e).__name__}: {e}"

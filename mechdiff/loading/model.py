@@ -237,6 +237,8 @@ def complete(
     skip: Sequence[ProcessingStep],
 ) -> list[tuple[TransformerBridge, LoadInfo]]:
     """Process booted raw models together (one set of steps, checked on each); record how."""
+    if not sources:
+        return []
     if processing == "none":
         return [_finish(m, LoadInfo(s.model_id, "none")) for s, m in zip(sources, booted, strict=True)]
     raws = [Raw.of(s.model_id, m, s.boot) for s, m in zip(sources, booted, strict=True)]
@@ -258,8 +260,14 @@ def _finish(model: TransformerBridge, info: LoadInfo) -> tuple[TransformerBridge
 
 
 def _boot(name: str, **kwargs: Any) -> TransformerBridge:
+    """Boot a raw bridge from a directory; the global RNGs are left as they were (booting
+    draws from them to initialise weights it then overwrites)."""
+    dev = torch.device(kwargs.get("device") or "cpu")
+    rngs = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+        if dev.type == "cuda" else []
     try:
-        return TransformerBridge.boot_transformers(name, **kwargs)
+        with torch.random.fork_rng(devices=rngs):
+            return TransformerBridge.boot_transformers(name, **kwargs)
     except Exception as e:  # noqa: BLE001 - re-raised typed with the cause attached
         raise CheckpointError(
             f"cannot load model {name!r}: the directory passed the checks but could not be "
