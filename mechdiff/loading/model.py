@@ -61,6 +61,8 @@ class LoadInfo:
 
 def load_info(model: TransformerBridge) -> LoadInfo | None:
     """How mechdiff loaded ``model``, or ``None`` for a bridge it did not load."""
+    if not isinstance(model, TransformerBridge):
+        raise OptionError(f"model must be a TransformerBridge, got {type(model).__name__}")
     return getattr(model, _RECORD, None)
 
 
@@ -79,7 +81,8 @@ def load_model(
     Args:
         spec: a local HF directory, a HF model name, a LoRA adapter directory (needs ``base``), or
             a ``TransformerBridge``. A raw bridge is never modified: with ``processing="compat"``
-            a processed copy is returned. A bridge mechdiff loaded is returned as it is.
+            a processed copy is returned. A bridge mechdiff loaded is returned as it is. A bridge
+            stays on its device and in its dtype (an explicit ``device`` must be its).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` (default: CUDA if available).
         dtype: parameter dtype (float32, float64, bfloat16, float16).
         processing: ``"compat"`` (TransformerLens weight processing, checked on a probe batch;
@@ -103,7 +106,8 @@ def load_model(
     processing, dev, dtype, skip = check_options(processing, device, dtype, skip,
                                                   allow_adapter_mismatch)
     source = prepare(spec, base=base, device=dev, dtype=dtype, processing=processing,
-                     allow_adapter_mismatch=allow_adapter_mismatch)
+                     allow_adapter_mismatch=allow_adapter_mismatch,
+                     device_given=device is not None)
     if source.info is not None:
         return source.bridge, check_loaded(source, processing, skip)
     [(model, info)] = complete([source], [boot_raw(source, processing)], processing, skip)
@@ -148,12 +152,22 @@ class Source:
 
 def prepare(
     spec: Any, *, base: Any, device: torch.device, dtype: torch.dtype, processing: Processing,
-    allow_adapter_mismatch: bool,
+    allow_adapter_mismatch: bool, device_given: bool = True,
 ) -> Source:
-    """Check a spec without loading weights; return how to load it."""
+    """Check a spec without loading weights; return how to load it.
+
+    A bridge passed in stays where it is; a ``device`` given explicitly must be the bridge's.
+    """
     if isinstance(spec, TransformerBridge):
         if base is not None:
             raise OptionError("base= is for LoRA adapters; the model given is a bridge")
+        here = next(spec.parameters()).device
+        if device_given and (here.type != device.type
+                             or device.index not in (None, here.index)):
+            raise OptionError(
+                f"device={str(device)!r} was asked but the bridge passed in is on {here}; move it "
+                "first (bridge.to(device)) or leave device out"
+            )
         return _bridge_source(spec, processing)
     if not isinstance(spec, (str, Path)):
         raise CheckpointError(

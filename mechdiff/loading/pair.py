@@ -23,8 +23,17 @@ from typing import Any, Literal
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechdiff.errors import CheckpointError, IncompatibleModelsError
+from mechdiff.errors import CheckpointError, IncompatibleModelsError, OptionError
 from mechdiff.loading.adapters import is_adapter_dir
+from mechdiff.loading.bridges import (
+    active_hooks,
+    check_seed,
+    model_device,
+    model_provenance,
+    processing_of,
+    processing_skipped_of,
+    require_bridge,
+)
 from mechdiff.loading.model import (
     ModelSpec,
     Source,
@@ -32,7 +41,6 @@ from mechdiff.loading.model import (
     check_loaded,
     check_options,
     complete,
-    load_info,
     prepare,
 )
 from mechdiff.loading.options import Processing, ProcessingStep
@@ -101,10 +109,14 @@ class ModelPair:
         return model_device(self.base)
 
     def model(self, side: Literal["base", "finetuned"]) -> TransformerBridge:
+        """The model of one side."""
+        if side not in ("base", "finetuned"):
+            raise OptionError(f"side must be 'base' or 'finetuned', got {side!r}")
         return self.base if side == "base" else self.finetuned
 
     def provenance(self, task: Task, *, seed: int | None = None) -> Provenance:
         """Provenance of an analysis of this pair on ``task``."""
+        check_seed(seed)
         return Provenance.of(task, base=self.base_id, finetuned=self.finetuned_id,
                              processing=self.processing, seed=seed,
                              processing_skipped=self.processing_skipped)
@@ -141,7 +153,8 @@ def load_pair(
         dtype: parameter dtype (float32, float64, bfloat16, float16).
         processing: ``"compat"`` or ``"none"``, applied to both sides (see module docstring).
             A raw bridge passed in is not modified (a processed copy is used); a bridge loaded by
-            :func:`~mechdiff.loading.load_model` is used as it is.
+            :func:`~mechdiff.loading.load_model` is used as it is. Bridges stay on their device
+            and in their dtype (an explicit ``device`` must be theirs).
         allow_adapter_mismatch: merge a LoRA adapter whose ``adapter_config.json`` records
             another base.
 
@@ -162,7 +175,7 @@ def load_pair(
             "adapter as the fine-tuned side and its base model as the base)"
         )
     kw = {"device": dev, "dtype": dtype, "processing": processing,
-          "allow_adapter_mismatch": allow_adapter_mismatch}
+          "allow_adapter_mismatch": allow_adapter_mismatch, "device_given": device is not None}
     src_b = prepare(base, base=None, **kw)
     same = finetuned is base
     src_f = src_b if same else prepare(
@@ -196,6 +209,8 @@ def load_pair(
 
 def check_compatible(a: TransformerBridge, b: TransformerBridge) -> None:
     """Raise :class:`IncompatibleModelsError` naming every mismatch between two bridges."""
+    require_bridge(a, "a")
+    require_bridge(b, "b")
     problems = [
         f"{f}: {getattr(a.cfg, f, None)!r} vs {getattr(b.cfg, f, None)!r}"
         for f in _CFG_FIELDS
@@ -237,39 +252,6 @@ def _compare_configs(a: Source, b: Source) -> None:
         )
 
 
-def processing_of(model: TransformerBridge) -> Processing:
-    """How a bridge's weights were processed: ``"compat"`` or ``"none"``."""
-    return "compat" if getattr(model, "compatibility_mode", False) else "none"
-
-
-def processing_skipped_of(model: TransformerBridge) -> tuple[ProcessingStep, ...]:
-    """The ``"compat"`` steps left out when mechdiff loaded ``model`` (empty if none or unknown)."""
-    info = load_info(model)
-    return info.processing_skipped if info is not None else ()
-
-
-def model_provenance(
-    model: TransformerBridge, task: Task, *, model_id: str = "<bridge>", seed: int | None = None
-) -> Provenance:
-    """Provenance of a single-model analysis of ``model`` on ``task``."""
-    return Provenance.of(task, base=model_id, finetuned=None, processing=processing_of(model),
-                         seed=seed, processing_skipped=processing_skipped_of(model))
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of a model's parameters."""
-    return next(model.parameters()).device
-
-
-def active_hooks(model: torch.nn.Module) -> int:
-    """Number of forward/backward hooks currently registered anywhere in ``model``."""
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-        + len(getattr(m, "_backward_pre_hooks", {}))
-        for m in model.modules()
-    )
-
-
 def _load_adapter(
     base: ModelSpec, adapter: ModelSpec, *, device: Any, dtype: torch.dtype, processing: Processing
 ) -> tuple[TransformerBridge, str]:
@@ -279,3 +261,7 @@ def _load_adapter(
 
     model, info = load_model(adapter, base=base, device=device, dtype=dtype, processing=processing)
     return model, info.model_id
+
+
+__all__ = ["ModelPair", "active_hooks", "check_compatible", "load_pair", "model_device",
+           "model_provenance", "processing_of", "processing_skipped_of"]

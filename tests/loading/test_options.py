@@ -80,3 +80,44 @@ def test_base_only_for_adapters(gpt2_dir, no_boot):
 def test_not_a_model_spec(no_boot):
     with pytest.raises(mechdiff.errors.CheckpointError, match="got int"):
         unchecked(load_model)(42, device="cpu")
+
+
+def test_helpers_check_their_arguments(gpt2_dir):
+    from mechdiff.loading import (
+        ModelPair,
+        active_hooks,
+        check_compatible,
+        load_info,
+        model_device,
+        model_provenance,
+        processing_of,
+    )
+
+    pair = load_pair(gpt2_dir, gpt2_dir, device="cpu", processing="none")
+    task = mechdiff.Task([[1, 2, 3]], answers=[1], wrong_answers=[2])
+    for fn, args, kwargs, words in [
+        (ModelPair.model, (pair, "ft"), {}, "side must be 'base' or 'finetuned'"),
+        (ModelPair.provenance, (pair, task), {"seed": True}, "seed must be an integer"),
+        (model_provenance, (pair.base, task), {"seed": "0"}, "seed must be an integer"),
+        (model_provenance, (pair.base, task), {"model_id": 3}, "model_id must be a string"),
+        (check_compatible, (pair.base, "gpt2"), {}, "b must be a TransformerBridge"),
+        (processing_of, (pair.base.original_model,), {}, "must be a TransformerBridge"),
+        (load_info, (None,), {}, "must be a TransformerBridge"),
+        (model_device, (torch.nn.ReLU(),), {}, "ReLU has no parameters"),
+        (active_hooks, ("model",), {}, "must be a torch.nn.Module"),
+    ]:
+        with pytest.raises(OptionError, match=words):
+            unchecked(fn)(*args, **kwargs)
+    assert pair.model("finetuned") is pair.finetuned and model_device(pair.base).type == "cpu"
+
+
+def test_a_bridge_is_not_silently_left_on_another_device(gpt2_dir, one_gpu):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(gpt2_dir), device="cpu")
+    with pytest.raises(OptionError, match="device='cuda:0' was asked but the bridge passed in is "
+                                          "on cpu"):
+        load_model(bridge, device="cuda:0")
+    with pytest.raises(OptionError, match="the bridge passed in is on cpu"):
+        load_pair(bridge, bridge, device="cuda")
+    assert load_model(bridge, processing="none")[0] is bridge  # no device given: stays
