@@ -112,14 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     patch = sub.add_parser(
         "patch", help="analyse your own base and fine-tuned checkpoints",
         description="Behaviour gap and exact cross-model patching of a base and a fine-tuned "
-        "checkpoint on your prompts. Prompt files: .jsonl (one {\"prompt\", \"answer\", "
-        "\"wrong_answer\"} object per line), .json ({\"prompts\": [...], \"answers\": [...], ...}) "
-        "or plain text (one prompt per line; task-free KL metric).",
+        "checkpoint on your prompts. Prompt files are UTF-8, suffix in any case, parsed strictly "
+        "(errors name the file and line): .jsonl (one {\"prompt\", \"answer\", \"wrong_answer\", "
+        "\"corrupted\"} object per line, the same keys on every line, blank lines allowed), .json "
+        "(one object {\"prompts\": [...], \"answers\": [...], \"wrong_answers\": [...], "
+        "\"corrupted\": [...], \"metric\": ..., \"name\": ..., \"prepend_bos\": ...}) or .txt "
+        "(one prompt per line; task-free KL metric).",
     )
     patch.add_argument("--base", required=True, help="base model: a local HF directory")
     patch.add_argument("--finetuned", required=True,
                        help="fine-tuned model: a local HF directory or LoRA adapter directory")
-    patch.add_argument("--prompts", required=True, type=Path, help="prompt file (.jsonl, .json, .txt)")
+    patch.add_argument("--prompts", required=True, type=Path,
+                       help="prompt file: .jsonl, .json or .txt (any case); schema in the "
+                       "README's prompt-file section")
     patch.add_argument("--sites", nargs="+", choices=SITE_KINDS, default=["heads", "mlp"],
                        help="site kinds to patch (default: heads mlp)")
     patch.add_argument("--direction", nargs="+", type=_direction, default=list(DIRECTIONS),
@@ -246,3 +251,7 @@ def _fail(message: str) -> int:
 
 
 __all__ = ["DEFAULT_DEMO", "build_parser", "main"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -51,7 +51,7 @@ def parse_direction(text: str) -> Direction:
 
 
 def receiver_and_donor(
-    pair: ModelPair, direction: Direction
+    pair: ModelPair, direction: str
 ) -> tuple[TransformerBridge, TransformerBridge]:
     """The model whose run is patched and the model whose activations are patched in."""
     direction = parse_direction(direction)

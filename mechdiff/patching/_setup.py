@@ -10,7 +10,7 @@ from typing import Literal, TypeAlias
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechdiff.directions import SINGLE_MODEL, Direction, parse_direction, receiver_and_donor
+from mechdiff.directions import SINGLE_MODEL, parse_direction, receiver_and_donor
 from mechdiff.errors import OptionError, PromptError
 from mechdiff.loading import ModelPair, model_device, model_provenance
 from mechdiff.results import Provenance
@@ -61,7 +61,7 @@ def check_positions(positions: str) -> None:
 
 
 def across_models(
-    pair: ModelPair, task: Task, *, sites: str, direction: Direction, positions: str,
+    pair: ModelPair, task: Task, *, sites: str, direction: str, positions: str,
     **sizes: int,
 ) -> Setup:
     """Check the options of a cross-model sweep and tokenize its task (before any forward)."""

@@ -1,0 +1,138 @@
+"""``mechdiff patch`` as a process, with faults injected: Ctrl-C and SIGTERM mid-run, two runs into
+one folder, another run's output, a zero gap. After each, ``--out`` is byte-identical to what it
+held (every file hashed), and nothing partial is visible.
+
+"Mid-run" is an event, not a delay: a signal is sent once the run's temporary work folder beside
+``--out`` exists (it holds the lock and is computing), and the run is made long enough (per-position
+patching of many prompts) that it is still computing then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support import write_jsonl
+
+SLOW = ["--sites", "resid", "heads", "--positions", "each", "--quiet"]
+
+
+def tree(path: Path) -> dict[str, str]:
+    """Every file under ``path`` with its SHA-256."""
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def patch_cmd(ckpts: dict[str, Path], prompts: Path, out: Path, ft: str = "head_last",
+              extra: list[str] | None = None) -> list[str]:
+    return [sys.executable, "-m", "mechdiff.cli", "patch", "--base", str(ckpts["base"]),
+            "--finetuned", str(ckpts[ft]), "--prompts", str(prompts), "--out", str(out),
+            *(extra or [])]
+
+
+def wait_for_work(out: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Block until the run's work folder beside ``out`` exists (the run is inside its output
+    transaction), failing if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any("mechdiff-work" in p.name for p in out.parent.iterdir()):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (status {proc.returncode}) before it was "
+                                 f"mid-run: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.05)
+    raise AssertionError("the run never started writing")
+
+
+@pytest.fixture(scope="module")
+def done(ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """A folder holding a complete earlier output, and a long prompt file for slow runs."""
+    root = tmp_path_factory.mktemp("safety")
+    small = write_jsonl(root / "small.jsonl", n=4)
+    long = write_jsonl(root / "long.jsonl", n=48, seed=1)
+    out = root / "out"
+    run = subprocess.run(patch_cmd(ckpts, small, out, extra=["--quiet"]), capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    return root, small, long, out
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_mid_run_leaves_the_earlier_output_byte_identical(
+    ckpts, done, sig: signal.Signals, status: int
+) -> None:
+    root, _, long, out = done
+    before = tree(out)
+    proc = subprocess.Popen(patch_cmd(ckpts, long, out, extra=SLOW + ["--replace"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_work(out, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err
+    assert "left as it was" in err and "Traceback" not in err
+    assert tree(out) == before
+    assert not [p for p in root.iterdir() if "mechdiff-work" in p.name]
+
+
+def test_a_second_run_into_the_same_folder_is_refused_at_once(ckpts, done) -> None:
+    root, small, long, out = done
+    before = tree(out)
+    first = subprocess.Popen(patch_cmd(ckpts, long, out, extra=SLOW + ["--replace"]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_work(out, first)
+        second = subprocess.run(patch_cmd(ckpts, small, out, extra=["--quiet"]),
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert "mechdiff: error:" in second.stderr and str(first.pid) in second.stderr
+        assert first.poll() is None  # the first run was not disturbed
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    assert tree(out) == before
+
+
+def test_another_runs_output_needs_replace_and_is_then_replaced_whole(
+    ckpts, done, tmp_path: Path
+) -> None:
+    _, small, _, out = done
+    copy = tmp_path / "out"
+    subprocess.run(["cp", "-a", str(out), str(copy)], check=True)
+    before = tree(copy)
+    other = patch_cmd(ckpts, small, copy, ft="mlp_last", extra=["--quiet", "--sites", "resid"])
+    refused = subprocess.run(other, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--replace" in refused.stderr
+    assert tree(copy) == before
+    replaced = subprocess.run(other + ["--replace"], capture_output=True, text=True, timeout=300)
+    assert replaced.returncode == 0, replaced.stderr
+    after = tree(copy)
+    assert not any("heads" in name for name in after)  # nothing of the old run mixed in
+    assert any("resid_ft_to_base" in name for name in after)
+
+
+def test_zero_gap_refusal_leaves_the_folder_untouched(ckpts, done, tmp_path: Path) -> None:
+    _, small, _, out = done
+    copy = tmp_path / "out"
+    subprocess.run(["cp", "-a", str(out), str(copy)], check=True)
+    before = tree(copy)
+    run = subprocess.run(patch_cmd(ckpts, small, copy, ft="base", extra=["--quiet", "--replace"]),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "nothing to attribute" in run.stderr
+    assert tree(copy) == before
+
+
+def test_unwritable_parent_is_one_line_naming_the_path(ckpts, done, tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere; the read-only case is covered in tests/results")
+    _, small, _, _ = done
+    locked = tmp_path / "ro"
+    locked.mkdir(mode=0o500)
+    run = subprocess.run(patch_cmd(ckpts, small, locked / "out", extra=["--quiet"]),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and str(locked) in run.stderr
