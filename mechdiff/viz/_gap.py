@@ -24,7 +24,7 @@ def plot_gap(
     result: GapResult,
     *,
     title: str | None = None,
-    cmap: str | Colormap = "RdBu_r",
+    cmap: str | Colormap = st.DIVERGING,
 ) -> Figure:
     """Draw the behaviour gap: per-prompt metric on both models and the tokens that moved most.
 
@@ -69,7 +69,7 @@ def _draw_scatter(ax: Axes, result: GapResult) -> None:
     ax.plot([lo, hi], [lo, hi], color="0.55", linewidth=0.8, linestyle="--", zorder=1,
             label="y = x (no change)")
     ax.scatter(base, ft, s=12, color="0.25", alpha=0.6, linewidths=0, zorder=2, label="prompt")
-    ax.scatter([base.mean()], [ft.mean()], s=40, marker="X", color="#b2182b", edgecolors="white",
+    ax.scatter([base.mean()], [ft.mean()], s=40, marker="X", color=st.POSITIVE_HEX, edgecolors="white",
                linewidths=0.6, zorder=3, label="mean")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
@@ -89,9 +89,9 @@ def _draw_kl(ax: Axes, result: GapResult) -> None:
     rank = np.arange(1, final.shape[0] + 1)
     marks = final.shape[0] <= 64  # beyond that, markers merge into a thick line
     ax.plot(rank, final, marker="o" if marks else None, markersize=3, linewidth=0.8,
-            color="#b2182b", label="final position")
+            color=st.OKABE_ITO[6], label="final position")
     ax.plot(rank, mean, marker="s" if marks else None, markersize=3, linewidth=0.8,
-            color="#2166ac", label="mean over positions")
+            linestyle="--", color=st.OKABE_ITO[5], label="mean over positions")
     st.style_axes(ax)
     ax.set_xlabel("prompt (sorted by KL)", fontsize=st.LABEL_PT)
     ax.set_ylabel("KL(FT \u2016 base) (nats)", fontsize=st.LABEL_PT)

@@ -18,7 +18,9 @@ from mechdiff.errors import ResultError
 from mechdiff.patching import PatchResult
 from mechdiff.viz import _style as st
 
-_LINE_STYLES = (("C0", "o", "-"), ("C3", "s", "--"), ("C2", "^", ":"), ("C4", "D", "-."))
+_LINE_STYLES = ((st.OKABE_ITO[5], "o", "-"), (st.OKABE_ITO[6], "s", "--"),
+                (st.OKABE_ITO[3], "^", ":"), (st.OKABE_ITO[7], "D", "-."))
+"""Colour (Okabe-Ito), marker and line style of each line: lines differ in all three."""
 
 
 def plot_layer_profiles(

@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 from mechdiff.pipeline.pair import PairAnalysis
 from mechdiff.viz import _style as st
 
-_METHOD_STYLE = {"exact": ("0.25", "exact patching"),
-                 "attribution": ("C1", "attribution (gradient estimate)")}
+_METHOD_STYLE = {"exact": (st.METHOD_COLOURS["exact"], "exact patching"),
+                 "attribution": (st.METHOD_COLOURS["attribution"],
+                                 "attribution (gradient estimate)")}
 
 
 def plot_ranked(analysis: PairAnalysis, k: int = 12, *, title: str | None = None) -> Figure:

@@ -1,13 +1,21 @@
-"""Writing figures to disk for a paper: vector PDF plus a high-resolution PNG."""
+"""Writing figures to disk for a paper (vector PDF and SVG, a high-resolution PNG) and into web
+pages (:func:`figure_svg`: SVG text to inline in HTML).
+
+Files are reproducible: no creation date inside, and SVG element ids derived from a fixed salt
+(``svg.hashsalt``, set for the one save only) instead of a random one, so saving the same figure
+twice gives the same bytes.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, TypeAlias
 
+import matplotlib
 from matplotlib.figure import Figure
 
 from mechdiff.results.atomic import atomic_file
@@ -21,7 +29,7 @@ def save_figure(
     fig: Figure,
     path: str | os.PathLike[str],
     *,
-    formats: Sequence[Format] = ("pdf", "png"),
+    formats: Sequence[Format] = ("pdf", "png", "svg"),
     dpi: int = 300,
 ) -> list[Path]:
     """Write ``fig`` once per format (tight bounding box) and close it.
@@ -30,7 +38,8 @@ def save_figure(
         fig: the figure to save.
         path: the output path without suffix, e.g. ``figures/heads_ft_to_base``; a trailing
             ``.pdf`` / ``.png`` / ``.svg`` is dropped. Missing folders are created.
-        formats: file formats to write.
+        formats: file formats to write (default all three: PDF and SVG for papers and
+            slides, PNG for READMEs and quick looks).
         dpi: resolution of raster formats (PNG); at least 200.
 
     Returns:
@@ -53,7 +62,8 @@ def save_figure(
         out = stem.with_name(f"{stem.name}.{fmt}")
         # No creation date in the PDF/SVG, so re-running an analysis gives byte-identical files.
         metadata = _NO_DATE.get(fmt, {})
-        with atomic_file(out) as tmp:  # a full disk or Ctrl-C never leaves a truncated file
+        # rc_context restores rcParams afterwards: the salt only makes SVG ids reproducible.
+        with atomic_file(out) as tmp, matplotlib.rc_context({"svg.hashsalt": stem.name}):
             fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.03,
                         metadata=metadata)
         written.append(out)
@@ -66,3 +76,21 @@ def _close(fig: Figure) -> None:
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None and fig.canvas.manager is not None:
         pyplot.close(fig)
+
+
+def figure_svg(fig: Figure, *, salt: str, close: bool = True) -> str:
+    """``fig`` as SVG markup to inline in an HTML page (no XML prolog).
+
+    Text stays text (``svg.fonttype = "none"``: searchable, about half the size of glyph paths);
+    element ids are derived from ``salt``, so give each figure of a page its own salt to keep
+    their ids apart. matplotlib's global settings are restored afterwards.
+    """
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.03,
+                    metadata={"Date": None})
+    if close:
+        _close(fig)
+    text = buf.getvalue()
+    start = text.find("<svg")
+    return text[start:] if start >= 0 else text

@@ -1,5 +1,13 @@
 """Shared look of mechdiff figures: font sizes, colours, names and small drawing helpers.
 
+One style for every figure and view: sizes legible at paper column width; colour-blind-safe
+colours throughout: signed scores on a diverging map centred at 0 (:data:`DIVERGING`, ColorBrewer
+RdBu: blue negative, white 0, red positive), magnitudes on a sequential map from white
+(:data:`SEQUENTIAL`, ColorBrewer Purples), categories (methods, lines) in the Okabe-Ito palette
+(:data:`OKABE_ITO`) with distinct markers and line styles as well, so nothing depends on hue
+alone. The circuitsvis views (:mod:`mechdiff.viz.views`) use the same hues (:data:`POSITIVE_HEX`,
+:data:`NEGATIVE_HEX`, :data:`MAGNITUDE_HEX`).
+
 Nothing here touches matplotlib's global state: every size and colour is set on the artist that
 uses it, so a user's ``rcParams`` are neither read for our layout decisions nor changed.
 """
@@ -22,6 +30,20 @@ TITLE_PT = 8.5
 NOTE_PT = 7.0
 #: Smallest annotation font we are willing to print inside a cell; below it cells stay blank.
 MIN_ANNOT_PT = 4.5
+
+#: Colour maps: signed values (centred at 0 with symmetric limits) and magnitudes (from 0).
+DIVERGING = "RdBu_r"
+SEQUENTIAL = "Purples"
+#: The same hues as CSS colours, for HTML views.
+POSITIVE_HEX = "#b2182b"
+NEGATIVE_HEX = "#2166ac"
+MAGNITUDE_HEX = "#54278f"
+#: Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision
+#: deficiency. Black, orange, sky blue, bluish green, yellow, blue, vermillion, reddish purple.
+OKABE_ITO = ("#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00",
+             "#CC79A7")
+#: Colour of each patching method wherever methods are compared.
+METHOD_COLOURS = {"exact": "#404040", "attribution": "#E69F00"}
 
 SCORE_LABEL = "fraction of gap closed"
 NOTE_COLOUR = "0.3"
@@ -114,9 +136,18 @@ def plain_text(text: str) -> str:
 
 
 def token_text(token: str) -> str:
-    """A token as a readable label: visible spaces (``␣``), newlines (``↵``) and tabs (``⇥``)."""
-    shown = token.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5")
-    return plain_text(shown) if shown else "\u2205"
+    """A token as a readable label: decoded (``Ġcat`` and ``▁cat`` read ``␣cat``; see
+    :func:`mechdiff.views.readable`), with visible spaces (``␣``), newlines (``↵``) and tabs
+    (``⇥``); ``∅`` when empty."""
+    from mechdiff.views.tokens import readable, shown
+
+    return plain_text(shown(readable(token)))
+
+
+def hex_colour(rgba: Sequence[float]) -> str:
+    """``#rrggbb`` of an RGBA tuple (for HTML)."""
+    r, g, b, _ = to_rgba(tuple(rgba))
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
 
 
 def integer_ticks(n: int, max_ticks: int = 16) -> list[int]:
