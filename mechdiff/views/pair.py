@@ -311,11 +311,12 @@ def _chosen_heads(heads: Any, k: int, pair: ModelPair) -> list[RankedHead]:
         if isinstance(heads, Head) or not isinstance(heads, Sequence | tuple | list):
             raise OptionError(f"heads must be a list of Head sites or a result to take the top "
                               f"heads of, got {type(heads).__name__}")
+        wrong = [h for h in heads if not isinstance(h, Head)]
+        if wrong:
+            raise OptionError(f"heads must be Head sites (mechdiff.sites.Head), got {wrong[0]!r}")
         chosen = [RankedHead(h, math.nan, "given") for h in dict.fromkeys(heads)]
     n_layers, n_heads = int(pair.cfg.n_layers), int(pair.cfg.n_heads)
     for r in chosen:
-        if not isinstance(r.head, Head):
-            raise OptionError(f"heads must be Head sites (mechdiff.sites.Head), got {r.head!r}")
         if not (0 <= r.head.layer < n_layers and 0 <= r.head.head < n_heads):
             raise OptionError(f"head {r.head.label} is outside the model ({n_layers} layers x "
                               f"{n_heads} heads)")

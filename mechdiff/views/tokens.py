@@ -14,6 +14,7 @@ that starts a word reads ``␣cat`` and one that continues a word reads ``cat``.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import re
 from collections.abc import Sequence
@@ -74,15 +75,19 @@ def readable(piece: str) -> str:
 
 
 def token_texts(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:
-    """The text of each token of ``ids``, decoded one by one with ``tokenizer``.
+    """The text of each token of ``ids``, decoded with ``tokenizer``'s conventions.
 
     Special tokens keep their names (``<bos>``, ``<|im_start|>``); SentencePiece pieces keep
-    their leading space (decoding a single piece would drop it); a byte-level piece that is
-    part of a multi-byte character decodes to ``�``.
+    their leading space (decoding a single piece would drop it). With a byte-level tokenizer the
+    pieces are decoded in sequence, so a character split over several tokens (``é`` as ``Ã`` +
+    ``©``) appears whole on the token that completes it, and the tokens before it are empty; the
+    texts then join to exactly the decoded prompt.
     """
     ids = [int(i) for i in ids]
     pieces = tokenizer.convert_ids_to_tokens(ids)
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    if _is_byte_level(tokenizer):
+        return _byte_level_texts(ids, pieces, special)
     out = []
     for i, piece in zip(ids, pieces, strict=True):
         if piece is None:
@@ -92,4 +97,32 @@ def token_texts(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:
         else:
             out.append(tokenizer.decode([i], skip_special_tokens=False,
                                         clean_up_tokenization_spaces=False))
+    return tuple(out)
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` writes pieces in GPT-2's byte-level alphabet."""
+    if hasattr(tokenizer, "byte_decoder"):  # slow GPT-2-style tokenizers
+        return True
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    return decoder is not None and "ByteLevel" in repr(decoder)
+
+
+def _byte_level_texts(ids: list[int], pieces: list[str | None],
+                      special: set[int]) -> tuple[str, ...]:
+    table = _byte_decoder()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out: list[str] = []
+    for i, piece in zip(ids, pieces, strict=True):
+        if piece is None or i in special or any(c not in table for c in piece):
+            tail = decoder.decode(b"", final=True)
+            if tail and out:
+                out[-1] += tail
+            decoder.reset()
+            out.append(f"<{i}>" if piece is None else piece)
+        else:
+            out.append(decoder.decode(bytes(table[c] for c in piece)))
+    tail = decoder.decode(b"", final=True)
+    if tail and out:
+        out[-1] += tail
     return tuple(out)
