@@ -117,6 +117,7 @@ def load_model(
 def check_options(
     processing: Any, device: Any, dtype: Any, skip: Any, allow_adapter_mismatch: Any
 ) -> tuple[Processing, torch.device, torch.dtype, tuple[ProcessingStep, ...]]:
+    """Every loading option checked (:class:`OptionError`), the device resolved."""
     processing = check_processing(processing)
     dev = resolve_device(device)
     dtype = check_dtype(dtype)
