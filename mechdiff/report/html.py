@@ -90,13 +90,13 @@ class Page:
     def figure(self, fig: Figure, caption: str = "") -> str:
         """``fig`` inlined as SVG (closed afterwards), with an optional caption."""
         self._figures += 1
-        svg = figure_svg(fig, salt=f"mechdiff-fig{self._figures}")
+        svg = figure_svg(fig, prefix=f"fig{self._figures}")
         cap = f"<figcaption>{caption}</figcaption>" if caption else ""
         return f'<figure class="plot">{svg}{cap}</figure>'
 
     def anchor(self, text: str) -> str:
         """A unique id for a section headed ``text``."""
-        base = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "section"
+        base = "".join(c if c.isalnum() or c in "_-" else "-" for c in text.lower()).strip("-") or "section"
         name, i = base, 1
         while name in self._anchors:
             i += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,19 +79,34 @@ def _close(fig: Figure) -> None:
         pyplot.close(fig)
 
 
-def figure_svg(fig: Figure, *, salt: str, close: bool = True) -> str:
+def figure_svg(fig: Figure, *, prefix: str, close: bool = True) -> str:
     """``fig`` as SVG markup to inline in an HTML page (no XML prolog).
 
-    Text stays text (``svg.fonttype = "none"``: searchable, about half the size of glyph paths);
-    element ids are derived from ``salt``, so give each figure of a page its own salt to keep
-    their ids apart. matplotlib's global settings are restored afterwards.
+    Text stays text (``svg.fonttype = "none"``: searchable, about half the size of glyph paths).
+    Every element id and every reference to one (``url(#...)``, ``href="#..."``) is prefixed
+    with ``prefix``, so several figures inlined in one page never share an id: give each figure
+    of a page its own prefix. matplotlib's global settings are restored afterwards.
     """
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none"}):
+    with matplotlib.rc_context({"svg.hashsalt": prefix, "svg.fonttype": "none"}):
         fig.savefig(buf, format="svg", bbox_inches="tight", pad_inches=0.03,
                     metadata={"Date": None})
     if close:
         _close(fig)
     text = buf.getvalue()
     start = text.find("<svg")
-    return text[start:] if start >= 0 else text
+    text = text[start:] if start >= 0 else text
+    seen: dict[str, int] = {}
+
+    def unique(m: re.Match[str]) -> str:  # matplotlib repeats ids of identical images
+        n = seen[m.group(2)] = seen.get(m.group(2), 0) + 1
+        return f'{m.group(1)}="{prefix}-{m.group(2)}' + (f'-{n}"' if n > 1 else '"')
+
+    text = _ID.sub(unique, text)
+    text = _HREF.sub(lambda m: f'{m.group(1)}="#{prefix}-{m.group(2)}"', text)
+    return _URL.sub(lambda m: f"url(#{prefix}-{m.group(1)})", text)
+
+
+_ID = re.compile(r'\b(id)="([^"]+)"')
+_HREF = re.compile(r'((?:xlink:)?href)="#([^"]+)"')
+_URL = re.compile(r"url\(#([^)]+)\)")
