@@ -8,9 +8,13 @@ For each, every attention head (after its own W_O) and every MLP is patched in b
 * sufficiency (FT -> base): does this component alone carry the new behaviour into the base?
 * necessity (base -> FT): does reverting this component alone undo it in the fine-tune?
 
-Results go to ``mechdiff_out/analyses/zoo_reweight_vs_newskill/`` (one saved result per analysis,
-plus ``comparison.json``), figures to ``figures/`` (heads on one colour scale for both fine-tunes).
-Run: ``.venv/bin/python analyses/zoo_reweight_vs_newskill.py``.
+and the series index (necessity total - sufficiency total, :mod:`mechdiff.compare.interaction`)
+says whether the components' effects add up (re-weighting) or act in series (a new mechanism).
+
+Results go to ``mechdiff_out/analyses/zoo_reweight_vs_newskill/<fine-tune>/`` (one saved
+:class:`~mechdiff.pipeline.PairAnalysis` each) plus ``comparison.json``; figures to ``figures/``
+(heads of both fine-tunes on one colour scale). Run:
+``.venv/bin/python analyses/zoo_reweight_vs_newskill.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 
 import mechdiff
 from mechdiff import zoo
+from mechdiff.pipeline import PairAnalysis, analyse_pair
+from mechdiff.report import text
 from mechdiff.viz import plot_directions, plot_gap, save_figure
 
 
@@ -37,58 +43,50 @@ class Config:
 
 
 SITES = {"heads": "Attention heads", "mlp": "MLP layers"}
-MECHANISMS = {"reweight": "re-weights an existing behaviour", "new_skill": "builds a new skill"}
 
 
 def main(cfg: Config | None = None) -> dict[str, dict[str, float]]:
     cfg = cfg or Config()
     dirs = zoo.build(cfg.cache_dir, progress=cfg.progress)
-    results: dict[str, dict[str, mechdiff.PatchResult]] = {}
-    comparison: dict[str, dict[str, float]] = {}
+    analyses: dict[str, PairAnalysis] = {}
     for name in cfg.finetunes:
         spec = zoo.FINETUNES[name]
         pair = mechdiff.load_pair(dirs["base"], dirs[name], device=cfg.device)
         task = zoo.task(spec.task, n=cfg.n_prompts, seed=cfg.seed)
-        gap = mechdiff.behaviour_gap(pair, task)
-        gap.save(cfg.out / name / "gap")
-        save_figure(plot_gap(gap, title=f"Behaviour gap \u00b7 {name} \u00b7 task: {task.name}"),
-                    cfg.figures / f"zoo_{name}_gap")
-        results[name] = {}
-        for sites in ("heads", "mlp"):
-            for direction in ("ft->base", "base->ft"):
-                r = mechdiff.cross_patch(pair, task, sites=sites, direction=direction,
-                                         progress=cfg.progress)
-                key = f"{sites}_{direction.replace('->', '_to_')}"
-                r.save(cfg.out / name / key)
-                results[name][key] = r
-        row = {"gap": gap.gap}
-        for direction in ("ft_to_base", "base_to_ft"):
-            scores = [results[name][f"{s}_{direction}"].scores.flatten() for s in ("heads", "mlp")]
-            flat = [float(x) for t in scores for x in t]
-            row[f"max_{direction}"] = max(flat)
-            row[f"sum_{direction}"] = sum(flat)
-        comparison[name] = row
+        analyses[name] = analyse_pair(pair, task, label=name, progress=cfg.progress,
+                                      mechanism=zoo.MECHANISMS[spec.mechanism])
+        analyses[name].save(cfg.out / name)
+        print(text.pair_table(analyses[name], 6))
 
-    # Heads of both fine-tunes on one colour scale, so colours compare across figures.
-    vmax = max(float(r.scores.abs().max()) for per in results.values()
-               for k, r in per.items() if k.startswith("heads"))
-    for name, per in results.items():
+    # Figures from the saved results alone; heads of both fine-tunes on one colour scale.
+    saved = {name: PairAnalysis.load(cfg.out / name) for name in analyses}
+    vmax = max(float(r.scores.abs().max()) for a in saved.values()
+               for k, r in a.exact.items() if k.startswith("heads"))
+    for name, a in saved.items():
+        save_figure(plot_gap(a.gap, title=f"Behaviour gap \u00b7 {name} \u00b7 task: "
+                             f"{a.gap.provenance.task}"), cfg.figures / f"zoo_{name}_gap")
         for sites in ("heads", "mlp"):
-            fig = plot_directions(per[f"{sites}_ft_to_base"], per[f"{sites}_base_to_ft"],
-                                  title=f"{SITES[sites]} \u00b7 {name}: "
-                                  f"{MECHANISMS[zoo.FINETUNES[name].mechanism]} \u00b7 "
-                                  f"task: {per[f'{sites}_ft_to_base'].provenance.task}",
+            fig = plot_directions(a.exact[f"{sites}_ft_to_base"], a.exact[f"{sites}_base_to_ft"],
+                                  title=f"{SITES[sites]} \u00b7 {name}: {a.mechanism} \u00b7 task: "
+                                  f"{a.gap.provenance.task}",
                                   vmax=vmax if sites == "heads" else None)
             save_figure(fig, cfg.figures / f"zoo_{name}_{sites}")
 
+    comparison = {}
+    for name, a in saved.items():
+        x = a.interaction
+        assert x is not None
+        comparison[name] = {"gap": a.gap.gap, "sufficiency_total": x.sufficiency,
+                            "necessity_total": x.necessity, "series_index": x.index,
+                            "series_index_low": x.index_low, "series_index_high": x.index_high}
     (cfg.out / "comparison.json").write_text(json.dumps(
         {"config": asdict(cfg), "comparison": comparison}, indent=2, default=str))
-    print(f"{'fine-tune':<10} {'gap':>7} {'max suff.':>10} {'max nec.':>9} {'sum suff.':>10} "
-          f"{'sum nec.':>9}")
+    print(f"{'fine-tune':<10} {'gap':>7} {'suff. total':>12} {'nec. total':>11} "
+          f"{'series index [95%]':>24}")
     for name, row in comparison.items():
-        print(f"{name:<10} {row['gap']:>7.2f} {row['max_ft_to_base']:>10.3f} "
-              f"{row['max_base_to_ft']:>9.3f} {row['sum_ft_to_base']:>10.3f} "
-              f"{row['sum_base_to_ft']:>9.3f}")
+        print(f"{name:<10} {row['gap']:>7.2f} {row['sufficiency_total']:>12.2f} "
+              f"{row['necessity_total']:>11.2f} {row['series_index']:>+9.2f} "
+              f"[{row['series_index_low']:+.2f}, {row['series_index_high']:+.2f}]")
     return comparison
 
 

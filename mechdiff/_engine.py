@@ -40,6 +40,13 @@ from transformer_lens.model_bridge import TransformerBridge
 from mechdiff.metrics import read_logits
 from mechdiff.tasks import MetricName, Tokens
 
+try:
+    from transformer_lens.model_bridge.architecture_adapter import (
+        ArchitectureAdapter as _ArchitectureAdapter,
+    )
+except ImportError:  # pragma: no cover
+    _ArchitectureAdapter = object
+
 try:  # transformers' KV-cache base class: never replayed into a suffix run
     from transformers.cache_utils import Cache as _HFCache
 except ImportError:  # pragma: no cover
@@ -290,19 +297,32 @@ def run_suffix(
     return hidden
 
 
+def _output_transform(model: TransformerBridge, logits: Tensor) -> Tensor:
+    """What the model does to its logits after the unembedding (Gemma 2's soft-capping), as the
+    bridge's forward does it."""
+    adapter = getattr(model, "adapter", None)
+    transform = getattr(adapter, "apply_output_logits_transform", None)
+    return transform(logits) if transform is not None else logits
+
+
 def unembed(model: TransformerBridge, resid: Tensor, read_pos: Tensor | None) -> Tensor:
-    """Final norm and unembedding, at ``read_pos`` (one position per row) or at every position."""
+    """Final norm, unembedding and the model's output transform (e.g. logit soft-capping), at
+    ``read_pos`` (one position per row) or at every position."""
     if read_pos is not None:
         resid = resid[torch.arange(resid.shape[0], device=resid.device), read_pos][:, None]
-        return model.unembed(model.ln_final(resid))[:, 0].float()
-    return model.unembed(model.ln_final(resid)).float()
+        return _output_transform(model, model.unembed(model.ln_final(resid)))[:, 0].float()
+    return _output_transform(model, model.unembed(model.ln_final(resid))).float()
 
 
 def reads_columns(model: TransformerBridge) -> bool:
     """Whether logits of a few tokens can be computed alone, as ``ln_final(x) @ W_U[:, ids] +
-    b_U[ids]``: true for a plain linear unembedding (no logit soft-capping)."""
+    b_U[ids]``: true for a plain linear unembedding with no output transform (no logit
+    soft-capping)."""
     cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    return cap <= 0 and hasattr(model, "W_U")
+    adapter = getattr(model, "adapter", None)
+    plain = adapter is None or type(adapter).apply_output_logits_transform is getattr(
+        _ArchitectureAdapter, "apply_output_logits_transform", None)
+    return cap <= 0 and plain and hasattr(model, "W_U")
 
 
 def unembed_columns(

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import torch
 from transformers.utils import logging as hf_logging
 
 from mechdiff._progress import report as print_line
@@ -140,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sequences per patched forward; bounds memory (default 64)")
     patch.add_argument("--device", default=None,
                        help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    patch.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"),
+                       default="float32", help="parameter dtype (default float32)")
+    patch.add_argument("--processing", choices=("compat", "none"), default="compat",
+                       help="compat: TransformerLens weight processing, checked to keep the "
+                       "logits (steps that would not are left out and recorded); none: raw "
+                       "weights")
+    patch.add_argument("--allow-adapter-mismatch", action="store_true",
+                       help="merge a LoRA adapter whose adapter_config.json names another base "
+                       "(a moved or renamed copy of the same base)")
     patch.add_argument("--top", type=_positive, default=10, help="rows in the ranked table (default 10)")
     _add_output(patch)
     return parser
@@ -180,10 +190,13 @@ def _cmd_patch(args: argparse.Namespace) -> int:
         inputs={"base": args.base, "finetuned": args.finetuned, "prompts": str(args.prompts),
                 "prompts_sha256": _file_digest(args.prompts)},
         options={"sites": args.sites, "direction": args.direction, "positions": args.positions,
-                 "metric": args.metric, "batch_size": args.batch_size, "top": args.top},
+                 "metric": args.metric, "batch_size": args.batch_size, "top": args.top,
+                 "dtype": args.dtype, "processing": args.processing},
     )
     with OutputFolder(args.out, run=spec, replace=args.replace) as work:
-        pair = load_pair(args.base, args.finetuned, device=args.device)
+        pair = load_pair(args.base, args.finetuned, device=args.device,
+                         dtype=getattr(torch, args.dtype), processing=args.processing,
+                         allow_adapter_mismatch=args.allow_adapter_mismatch)
         analysis = analyse_pair(  # a zero gap is reported here, before anything is written
             pair, task, label=task.name, directions=args.direction, sites=args.sites,
             progress=not args.quiet, positions=args.positions, batch_size=args.batch_size,

@@ -25,6 +25,10 @@ class CheckpointError(MechdiffError):
     """A checkpoint is missing, unreadable or not a model mechdiff can load."""
 
 
+class ProcessingError(CheckpointError):
+    """Weight processing would change what a model computes and cannot be made exact."""
+
+
 class IncompatibleModelsError(MechdiffError):
     """The two models of a pair differ in architecture, sizes or tokenizer vocabulary."""
 

@@ -133,3 +133,45 @@ def assert_one_line_error(code: int, stderr: str, *needles: str) -> None:
     assert "Traceback" not in stderr
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+# ---------------------------------------------------------------- patching references
+
+
+def reference_patch(recv, donor, task, kind: str, positions: str) -> torch.Tensor:
+    """One full forward of the receiver per (site, position), hooks via TransformerLens."""
+    tok = task.tokenize(recv.tokenizer, n_ctx=int(recv.cfg.n_ctx))
+    _, dcache = donor.run_with_cache(tok.tokens)
+    _, rcache = recv.run_with_cache(tok.tokens)
+    idx = torch.arange(tok.n)
+    width = tok.tokens.shape[1]
+    n_sites = N_HEADS if kind == "heads" else 1
+    pos_list = list(range(width)) if positions == "each" else [None]
+    out = torch.zeros(N_LAYERS, n_sites, len(pos_list))
+    for layer in range(N_LAYERS):
+        for s in range(n_sites):
+            for j, p in enumerate(pos_list):
+                mask = torch.zeros(1, width, 1)
+                if p is None:
+                    mask[:] = 1
+                else:
+                    mask[:, p] = 1
+                if kind == "heads":
+                    name = f"blocks.{layer}.hook_attn_out"
+                    z = f"blocks.{layer}.attn.hook_z"
+                    delta = (dcache[z][:, :, s] @ donor.W_O[layer, s]
+                             - rcache[z][:, :, s] @ recv.W_O[layer, s])
+                else:
+                    name = {"attn": f"blocks.{layer}.hook_attn_out",
+                            "mlp": f"blocks.{layer}.hook_mlp_out",
+                            "resid": f"blocks.{layer}.hook_resid_pre"}[kind]
+                    delta = dcache[name] - rcache[name]
+
+                def hook(act, hook, delta=delta, mask=mask):
+                    return act + delta * mask
+
+                logits = recv.run_with_hooks(tok.tokens, fwd_hooks=[(name, hook)])
+                final = logits[idx, tok.read_pos]
+                out[layer, s, j] = (final[idx, tok.answer_ids] - final[idx, tok.wrong_ids]).mean()
+    out = out if kind == "heads" else out[:, 0]
+    return out if positions == "each" else out.squeeze(-1)

@@ -26,7 +26,7 @@ from mechdiff.compare import (
 )
 from mechdiff.demos._common import Report, pick, quiet, subset
 from mechdiff.errors import OptionError
-from mechdiff.loading import ModelPair, load_pair
+from mechdiff.loading import LoadInfo, ModelPair, load_model, load_pair
 from mechdiff.patching import PatchResult, activation_patch, cross_patch
 from mechdiff.pipeline import PairAnalysis, analyse_pair
 from mechdiff.pipeline.pair import result_key
@@ -110,11 +110,11 @@ def run_demo_real(
     with torch_threads(threads), progress_bar(total=len(real.EXPERIMENTS),
                                               desc="mechdiff demo (real)", enabled=progress,
                                               leave=True) as bar:
-        base = load_pair(dirs["base"], dirs["base"], device=device).base
+        base, base_info = load_model(dirs["base"], device=device)
         for step in ("distill", "trigger", "distill_lora"):
             bar.set_postfix_str(step)
             exp = real.EXPERIMENTS[step]
-            pair = _real_pair(base, dirs["base"], dirs[exp.finetuned], device)
+            pair = _real_pair(base, base_info, dirs["base"], dirs[exp.finetuned], device)
             task = chosen[exp.task]
             analysis = analyse_pair(
                 pair, task, label=step, progress=progress,
@@ -182,19 +182,12 @@ def _prompted_base(pair: ModelPair, distilled: PairAnalysis, task: Task, prompte
     return compare_prompted_base(prompted, finetuned, changed_layers=distilled.changed_layers)
 
 
-def _real_pair(base: TransformerBridge, base_dir: Path, finetuned: Path,
+def _real_pair(base: TransformerBridge, base_info: LoadInfo, base_dir: Path, finetuned: Path,
                device: str | None) -> ModelPair:
-    """A pair sharing the already-loaded base bridge; a LoRA adapter is merged into the base."""
-    import dataclasses
-
-    import torch
-
-    from mechdiff.loading.pair import _load_adapter
-
-    if (finetuned / "adapter_config.json").is_file():
-        ft, ft_id = _load_adapter(base_dir, finetuned, device=device or "cpu",
-                                  dtype=torch.float32, processing="compat")
-    else:
-        ft, ft_id = load_pair(finetuned, finetuned, device=device).base, str(finetuned)
-    pair = load_pair(base, ft, device=device)
-    return dataclasses.replace(pair, base_id=str(base_dir), finetuned_id=ft_id)
+    """A pair sharing the already-loaded base bridge, both processed the same way; a LoRA adapter
+    is merged into the base (the zoo's own hash marker ties the adapter to its base, so a moved
+    cache is not a mismatch)."""
+    adapter = (finetuned / "adapter_config.json").is_file()
+    ft, _ = load_model(finetuned, base=base_dir if adapter else None, device=device,
+                       skip=base_info.processing_skipped, allow_adapter_mismatch=adapter)
+    return load_pair(base, ft)

@@ -11,10 +11,9 @@ shapes included) in ``tests/loading/test_families.py``:
 
 Other architectures are refused with :class:`~mechdiff.errors.CheckpointError` before their
 weights are read: the bridge boots many more, but mechdiff's patching depends on each family's
-hook layout, and an unchecked family could be silently wrong. Gemma 2 is such a case: it boots and
-its processed logits verify, but exact patching is off by the same constant on every site (2.7%
-of the gap on a tiny model, against 0 expected): the patched runs are unembedded without its
-final logit soft-capping. It is refused until that is fixed.
+hook layout, and an unchecked family could be silently wrong. (Gemma 2 was such a case until the
+engine applied its final logit soft-capping to patched runs: exact patching was off by the same
+constant on every site, 2.7% of the gap on a tiny model.)
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ SUPPORTED_FAMILIES: dict[str, str] = {
     "qwen3": "Qwen3ForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
     "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
     "opt": "OPTForCausalLM",
     "phi": "PhiForCausalLM",
     "phi3": "Phi3ForCausalLM",

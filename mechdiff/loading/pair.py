@@ -252,16 +252,5 @@ def _compare_configs(a: Source, b: Source) -> None:
         )
 
 
-def _load_adapter(
-    base: ModelSpec, adapter: ModelSpec, *, device: Any, dtype: torch.dtype, processing: Processing
-) -> tuple[TransformerBridge, str]:
-    """Deprecated: ``load_model(adapter, base=base, ...)``; kept for ``mechdiff.demos`` until it
-    moves to :func:`~mechdiff.loading.load_model`."""
-    from mechdiff.loading.model import load_model
-
-    model, info = load_model(adapter, base=base, device=device, dtype=dtype, processing=processing)
-    return model, info.model_id
-
-
 __all__ = ["ModelPair", "active_hooks", "check_compatible", "load_pair", "model_device",
            "model_provenance", "processing_of", "processing_skipped_of"]

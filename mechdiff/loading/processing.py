@@ -41,17 +41,13 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechdiff.errors import CheckpointError
+from mechdiff.errors import ProcessingError
 from mechdiff.loading.options import PROCESSING_STEPS, ProcessingStep
 
 PROBE_BATCH = 1
 PROBE_LEN = 8
 FLOAT32_RTOL = 1e-4
 LOW_PRECISION_EPS = 16
-
-
-class ProcessingError(CheckpointError):
-    """Weight processing would change what a model computes and cannot be made exact."""
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def family_config(family: str, vocab: int, d_mlp: int) -> transformers.Pretraine
         "qwen3": lambda: T.Qwen3Config(**gqa, head_dim=D_MODEL // N_HEADS),
         "gpt_neox": lambda: T.GPTNeoXConfig(**llama_like),
         "gemma": lambda: T.GemmaConfig(**gqa, head_dim=D_MODEL // N_HEADS),
+        "gemma2": lambda: T.Gemma2Config(**gqa, head_dim=D_MODEL // N_HEADS),
         "opt": lambda: T.OPTConfig(hidden_size=D_MODEL, ffn_dim=d_mlp, num_hidden_layers=N_LAYERS,
                                    num_attention_heads=N_HEADS, max_position_embeddings=N_CTX,
                                    word_embed_proj_dim=D_MODEL, **common),

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import make_tokenizer, random_prompts
-from test_patching import reference_patch
+from support import make_tokenizer, random_prompts, reference_patch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import mechdiff
