@@ -41,7 +41,7 @@ from mechdiff.results import Provenance, SavableResult
 
 log = logging.getLogger(__name__)
 
-TextRenderer = Callable[[Any, "int | None"], str]
+TextRenderer = Callable[[Any, int | None], str]
 HtmlRenderer = Callable[[Any, Any], str]
 ENTRY_POINT_GROUP = "mechdiff.sections"
 """Entry-point group of modules that register sections for other packages' result types."""
@@ -58,10 +58,8 @@ class Section:
         text: plain text (what a command prints).
         markdown: a Markdown section.
         html: an HTML section (``fn(result, page)``).
-        order: where results of this type go on a page (lower first; pairs 10, comparisons 20).
-        summary: the results of this type render inside another result's section (e.g. a
-            pair's views inside the pair's section) and get no section of their own when that
-            other result is on the page.
+        order: where results of this type go on a page (lower first; pairs 10, comparisons 20,
+            unregistered types :data:`GENERIC_ORDER`).
     """
 
     title: Callable[[Any], str] | None = None
