@@ -14,6 +14,7 @@ import pytest
 import torch
 from matplotlib.colors import to_rgba
 from PIL import Image
+from support import unchecked
 
 from mechdiff.errors import ResultError
 from mechdiff.gap import GapResult
@@ -255,7 +256,7 @@ def test_gap_figure_plots_every_prompt_and_the_moved_tokens(tmp_path: Path) -> N
         "\u2423yes", "\u21b5", r"\$", "\u2423no"]
     assert "gap (FT \u2212 base) +1.00" in fig.get_suptitle()
     paths = save_figure(fig, tmp_path / "gap")
-    assert [p.suffix for p in paths] == [".pdf", ".png"]
+    assert [p.suffix for p in paths] == [".pdf", ".png", ".svg"]
 
 
 def test_gap_figure_for_task_free_metrics_shows_kl(tmp_path: Path) -> None:
@@ -266,19 +267,26 @@ def test_gap_figure_for_task_free_metrics_shows_kl(tmp_path: Path) -> None:
     np.testing.assert_allclose(final, np.sort(result.kl_final.numpy())[::-1])
 
 
-def test_save_figure_writes_pdf_and_png(heads: PatchResult, tmp_path: Path) -> None:
+def test_save_figure_writes_pdf_png_and_svg(heads: PatchResult, tmp_path: Path) -> None:
     paths = save_figure(plot_patch(heads), tmp_path / "figs" / "heads.pdf")
-    assert paths == [tmp_path / "figs" / "heads.pdf", tmp_path / "figs" / "heads.png"]
-    pdf, png = (p.read_bytes() for p in paths)
+    assert paths == [tmp_path / "figs" / f"heads.{x}" for x in ("pdf", "png", "svg")]
+    pdf, png, svg = (p.read_bytes() for p in paths)
     assert pdf.startswith(b"%PDF") and len(pdf) > 1000
     assert png.startswith(b"\x89PNG") and len(png) > 1000
+    assert svg.startswith(b"<?xml") and b"<svg" in svg and len(svg) > 1000
     with Image.open(paths[1]) as image:
         assert min(image.info["dpi"]) >= 200
         assert image.width > 3.0 * 200  # at least column width at print resolution
-    # Saving again gives the same PDF (no timestamp inside), so figures can be versioned.
-    assert save_figure(plot_patch(heads), tmp_path / "again")[0].read_bytes() == pdf
+    # Saving again gives the same files (no timestamp, no random SVG ids), so figures can be
+    # versioned.
+    again = save_figure(plot_patch(heads), tmp_path / "again" / "heads")
+    assert [p.read_bytes() for p in again] == [pdf, png, svg]
+    assert save_figure(plot_patch(heads), tmp_path / "one", formats=("svg",)) == [
+        tmp_path / "one.svg"]
     with pytest.raises(ValueError, match="dpi"):
         save_figure(plot_patch(heads), tmp_path / "low", dpi=72)
+    with pytest.raises(ValueError, match="formats"):
+        unchecked(save_figure)(plot_patch(heads), tmp_path / "bad", formats=("jpg",))
 
 
 def test_plotting_leaves_global_state_alone(heads: PatchResult, tmp_path: Path) -> None:
