@@ -79,8 +79,18 @@ def checked(model: TransformerBridge, graph: Graph, out: _run.Out, sub: Tokens) 
 
 
 def metric(task: Task, read: Tensor, sub: Tokens, ref: Tensor | None) -> Tensor:
-    """Per-prompt metric; ``ref`` are the reference log-probabilities of ``kl`` metrics."""
-    return metric_values(task.metric_name, read, sub, ref)
+    """Per-prompt metric; ``ref`` are the reference log-probabilities of ``kl`` metrics.
+
+    Task metrics of a float64 model stay in float64 (``mechdiff.metrics`` computes in float32),
+    so exact effects far below float32 resolution can be compared in tests.
+    """
+    name = task.metric_name
+    if read.dtype == torch.float64 and name in ("logit_diff", "logprob"):
+        rows = torch.arange(read.shape[0], device=read.device)
+        if name == "logit_diff":
+            return read[rows, sub.answer_ids] - read[rows, sub.wrong_ids]
+        return read.log_softmax(-1)[rows, sub.answer_ids]
+    return metric_values(name, read, sub, ref)
 
 
 def reference(task: Task, read: Tensor) -> Tensor | None:
@@ -101,8 +111,16 @@ def tile_ref(ref: Tensor | None, copies: int) -> Tensor | None:
 
 
 def cpu(x: Tensor) -> Tensor:
-    return x.detach().float().cpu()
+    """Detached, on the CPU, float32 (float64 stays float64)."""
+    x = x.detach()
+    return (x if x.dtype == torch.float64 else x.float()).cpu()
 
 
-def zeros_like_graph(graph: Graph, *lead: int, device: torch.device | None = None) -> Tensor:
-    return torch.zeros(*lead, graph.n_readers, graph.n_writers, device=device)
+def result_dtype(model: TransformerBridge) -> torch.dtype:
+    """float64 for a float64 model, else float32: the dtype of results and accumulators."""
+    return torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+
+
+def zeros_like_graph(graph: Graph, *lead: int, device: torch.device | None = None,
+                     dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.zeros(*lead, graph.n_readers, graph.n_writers, device=device, dtype=dtype)

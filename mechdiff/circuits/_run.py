@@ -69,7 +69,8 @@ class Out:
 
     Attributes:
         read: logits at each row's read position ``[copies*batch, d_vocab]`` (every position,
-            ``[copies*batch, pos, d_vocab]``, with ``all_positions``), float32.
+            ``[copies*batch, pos, d_vocab]``, when ``read_pos`` is None), float32 (float64 for a
+            float64 model).
         writers: the writer blocks of this run (detached), if asked for.
         acts: activations recorded at the hooks asked for (detached).
         leaf: the input tensor gradients can be taken with respect to (with ``grad``).
@@ -222,10 +223,11 @@ def forward(
     with ctx, split_inputs(model), _engine.forward_hooks(model, hooks):
         logits = model(ids_all, use_cache=False)
     if read_pos is None:
-        read = logits.float()
+        read = logits
     elif sliced:
-        read = logits[:, 0].float()
+        read = logits[:, 0]
     else:
-        read = logits[torch.arange(rows_all, device=ids.device), read_pos.repeat(copies)].float()
+        read = logits[torch.arange(rows_all, device=ids.device), read_pos.repeat(copies)]
+    read = read if read.dtype == torch.float64 else read.float()
     writers = [c.detach() for c in cur] if capture else None
     return Out(read=read, writers=writers, acts=acts, leaf=leaf[0] if leaf else None)

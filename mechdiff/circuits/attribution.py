@@ -55,7 +55,7 @@ from mechdiff.circuits.results import OnGraph, RankedEdge
 from mechdiff.loading import model_provenance
 from mechdiff.metrics import check_finite
 from mechdiff.results import Provenance, SavableResult
-from mechdiff.tasks import Task
+from mechdiff.tasks import Task, Tokens
 
 Method: TypeAlias = Literal["eap", "eap_ig"]
 METHODS: tuple[Method, ...] = ("eap", "eap_ig")
@@ -154,13 +154,23 @@ def edge_attribution(
     _prep.check_option("positions", positions, ("all", "each"))
     _prep.check_positive(steps=steps, prompt_batch_size=prompt_batch_size)
     graph, tokens = _prep.prepare(model, task, ablation)
+    return attribute_edges(model, graph, task, tokens, Replacements(ablation), method=method,
+                           steps=steps, positions=positions, prompt_batch_size=prompt_batch_size,
+                           progress=progress, model_id=model_id)
+
+
+def attribute_edges(model: TransformerBridge, graph: Graph, task: Task, tokens: Tokens,
+                    repl: Replacements, *, method: str, steps: int, positions: str,
+                    prompt_batch_size: int, progress: bool, model_id: str) -> EdgeScores:
+    """:func:`edge_attribution` after its checks, with the ablation values ``repl`` (means
+    computed here unless given, so callers can share them)."""
     steps = steps if method == "eap_ig" else 1
     n, width = tokens.n, int(tokens.tokens.shape[1])
-    repl = Replacements(ablation)
-    if ablation == "mean":
+    if repl.kind == "mean" and repl.means is None:
         repl.means = mean_outputs(model, graph, tokens, prompt_batch_size, progress)
-    per_prompt = torch.zeros(n, graph.n_edges)
-    per_pos = torch.zeros(graph.n_edges, width) if positions == "each" else None
+    dtype = _prep.result_dtype(model)
+    per_prompt = torch.zeros(n, graph.n_edges, dtype=dtype)
+    per_pos = torch.zeros(graph.n_edges, width, dtype=dtype) if positions == "each" else None
     clean_vals, empty_vals = [], []
     starts = list(range(0, n, prompt_batch_size))
     bar = tqdm(total=len(starts) * steps, desc=f"edge attribution ({method})",
@@ -183,7 +193,7 @@ def edge_attribution(
     return EdgeScores(
         scores=per_prompt.mean(0), per_prompt=per_prompt, per_position=per_pos,
         clean=torch.cat(clean_vals), ablated=torch.cat(empty_vals), **graph.dims,
-        method=method, steps=steps, ablation=ablation, provenance=prov,
+        method=method, steps=steps, ablation=repl.kind, provenance=prov,
     )
 
 
@@ -195,17 +205,18 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
     ids, read_pos = sub.tokens, None if task.reads_all_positions else sub.read_pos
     b, width = sub.n, int(ids.shape[1])
     blocks = repl.blocks(model, graph, sub)
-    acc = _prep.zeros_like_graph(graph, b, device=ids.device)
-    acc_pos = torch.zeros(graph.n_readers, graph.n_writers, width, device=ids.device) if keep_pos \
-        else None
+    dtype = _prep.result_dtype(model)
+    acc = _prep.zeros_like_graph(graph, b, device=ids.device, dtype=dtype)
+    acc_pos = torch.zeros(graph.n_readers, graph.n_writers, width, device=ids.device,
+                          dtype=dtype) if keep_pos else None
     holder: dict[str, Tensor] = {}
     weight = 1.0 / steps
 
     def on_grad(rows: list[int], n_up: int, g: Tensor) -> None:
         up = holder["delta"][:, :, :n_up].to(g.dtype)
-        acc[:, rows, :n_up] += weight * torch.einsum("bsrd,bswd->brw", g, up).float()
+        acc[:, rows, :n_up] += weight * torch.einsum("bsrd,bswd->brw", g, up).to(dtype)
         if acc_pos is not None:
-            acc_pos[rows, :n_up] += weight * torch.einsum("bsrd,bswd->rws", g, up).float()
+            acc_pos[rows, :n_up] += weight * torch.einsum("bsrd,bswd->rws", g, up).to(dtype)
 
     record = _prep.check_records(graph) if check else ()
     if method == "eap":  # one forward with grad: capture the clean outputs and differentiate

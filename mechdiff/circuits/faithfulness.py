@@ -301,7 +301,7 @@ def evaluate(
     n = tokens.n
     if repl.kind == "mean" and donor_blocks is None and repl.means is None:
         repl.means = mean_outputs(model, graph, tokens, prompt_batch_size, progress)
-    vals = torch.zeros(coefs.shape[0], n)
+    vals = torch.zeros(coefs.shape[0], n, dtype=_prep.result_dtype(model))
     fulls, empties = [], []
     chunks = [list(range(c, min(c + circuit_batch, coefs.shape[0])))
               for c in range(0, coefs.shape[0], circuit_batch)]

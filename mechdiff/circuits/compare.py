@@ -1,0 +1,363 @@
+"""Circuits of a base and a fine-tuned model on the same task, compared, with a verdict.
+
+:func:`compare_circuits` runs, for each model of the pair, edge attribution
+(:func:`~mechdiff.circuits.edge_attribution`) and the faithfulness curve of its circuits
+(:func:`~mechdiff.circuits.faithfulness_curve`), then:
+
+1. **matched size** ``p*``: the smallest MIB fraction of edges at which both models' own circuits
+   are faithful within :data:`CLOSE` (``|1 - f| <= CLOSE``); both circuits are taken at ``p*``
+   (same rule, same number of selected edges), so overlaps compare like with like;
+2. **overlap**: shared / new (fine-tuned only) / dropped (base only) nodes and edges; node and
+   edge IoU at ``p*``, and edge IoU at every fraction of the curve (``iou_curve``);
+3. **scores**: Spearman's rank correlation of every edge's score in the two models; the edges
+   whose ``|score|`` grew and shrank most;
+4. **cross-faithfulness**, by real intervention: the base circuit run inside the fine-tuned model
+   (every edge outside it ablated, with the fine-tuned model's own ablation values) and the
+   fine-tuned circuit inside the base, each normalized within the model it runs in;
+5. the :mod:`~mechdiff.circuits.verdict` from those numbers, with bootstrap intervals over prompts.
+
+Cost (per model): the edge attribution, one forward per curve point and prompt batch, and two
+forwards per prompt batch for the cross-evaluation; the ablation values (means) are computed once
+per model and shared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens.model_bridge import TransformerBridge
+
+from mechdiff.circuits import _prep
+from mechdiff.circuits.ablation import Ablation, Replacements, mean_outputs
+from mechdiff.circuits.attribution import METHODS, EdgeScores, Method, attribute_edges
+from mechdiff.circuits.circuit import Circuit, Rule, select_circuit
+from mechdiff.circuits.faithfulness import (
+    MIB_FRACTIONS,
+    Faithfulness,
+    FaithfulnessCurve,
+    areas,
+    evaluate,
+    normalized,
+)
+from mechdiff.circuits.graph import Graph, GraphError
+from mechdiff.circuits.results import OnGraph
+from mechdiff.circuits.verdict import LABELS, NUMBERS, THRESHOLDS, Verdict, decide, sensitivity
+from mechdiff.errors import OptionError
+from mechdiff.loading import ModelPair, model_provenance
+from mechdiff.results import Provenance, SavableResult
+from mechdiff.stats import spearman
+from mechdiff.tasks import Task
+
+CLOSE = 0.2
+"""Both circuits of the matched size are faithful within this: ``|1 - f| <= CLOSE``."""
+N_BOOT = 200
+"""Default bootstrap resamples of the prompts."""
+TOP_CHANGES = 10
+"""Edges listed as strengthened and weakened most."""
+
+
+@dataclass(frozen=True)
+class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison"):
+    """A base and a fine-tuned model's circuits on one task, compared, with a verdict.
+
+    Attributes:
+        base_scores, ft_scores: edge scores in each model.
+        base_curve, ft_curve: each model's faithfulness curve of its own circuits.
+        size: the matched fraction of edges ``p*`` (module docstring).
+        base_circuit, ft_circuit: each model's circuit at ``p*``.
+        base_in_ft: the base circuit evaluated inside the fine-tuned model.
+        ft_in_base: the fine-tuned circuit evaluated inside the base model.
+        iou_curve: edge IoU of the two models' circuits at each fraction of the curves.
+        shared_nodes, new_nodes, dropped_nodes: node labels in both / only the fine-tuned / only
+            the base circuit at ``p*``.
+        n_shared_edges, n_new_edges, n_dropped_edges: edge counts likewise.
+        strengthened, weakened: ``(edge, base score, fine-tuned score)`` of the edges whose
+            ``|score|`` grew / shrank most.
+        verdict: the verdict, its numbers, thresholds and bootstrap intervals.
+        n_layers, n_heads, n_kv_heads: the graph.
+        provenance: both models, task, metric; ``seed`` is the bootstrap's.
+    """
+
+    base_scores: EdgeScores
+    ft_scores: EdgeScores
+    base_curve: FaithfulnessCurve
+    ft_curve: FaithfulnessCurve
+    size: float
+    base_circuit: Circuit
+    ft_circuit: Circuit
+    base_in_ft: Faithfulness
+    ft_in_base: Faithfulness
+    iou_curve: Float[Tensor, " fraction"]
+    shared_nodes: tuple[str, ...]
+    new_nodes: tuple[str, ...]
+    dropped_nodes: tuple[str, ...]
+    n_shared_edges: int
+    n_new_edges: int
+    n_dropped_edges: int
+    strengthened: tuple[tuple[str, float, float], ...]
+    weakened: tuple[tuple[str, float, float], ...]
+    verdict: Verdict
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    provenance: Provenance
+
+    def summary(self) -> str:
+        """The comparison and the verdict as text (what a report prints)."""
+        p, g = self.provenance, self.graph
+        bc, fc = self.base_curve, self.ft_curve
+        lines = [
+            f"circuits of {p.base} and {p.finetuned} on {p.task!r} ({p.n_prompts} prompts, "
+            f"{p.metric}; {self.base_scores.method} scores, {bc.ablation} ablation, {bc.rule} "
+            f"circuits; graph of {g.n_edges} edges)",
+            f"  own circuits: base CPR {bc.cpr:.3f} CMD {bc.cmd:.3f}; fine-tuned CPR {fc.cpr:.3f} "
+            f"CMD {fc.cmd:.3f}",
+            f"  matched size {100 * self.size:g}% of edges: base {self.base_circuit.n_edges} "
+            f"edges / {int(self.base_circuit.nodes.sum())} nodes, fine-tuned "
+            f"{self.ft_circuit.n_edges} edges / {int(self.ft_circuit.nodes.sum())} nodes",
+            f"  edges shared {self.n_shared_edges}, new {self.n_new_edges}, dropped "
+            f"{self.n_dropped_edges}; nodes new: {', '.join(self.new_nodes) or '-'}; dropped: "
+            f"{', '.join(self.dropped_nodes) or '-'}",
+            f"  cross-faithfulness: base circuit in fine-tuned {self.base_in_ft.value:.3f}, "
+            f"fine-tuned circuit in base {self.ft_in_base.value:.3f}",
+            "  strengthened most: " + ", ".join(f"{e} ({b:+.3f} -> {f:+.3f})"
+                                                 for e, b, f in self.strengthened[:5]),
+            "  weakened most: " + ", ".join(f"{e} ({b:+.3f} -> {f:+.3f})"
+                                            for e, b, f in self.weakened[:5]),
+        ]
+        return "\n".join(lines + [self.verdict.text()])
+
+
+def compare_circuits(
+    pair: ModelPair,
+    task: Task,
+    *,
+    method: Method = "eap_ig",
+    steps: int = 5,
+    ablation: Ablation = "mean",
+    rule: Rule = "top_n",
+    base_scores: EdgeScores | None = None,
+    ft_scores: EdgeScores | None = None,
+    thresholds: dict[str, float] | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    prompt_batch_size: int = 16,
+    circuit_batch: int = 4,
+    progress: bool = True,
+) -> CircuitComparison:
+    """Discover each model's circuit on ``task``, compare them, and give a verdict.
+
+    Args:
+        pair: the base and fine-tuned models (same graph).
+        task: prompts and metric (the behaviour fine-tuning changed).
+        method: edge attribution method (``"eap"`` or ``"eap_ig"``).
+        steps: EAP-IG steps.
+        ablation: ``"mean"`` or ``"corrupted"``.
+        rule: circuit selection (``"top_n"`` or ``"greedy"``), then pruned.
+        base_scores, ft_scores: reuse edge scores computed before (same task and ablation).
+        thresholds: override thresholds of :mod:`mechdiff.circuits.verdict` by name.
+        n_boot: bootstrap resamples of the prompts for the intervals.
+        seed: the bootstrap's seed (a local generator; recorded).
+        prompt_batch_size: prompts per forward.
+        circuit_batch: circuits per forward (stacked copies).
+        progress: show progress bars.
+
+    Raises:
+        GraphError: the models have no exact graph or not the same one.
+        OptionError, PromptError, AnswerTokenError, MetricError: bad arguments (before any
+            forward).
+    """
+    if rule not in ("top_n", "greedy"):
+        raise OptionError(f"rule must be 'top_n' or 'greedy', got {rule!r}")
+    _prep.check_option("method", method, METHODS)
+    _prep.check_positive(steps=steps)
+    unknown = set(thresholds or {}) - set(THRESHOLDS)
+    if unknown:
+        raise OptionError(f"unknown thresholds {sorted(unknown)}; known: {sorted(THRESHOLDS)}")
+    _prep.check_positive(n_boot=n_boot, prompt_batch_size=prompt_batch_size,
+                         circuit_batch=circuit_batch)
+    graph, tokens = _prep.prepare(pair.base, task, ablation)
+    graph_ft, _ = _prep.prepare(pair.finetuned, task, ablation)
+    if graph != graph_ft:
+        raise GraphError(f"the two models have different graphs: {graph} vs {graph_ft}")
+    for given in (base_scores, ft_scores):
+        if given is not None and (given.graph != graph or given.ablation != ablation
+                                  or given.provenance.prompts_hash != task.fingerprint()):
+            raise OptionError("scores passed in must come from this task, graph and ablation")
+    ids = {"base": pair.base_id, "finetuned": pair.finetuned_id}
+    kw = {"prompt_batch_size": prompt_batch_size, "progress": progress}
+    side: dict[str, dict] = {}
+    for name, model, given in (("base", pair.base, base_scores),
+                               ("finetuned", pair.finetuned, ft_scores)):
+        repl = Replacements(ablation)
+        if ablation == "mean":
+            repl.means = mean_outputs(model, graph, tokens, prompt_batch_size, progress)
+        scores = given or attribute_edges(model, graph, task, tokens, repl, method=method,
+                                          steps=steps, positions="all", model_id=ids[name], **kw)
+        circuits = [select_circuit(scores, rule=rule, fraction=f) for f in MIB_FRACTIONS]
+        curve = _curve(model, graph, task, tokens, repl, scores, circuits, rule, ablation,
+                       ids[name], circuit_batch, kw)
+        side[name] = {"model": model, "repl": repl, "scores": scores, "curve": curve}
+    b, f = side["base"], side["finetuned"]
+    size = _matched_size(b["curve"], f["curve"])
+    i = MIB_FRACTIONS.index(size)
+    cb, cf = b["curve"].circuit_at(size), f["curve"].circuit_at(size)
+    cb = Circuit(cb.edges, **graph.dims, rule=rule, requested=cb.requested,
+                 scores=b["scores"].scores, provenance=b["scores"].provenance)
+    cf = Circuit(cf.edges, **graph.dims, rule=rule, requested=cf.requested,
+                 scores=f["scores"].scores, provenance=f["scores"].provenance)
+    b_in_f = _cross(f["model"], graph, task, tokens, f["repl"], cb, ablation, ids["finetuned"],
+                    kw)
+    f_in_b = _cross(b["model"], graph, task, tokens, b["repl"], cf, ablation, ids["base"], kw)
+    per_prompt = {
+        "b_full": b["curve"].full, "f_full": f["curve"].full,
+        "b_empty": b["curve"].empty, "f_empty": f["curve"].empty,
+        "b_cb": b["curve"].circuit[i], "f_cf": f["curve"].circuit[i],
+        "f_cb": b_in_f.circuit, "b_cf": f_in_b.circuit,
+        "s_b": b["scores"].per_prompt, "s_f": f["scores"].per_prompt,
+    }
+    numbers = _numbers(per_prompt, cb, cf, None)
+    verdict = _verdict(per_prompt, cb, cf, numbers, thresholds, n_boot, seed, size)
+    return CircuitComparison(
+        base_scores=b["scores"], ft_scores=f["scores"], base_curve=b["curve"],
+        ft_curve=f["curve"], size=size, base_circuit=cb, ft_circuit=cf, base_in_ft=b_in_f,
+        ft_in_base=f_in_b, iou_curve=_iou_curve(b["curve"], f["curve"]),
+        **_overlap(graph, cb, cf), **_changes(graph, b["scores"], f["scores"]), verdict=verdict,
+        **graph.dims, provenance=pair.provenance(task, seed=seed),
+    )
+
+
+def _curve(model: TransformerBridge, graph: Graph, task: Task, tokens, repl: Replacements,
+           scores: EdgeScores, circuits: list[Circuit], rule: str, ablation: str, model_id: str,
+           circuit_batch: int, kw: dict) -> FaithfulnessCurve:
+    coefs = torch.stack([c.ablated() for c in circuits])
+    full, empty, vals = evaluate(model, graph, task, tokens, repl, coefs,
+                                 circuit_batch=circuit_batch, **kw)
+    f_full, f_empty = float(full.mean()), float(empty.mean())
+    values = [normalized(float(v.mean()), f_full, f_empty) for v in vals]
+    cpr, cmd = areas(MIB_FRACTIONS, values)
+    method = scores.method if scores.method == "eap" else f"eap_ig(steps={scores.steps})"
+    return FaithfulnessCurve(
+        fractions=MIB_FRACTIONS, requested=tuple(c.requested for c in circuits),
+        kept=tuple(c.n_edges for c in circuits), values=torch.tensor(values), circuit=vals,
+        full=full, empty=empty, edges=torch.stack([c.edges for c in circuits]), cpr=cpr, cmd=cmd,
+        rule=rule, ablation=ablation, method=method, **graph.dims,
+        provenance=model_provenance(model, task, model_id=model_id),
+        scores_from=scores.provenance.base,
+    )
+
+
+def _cross(model: TransformerBridge, graph: Graph, task: Task, tokens, repl: Replacements,
+           circuit: Circuit, ablation: str, model_id: str, kw: dict) -> Faithfulness:
+    full, empty, vals = evaluate(model, graph, task, tokens, repl, circuit.ablated()[None], **kw)
+    value = normalized(float(vals[0].mean()), float(full.mean()), float(empty.mean()))
+    return Faithfulness(value=value, circuit=vals[0], full=full, empty=empty,
+                        edges=circuit.edges.clone(), **graph.dims, rule=circuit.rule,
+                        ablation=ablation,
+                        provenance=model_provenance(model, task, model_id=model_id))
+
+
+def _matched_size(base: FaithfulnessCurve, ft: FaithfulnessCurve) -> float:
+    """The smallest fraction at which both own circuits are within CLOSE of faithful (else the
+    fine-tuned one alone; else the full graph)."""
+    for both in (True, False):
+        for i, frac in enumerate(MIB_FRACTIONS):
+            ok_f = abs(1 - float(ft.values[i])) <= CLOSE
+            ok_b = abs(1 - float(base.values[i])) <= CLOSE
+            if ok_f and (ok_b or not both):
+                return frac
+    return 1.0
+
+
+def _iou(a: Tensor, b: Tensor) -> float:
+    union = int((a | b).sum())
+    return int((a & b).sum()) / union if union else math.nan
+
+
+def _iou_curve(base: FaithfulnessCurve, ft: FaithfulnessCurve) -> Tensor:
+    return torch.tensor([_iou(base.edges[i], ft.edges[i]) for i in range(len(base.fractions))])
+
+
+def _overlap(graph: Graph, cb: Circuit, cf: Circuit) -> dict:
+    labels = graph.writer_labels
+    nb, nf = cb.nodes, cf.nodes
+
+    def names(mask: Tensor) -> tuple[str, ...]:
+        return tuple(labels[i] for i in mask.nonzero().flatten().tolist())
+
+    return {
+        "shared_nodes": names(nb & nf), "new_nodes": names(nf & ~nb),
+        "dropped_nodes": names(nb & ~nf), "n_shared_edges": int((cb.edges & cf.edges).sum()),
+        "n_new_edges": int((cf.edges & ~cb.edges).sum()),
+        "n_dropped_edges": int((cb.edges & ~cf.edges).sum()),
+    }
+
+
+def _changes(graph: Graph, sb: EdgeScores, sf: EdgeScores) -> dict:
+    delta = sf.scores.abs() - sb.scores.abs()
+    order = delta.argsort(descending=True, stable=True)
+
+    def rows(idx: list[int]) -> tuple[tuple[str, float, float], ...]:
+        return tuple((graph.edge_label(e), float(sb.scores[e]), float(sf.scores[e])) for e in idx)
+
+    return {"strengthened": rows(order[:TOP_CHANGES].tolist()),
+            "weakened": rows(order.flip(0)[:TOP_CHANGES].tolist())}
+
+
+def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
+             ) -> dict[str, float]:
+    """The verdict's numbers from per-prompt values (resampled at ``idx`` if given)."""
+    def m(key: str) -> float:
+        x = pp[key] if idx is None else pp[key][idx]
+        return float(x.double().mean())
+
+    s_b = (pp["s_b"] if idx is None else pp["s_b"][idx]).double().mean(0)
+    s_f = (pp["s_f"] if idx is None else pp["s_f"][idx]).double().mean(0)
+    gap = m("f_full") - m("b_full")
+    mass_f = float(s_f.abs()[cf.edges].sum())
+    return {
+        "base_in_ft": normalized(m("f_cb"), m("f_full"), m("f_empty")),
+        "ft_in_base": normalized(m("b_cf"), m("b_full"), m("b_empty")),
+        "score_rank": spearman(s_b, s_f),
+        "carried": (m("f_cb") - m("b_cb")) / gap if gap != 0 else math.nan,
+        "new_mass": float(s_f.abs()[cf.edges & ~cb.edges].sum()) / mass_f if mass_f else math.nan,
+        "edge_iou": _iou(cb.edges, cf.edges),
+        "node_iou": _iou(cb.nodes, cf.nodes),
+    }
+
+
+def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str, float],
+             thresholds: dict[str, float] | None, n_boot: int, seed: int, size: float) -> Verdict:
+    t = {**THRESHOLDS, **(thresholds or {})}
+    label, reasons = decide(numbers, t)
+    n = pp["b_full"].shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    boots: dict[str, list[float]] = {k: [] for k in NUMBERS}
+    counts = dict.fromkeys(LABELS, 0)
+    for _ in range(n_boot):
+        idx = torch.randint(0, n, (n,), generator=gen)
+        nums = _numbers(pp, cb, cf, idx)
+        for k in NUMBERS:
+            boots[k].append(nums[k])
+        counts[decide(nums, t)[0]] += 1
+    intervals = {}
+    for k, vals in boots.items():
+        x = torch.tensor(vals, dtype=torch.float64)
+        x = x[torch.isfinite(x)]
+        intervals[k] = ((float(x.quantile(0.025)), float(x.quantile(0.975))) if len(x)
+                        else (math.nan, math.nan))
+    notes = sensitivity(numbers, intervals, t)
+    if size >= 1.0:
+        notes.append("no circuit smaller than the whole graph was faithful within CLOSE in both "
+                     "models; the comparison is of whole graphs")
+    if numbers["base_in_ft"] > 1 + (1 - t["REUSE_FAITHFULNESS"]):
+        notes.append(f"the base circuit overshoots inside the fine-tuned model "
+                     f"({numbers['base_in_ft']:.2f}): edges outside it oppose the behaviour there")
+    return Verdict(label=label, reasons=reasons, numbers=numbers, intervals=intervals,
+                   thresholds=t, frequency={k: v / n_boot for k, v in counts.items()},
+                   notes=tuple(notes), n_boot=n_boot, seed=seed,
+                   extra={"size": f"{size:g}", "close": f"{CLOSE:g}"})

@@ -1,0 +1,254 @@
+"""Edges across models: which paths carry the gap between a fine-tuned model and its base.
+
+Cross-model patching of one **edge** ``u -> v`` (Prakash et al. 2024, "Fine-Tuning Enhances
+Existing Mechanisms: A Case Study on Entity Tracking", patch paths from one model into another;
+here at edge level): in the receiving model's run, the input of node ``v`` receives the donor
+model's output of ``u`` in place of the receiver's own::
+
+    x_v  ->  x_v + (a_u^donor - a_u^receiver)
+
+``a_u^donor`` is ``u``'s output in the donor's own run on the same prompt. The score is the fraction
+of the gap the patch closes, the convention of :func:`mechdiff.cross_patch`::
+
+    score = (mean M(patched) - mean M(receiver)) / (mean M(donor) - mean M(receiver))
+
+``direction="ft->base"`` patches the fine-tuned model's outputs into the base (what is
+*sufficient* for the new behaviour); ``"base->ft"`` the base's into the fine-tuned model (what
+is *necessary*). Both models must share the graph (same architecture and sizes).
+
+Every edge is **estimated** from gradients, and the ``exact_top`` edges with the largest estimates
+are **patched for real** (one batched forward per ``circuit_batch`` edges), both values stored:
+
+* ``method="eap"``: ``(a_u^donor - a_u^receiver) . dM/dx_v`` on the receiver's clean run (one
+  forward and one backward of the receiver, one forward of the donor);
+* ``method="eap_ig"``: integrated gradients along the path on which *every* edge carries
+  ``alpha`` of its patch at once (``x_v + alpha sum_u (a_u^donor - a_u^receiver(alpha))``,
+  midpoint rule): ``mean_k (a_u^donor - a_u(alpha_k)) . dM/dx_v(alpha_k)``, each edge's share of
+  the joint patch (its Aumann-Shapley value; the scores sum to the effect of patching every edge,
+  for many steps). ``steps`` forwards and backwards.
+
+What edge patching cannot show: the logits node applies the *receiver's* final norm and
+unembedding, so a fine-tune that changed only the unembedding is invisible to every edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechdiff.circuits import _prep, _run
+from mechdiff.circuits.ablation import Replacements
+from mechdiff.circuits.attribution import METHODS, Method
+from mechdiff.circuits.faithfulness import evaluate
+from mechdiff.circuits.graph import graph_of
+from mechdiff.circuits.results import OnGraph, RankedEdge
+from mechdiff.directions import Direction, parse_direction, receiver_and_donor
+from mechdiff.errors import IncompatibleModelsError, OptionError
+from mechdiff.loading import ModelPair
+from mechdiff.metrics import check_finite, checked_gap
+from mechdiff.results import Provenance, SavableResult
+from mechdiff.tasks import Task
+
+EXACT_TOP = 50
+"""Edges patched for real by default (the largest ``|estimate|``)."""
+
+
+@dataclass(frozen=True)
+class CrossEdgeScores(SavableResult, OnGraph):
+    """Every edge's share of the fine-tuned-vs-base gap.
+
+    Attributes:
+        estimate: estimated fraction of the gap closed by patching each edge ``[edge]``.
+        exact: fraction closed by real edge patching ``[edge]``; NaN for edges not patched.
+        exact_edges: the edges patched for real ``[k]`` (largest ``|estimate|`` first).
+        per_prompt: estimated metric change per prompt ``[batch, edge]``.
+        receiver: metric per prompt of the receiving model ``[batch]``.
+        donor: metric per prompt of the donor model ``[batch]``.
+        n_layers, n_heads, n_kv_heads: the graph.
+        direction: ``"ft->base"`` or ``"base->ft"``.
+        method: ``"eap"`` or ``"eap_ig"``.
+        steps: integration steps (1 for EAP).
+        provenance: both models, task, metric, processing.
+    """
+
+    estimate: Float[Tensor, " edge"]
+    exact: Float[Tensor, " edge"]
+    exact_edges: Int[Tensor, " k"]
+    per_prompt: Float[Tensor, "batch edge"]
+    receiver: Float[Tensor, " batch"]
+    donor: Float[Tensor, " batch"]
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    direction: str
+    method: str
+    steps: int
+    provenance: Provenance
+
+    @property
+    def gap(self) -> float:
+        return float(self.donor.mean() - self.receiver.mean())
+
+    def top(self, k: int = 10, *, by: str = "exact", absolute: bool = True) -> list[RankedEdge]:
+        """The ``k`` edges with the largest exact (default; only patched edges) or estimated
+        fraction of the gap."""
+        if by not in ("exact", "estimate"):
+            raise OptionError(f"by must be 'exact' or 'estimate', got {by!r}")
+        values = self.exact if by == "exact" else self.estimate
+        k = min(k, len(self.exact_edges)) if by == "exact" else k
+        return self._ranked(values, k, absolute)
+
+    def table(self, k: int = 10) -> str:
+        p = self.provenance
+        name = self.method if self.method == "eap" else f"eap_ig(steps={self.steps})"
+        lines = [
+            f"edge patching {self.direction} on {p.task!r} ({p.n_prompts} prompts, metric "
+            f"{p.metric}): receiver {self.receiver.mean():.4f}, donor {self.donor.mean():.4f}, "
+            f"gap {self.gap:+.4f}; {len(self.exact_edges)} of {self.graph.n_edges} edges "
+            f"patched for real, all estimated ({name})",
+            f"{'rank':>4}  {'edge':<24} {'exact':>9} {'estimate':>9}",
+        ]
+        for r, row in enumerate(self.top(k), 1):
+            lines.append(f"{r:>4}  {row.label:<24} {row.score:>9.3f} "
+                         f"{float(self.estimate[row.index]):>9.3f}")
+        return "\n".join(lines)
+
+
+def cross_edge_attribution(
+    pair: ModelPair,
+    task: Task,
+    *,
+    direction: Direction = "ft->base",
+    method: Method = "eap",
+    steps: int = 5,
+    exact_top: int = EXACT_TOP,
+    prompt_batch_size: int = 16,
+    circuit_batch: int = 8,
+    progress: bool = True,
+) -> CrossEdgeScores:
+    """Each edge's share of the gap, estimated for all and patched for real for the top ones.
+
+    Args:
+        pair: the base and fine-tuned models (same graph).
+        task: prompts and metric.
+        direction: ``"ft->base"`` (sufficiency) or ``"base->ft"`` (necessity).
+        method: ``"eap"`` or ``"eap_ig"`` (module docstring).
+        steps: integration steps of ``"eap_ig"``.
+        exact_top: how many edges (largest ``|estimate|``) to patch for real; 0 for none.
+        prompt_batch_size: prompts per forward.
+        circuit_batch: patched edges run as stacked copies in one forward.
+        progress: show progress bars.
+
+    Raises:
+        GraphError, IncompatibleModelsError: the models have no exact graph, or not the same.
+        OptionError, PromptError, AnswerTokenError, MetricError: bad arguments (before any
+            forward).
+        ZeroGapError: the two models score the same.
+    """
+    direction = parse_direction(direction)
+    _prep.check_option("method", method, METHODS)
+    _prep.check_positive(steps=steps, prompt_batch_size=prompt_batch_size,
+                         circuit_batch=circuit_batch)
+    if not isinstance(exact_top, int) or exact_top < 0:
+        raise OptionError(f"exact_top must be a non-negative integer, got {exact_top!r}")
+    recv, donor = receiver_and_donor(pair, direction)
+    graph, tokens = _prep.prepare(recv, task, "mean")
+    if graph != graph_of(donor):
+        raise IncompatibleModelsError(f"the two models have different graphs: {graph} vs "
+                                      f"{graph_of(donor)}")
+    steps = steps if method == "eap_ig" else 1
+    n = tokens.n
+    dtype = _prep.result_dtype(recv)
+    per_prompt = torch.zeros(n, graph.n_edges, dtype=dtype)
+    recv_vals, donor_vals = [], []
+    starts = list(range(0, n, prompt_batch_size))
+    bar = tqdm(total=len(starts) * steps, desc=f"edge attribution {direction}",
+               disable=not progress, leave=False)
+    try:
+        for i, (start, stop, sub) in enumerate(_prep.batches(tokens, prompt_batch_size)):
+            r, d, pp = _estimate(recv, donor, graph, task, sub, method, steps, check=i == 0,
+                                 bar=bar)
+            recv_vals.append(r)
+            donor_vals.append(d)
+            per_prompt[start:stop] = pp
+    finally:
+        bar.close()
+    receiver, donor_m = torch.cat(recv_vals), torch.cat(donor_vals)
+    gap = checked_gap(receiver, donor_m, task.metric_name, task.name)
+    check_finite(per_prompt, "an edge estimate")
+    estimate = per_prompt.mean(0) / gap
+    k = min(exact_top, graph.n_edges)
+    chosen = estimate.abs().argsort(descending=True, stable=True)[:k]
+    exact = torch.full((graph.n_edges,), float("nan"), dtype=dtype)
+    if k:
+        coefs = torch.zeros(k, graph.n_readers, graph.n_writers)
+        coefs[torch.arange(k), graph.edge_reader[chosen], graph.edge_writer[chosen]] = 1.0
+
+        def donor_blocks(sub):
+            out = _run.forward(donor, graph, sub.tokens, _read_pos(task, sub), capture=True)
+            return out.writers, out.read
+
+        _, _, vals = evaluate(recv, graph, task, tokens, Replacements("mean"), coefs,
+                              circuit_batch=circuit_batch, prompt_batch_size=prompt_batch_size,
+                              progress=progress, donor_blocks=donor_blocks)
+        exact[chosen] = ((vals.mean(1) - receiver.mean()) / gap).to(dtype)
+    return CrossEdgeScores(
+        estimate=estimate, exact=exact, exact_edges=chosen, per_prompt=per_prompt,
+        receiver=receiver, donor=donor_m, **graph.dims, direction=direction, method=method,
+        steps=steps, provenance=pair.provenance(task),
+    )
+
+
+def _read_pos(task: Task, sub) -> Tensor | None:
+    return None if task.reads_all_positions else sub.read_pos
+
+
+def _estimate(recv, donor, graph, task, sub, method, steps, *, check, bar):
+    """Receiver and donor metric per prompt and per-prompt estimated effects ``[batch, edge]``."""
+    ids, read_pos = sub.tokens, _read_pos(task, sub)
+    dtype = _prep.result_dtype(recv)
+    dn = _run.forward(donor, graph, ids, read_pos, capture=True)
+    ref = _prep.reference(task, dn.read)
+    donor_vals = _prep.metric(task, dn.read, sub, ref)
+    acc = _prep.zeros_like_graph(graph, sub.n, device=ids.device, dtype=dtype)
+    holder: dict[str, Tensor] = {}
+    weight = 1.0 / steps
+
+    def on_grad(rows: list[int], n_up: int, g: Tensor) -> None:
+        up = holder["delta"][:, :, :n_up].to(g.dtype)
+        acc[:, rows, :n_up] += weight * torch.einsum("bsrd,bswd->brw", g, up).to(dtype)
+
+    def set_delta(writers: list[Tensor]) -> None:
+        holder["delta"] = torch.cat([a - c for a, c in zip(dn.writers, writers, strict=True)],
+                                    dim=2)
+
+    record = _prep.check_records(graph) if check else ()
+    if method == "eap":
+        out = _run.forward(recv, graph, ids, read_pos, capture=True, record=record,
+                           on_grad=on_grad)
+        if check:
+            _prep.checked(recv, graph, out, sub)
+        recv_vals = _prep.metric(task, out.read.detach(), sub, ref)
+        set_delta(out.writers)
+        torch.autograd.grad(_prep.metric(task, out.read, sub, ref).sum(), [out.leaf])
+        bar.update(1)
+    else:
+        base = _run.forward(recv, graph, ids, read_pos, capture=True, record=record)
+        if check:
+            _prep.checked(recv, graph, base, sub)
+        recv_vals = _prep.metric(task, base.read, sub, ref)
+        full = graph.valid.to(device=ids.device, dtype=dn.writers[0].dtype)
+        for k in range(steps):
+            alpha = (k + 0.5) / steps
+            run = _run.forward(recv, graph, ids, read_pos, replace=dn.writers,
+                               coef=(alpha * full)[None], capture=True, on_grad=on_grad)
+            set_delta(run.writers)
+            torch.autograd.grad(_prep.metric(task, run.read, sub, ref).sum(), [run.leaf])
+            bar.update(1)
+    check_finite(recv_vals, "the receiving model")
+    check_finite(donor_vals, "the donor model")
+    return _prep.cpu(recv_vals), _prep.cpu(donor_vals), graph.flat(acc).cpu()

@@ -1,0 +1,177 @@
+"""The verdict: did fine-tuning re-use (and strengthen) the base model's circuit, or build a new one?
+
+Overlap alone is not a verdict: EAP-IG's own measurements (Hanna et al. 2024) found circuits with
+edge IoU 0.37 that are 0.91 faithful on each other's task. The verdict rests on what the circuits
+*do*, measured by intervention, and on how the edge scores moved:
+
+* ``base_in_ft``: **cross-faithfulness** of the base model's circuit inside the fine-tuned model,
+  normalized within the fine-tuned model (Prakash et al. 2024, "Fine-Tuning Enhances Existing
+  Mechanisms": the base circuit stays faithful inside the fine-tune when fine-tuning enhanced it
+  rather than replaced it).
+* ``score_rank``: Spearman's rank correlation of every edge's score in the two models (Wang et al.
+  2025: fine-tuning can keep nodes but change edges; a low correlation says the importance of the
+  paths was rearranged).
+* ``carried``: the share of the behaviour gap that the base circuit alone carries,
+  ``(m_ft(C_base) - m_base(C_base)) / (m_ft(full) - m_base(full))``: "strengthened" when the base
+  circuit's own output moves with the fine-tuned behaviour.
+* ``new_mass``: the share of the fine-tuned circuit's total ``|score|`` on edges outside the base
+  circuit (reported; not a rule: it depends on the circuit size).
+
+Rules, with the named thresholds below (stored in every :class:`Verdict`):
+
+* **"re-used and strengthened"**: ``base_in_ft >= REUSE_FAITHFULNESS`` and
+  ``score_rank >= REUSE_RANK`` and ``carried >= STRENGTHENED``;
+* **"new mechanism"**: ``base_in_ft < NEW_FAITHFULNESS`` or ``score_rank < NEW_RANK``;
+* **"mixed"**: anything else (e.g. the base circuit is faithful but carries little of the gap, or
+  the scores were partly rearranged).
+
+**Uncertainty**: every number is recomputed on ``n_boot`` resamples of the prompts (with
+replacement; a seeded ``torch.Generator``, seed recorded), with the circuits held at their
+full-sample selection; the verdict is re-derived on each resample and its frequency reported.
+A number whose 95% interval contains a threshold it is compared with, or that lies within
+:data:`NEAR` of it, gets a sensitivity note.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from mechdiff.results import SavableResult
+
+Label: TypeAlias = Literal["re-used and strengthened", "new mechanism", "mixed"]
+LABELS: tuple[Label, ...] = ("re-used and strengthened", "new mechanism", "mixed")
+
+REUSE_FAITHFULNESS = 0.7
+"""The base circuit inside the fine-tuned model keeps at least this normalized faithfulness."""
+NEW_FAITHFULNESS = 0.4
+"""Below this cross-faithfulness, the base circuit does not carry the fine-tuned behaviour."""
+REUSE_RANK = 0.5
+"""Edge scores of the two models rank-correlate at least this much for re-use."""
+NEW_RANK = 0.2
+"""Below this rank correlation, the paths' importance was rearranged: a new mechanism."""
+STRENGTHENED = 0.5
+"""The base circuit alone carries at least this share of the behaviour gap."""
+NEAR = 0.1
+"""A number this close to a threshold it is compared with gets a sensitivity note."""
+
+THRESHOLDS: dict[str, float] = {
+    "REUSE_FAITHFULNESS": REUSE_FAITHFULNESS,
+    "NEW_FAITHFULNESS": NEW_FAITHFULNESS,
+    "REUSE_RANK": REUSE_RANK,
+    "NEW_RANK": NEW_RANK,
+    "STRENGTHENED": STRENGTHENED,
+    "NEAR": NEAR,
+}
+"""Every threshold of the rules, by name (the defaults of :func:`decide`)."""
+
+_USES: dict[str, tuple[str, ...]] = {
+    "base_in_ft": ("REUSE_FAITHFULNESS", "NEW_FAITHFULNESS"),
+    "score_rank": ("REUSE_RANK", "NEW_RANK"),
+    "carried": ("STRENGTHENED",),
+}
+"""Which thresholds each number is compared with."""
+
+NUMBERS: tuple[str, ...] = ("base_in_ft", "ft_in_base", "score_rank", "carried", "new_mass",
+                            "edge_iou", "node_iou")
+"""The numbers a verdict records (the first three decide it, with ``carried``)."""
+
+
+def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None
+           ) -> tuple[Label, tuple[str, ...]]:
+    """The label and the reasons (one line each) from the numbers and the thresholds."""
+    t = {**THRESHOLDS, **(thresholds or {})}
+    f, rank, carried = numbers["base_in_ft"], numbers["score_rank"], numbers["carried"]
+    reasons = []
+    new = []
+    if not f >= t["NEW_FAITHFULNESS"]:
+        new.append(f"the base circuit inside the fine-tuned model keeps only {f:.2f} of its "
+                   f"behaviour (< NEW_FAITHFULNESS {t['NEW_FAITHFULNESS']:g})")
+    if not rank >= t["NEW_RANK"]:
+        new.append(f"edge scores of the two models rank-correlate at {rank:+.2f} "
+                   f"(< NEW_RANK {t['NEW_RANK']:g}): the paths' importance was rearranged")
+    if new:
+        return "new mechanism", tuple(new)
+    reuse = [
+        (f >= t["REUSE_FAITHFULNESS"],
+         f"the base circuit inside the fine-tuned model keeps {f:.2f} of its behaviour "
+         f"({'>=' if f >= t['REUSE_FAITHFULNESS'] else '<'} REUSE_FAITHFULNESS "
+         f"{t['REUSE_FAITHFULNESS']:g})"),
+        (rank >= t["REUSE_RANK"],
+         f"edge scores rank-correlate at {rank:+.2f} "
+         f"({'>=' if rank >= t['REUSE_RANK'] else '<'} REUSE_RANK {t['REUSE_RANK']:g})"),
+        (carried >= t["STRENGTHENED"],
+         f"the base circuit alone carries {carried:.2f} of the gap "
+         f"({'>=' if carried >= t['STRENGTHENED'] else '<'} STRENGTHENED "
+         f"{t['STRENGTHENED']:g})"),
+    ]
+    reasons = tuple(text for _, text in reuse)
+    if all(ok for ok, _ in reuse):
+        return "re-used and strengthened", reasons
+    return "mixed", reasons
+
+
+@dataclass(frozen=True)
+class Verdict(SavableResult, name="circuits.Verdict"):
+    """What fine-tuning did to the circuit, with the numbers, thresholds and uncertainty.
+
+    Attributes:
+        label: ``"re-used and strengthened"``, ``"new mechanism"`` or ``"mixed"``.
+        reasons: one line per number the rules used, with the threshold.
+        numbers: the full-sample numbers (:data:`NUMBERS`).
+        intervals: 95% bootstrap percentile interval of each number.
+        thresholds: the thresholds used, by name.
+        frequency: share of bootstrap resamples giving each label.
+        notes: sensitivity notes (numbers near a threshold) and caveats.
+        n_boot: bootstrap resamples.
+        seed: the bootstrap's seed.
+    """
+
+    label: str
+    reasons: tuple[str, ...]
+    numbers: dict[str, float]
+    intervals: dict[str, tuple[float, float]]
+    thresholds: dict[str, float]
+    frequency: dict[str, float]
+    notes: tuple[str, ...]
+    n_boot: int
+    seed: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """The verdict, its reasons, the numbers with intervals, and the notes."""
+        lines = [f"verdict: {self.label} (in {100 * self.frequency.get(self.label, 0):.0f}% of "
+                 f"{self.n_boot} prompt resamples, seed {self.seed})"]
+        lines += [f"  because {r}" for r in self.reasons]
+        nums = []
+        for k in NUMBERS:
+            if k in self.numbers:
+                lo, hi = self.intervals.get(k, (math.nan, math.nan))
+                nums.append(f"{k} {self.numbers[k]:+.3f} [{lo:+.2f}, {hi:+.2f}]")
+        lines.append("  numbers (95% interval): " + "; ".join(nums))
+        lines.append("  thresholds: " + ", ".join(f"{k} {v:g}" for k, v in self.thresholds.items()))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+def sensitivity(numbers: dict[str, float], intervals: dict[str, tuple[float, float]],
+                thresholds: dict[str, float]) -> list[str]:
+    """Notes for numbers near, or with an interval across, a threshold they are compared with."""
+    near = thresholds.get("NEAR", NEAR)
+    notes = []
+    for key, names in _USES.items():
+        value = numbers.get(key, math.nan)
+        lo, hi = intervals.get(key, (math.nan, math.nan))
+        for name in names:
+            th = thresholds[name]
+            if abs(value - th) <= near:
+                notes.append(f"{key} = {value:.3f} lies within {near:g} of {name} = {th:g}: "
+                             "the verdict is sensitive to it")
+            elif lo <= th <= hi:
+                notes.append(f"{key}'s 95% interval [{lo:.2f}, {hi:.2f}] contains {name} = "
+                             f"{th:g}: more prompts would settle it")
+    return notes

@@ -1,0 +1,103 @@
+"""Tiny models for the circuit tests, built in seconds and deterministic (seeded locally).
+
+* :func:`induction_model`: a 2-layer LLaMA (grouped-query attention, rotary positions) trained on
+  random sequences with a repeated segment until it does induction (``.. x1 .. x6 .. x1 x2 x3`` ->
+  ``x4``); the heads that do it are found by exact ablation in the tests, not assumed.
+* :func:`llama`: a tiny LLaMA with grouped-query attention (4 query heads, 2 key-value heads).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from support import VOCAB, make_tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import mechdiff
+from mechdiff._runtime import torch_threads
+
+WIDTH = 24
+"""Training sequence length (``<bos>`` included)."""
+
+
+def induction_batch(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` training sequences of random tokens t0..t59 in which a random segment of 4-8 tokens
+    repeats after a random gap, and the mask of the positions whose next token continues the
+    repeat (the loss is taken there: only induction predicts them)."""
+    ids = torch.randint(0, 60, (n, WIDTH), generator=gen)
+    ids[:, 0] = len(VOCAB) - 1
+    mask = torch.zeros(n, WIDTH - 1, dtype=torch.bool)
+    for i in range(n):
+        length = int(torch.randint(4, 9, (), generator=gen))
+        a = 1 + int(torch.randint(0, 5, (), generator=gen))
+        b = a + length + int(torch.randint(0, 4, (), generator=gen))
+        ids[i, b:b + length] = ids[i, a:a + length]
+        mask[i, b:b + length - 1] = True
+    return ids, mask
+
+
+def induction_model(steps: int = 800, seed: int = 0, *, lr: float = 3e-3) -> LlamaForCausalLM:
+    """A 2-layer LLaMA (4 query heads sharing 2 key-value heads, d_model 32, rotary positions)
+    trained on :func:`induction_batch` until it does induction (about 90% of repeats right)."""
+    cfg = LlamaConfig(
+        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+        bos_token_id=len(VOCAB) - 1, eos_token_id=len(VOCAB) - 1, pad_token_id=len(VOCAB) - 2,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    with torch_threads(1):  # tiny matrices: one thread is fastest, and fair to other processes
+        for _ in range(steps):
+            ids, mask = induction_batch(32, gen)
+            logits = model(ids).logits[:, :-1][mask]
+            loss = torch.nn.functional.cross_entropy(logits, ids[:, 1:][mask])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def induction_task(n: int = 16, seed: int = 0, *, length: int = 6, query: int = 3) -> mechdiff.Task:
+    """``r x1 .. xL s x1 .. x{query}`` -> ``x{query+1}`` (random fillers ``r``, ``s``); wrong
+    answer ``x{query+2}``; corrupted: the repeated part replaced by fresh tokens, so no induction
+    is possible (same token length)."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts, answers, wrong, corrupted = [], [], [], []
+    for _ in range(n):
+        toks = torch.randperm(60, generator=gen).tolist()
+        x, r, s, other = toks[:length], toks[length:length + 2], toks[length + 2:length + 4], \
+            toks[length + 4:length + 4 + query]
+        words = lambda ids: " ".join(f"t{i}" for i in ids)  # noqa: E731
+        prompts.append(words(r + x + s + x[:query]))
+        corrupted.append(words(r + x + s + other))
+        answers.append(f"t{x[query]}")
+        wrong.append(f"t{x[query + 1]}")
+    return mechdiff.Task(prompts, answers=answers, wrong_answers=wrong, corrupted=corrupted,
+                         name="induction")
+
+
+def llama(seed: int, *, n_layers: int = 3, std: float = 0.15) -> LlamaForCausalLM:
+    cfg = LlamaConfig(
+        vocab_size=len(VOCAB), hidden_size=64, intermediate_size=96, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+        bos_token_id=len(VOCAB) - 1, eos_token_id=len(VOCAB) - 1, pad_token_id=len(VOCAB) - 2,
+        tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+        for p in model.parameters():
+            p.data.normal_(0, std) if p.ndim == 2 else p.data.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def save_dir(model: torch.nn.Module, path: Path) -> Path:
+    model.save_pretrained(path)
+    make_tokenizer().save_pretrained(path)
+    return path
