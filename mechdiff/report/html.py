@@ -150,24 +150,27 @@ class Page:
         return [e.result for e in self.entries if isinstance(e.result, kind)]
 
     def views_for(self, result: Any) -> Any | None:
-        """The saved :class:`~mechdiff.views.PairViews` that go with ``result`` (same models and
-        prompts; the same label when ``result`` has one), marked as shown inside it."""
+        """The saved :class:`~mechdiff.views.PairViews` that go with ``result``, marked as shown
+        inside it: views of the same prompts (prompts hash) with the same label, else of the same
+        prompts and models; None when there are none."""
         from mechdiff.views import PairViews
 
         prov = sections.provenance_of(result)
         if prov is None:
             return None
         label = getattr(result, "label", None)
-        found = [v for v in self.results_of(PairViews) if _same_run(v.provenance, prov)]
-        best = [v for v in found if v.label == label] or found
+        same = [v for v in self.results_of(PairViews)
+                if v.provenance.prompts_hash == prov.prompts_hash]
+        best = ([v for v in same if label is not None and v.label == label]
+                or [v for v in same if _same_models(v.provenance, prov)])
         if not best:
             return None
         self.inside.add(id(best[0]))
         return best[0]
 
 
-def _same_run(a: Provenance, b: Provenance) -> bool:
-    return (a.base, a.finetuned, a.prompts_hash) == (b.base, b.finetuned, b.prompts_hash)
+def _same_models(a: Provenance, b: Provenance) -> bool:
+    return (a.base, a.finetuned) == (b.base, b.finetuned)
 
 
 def provenance_block(prov: Provenance | None, entry: Entry | None) -> str:
@@ -480,6 +483,9 @@ details.prompt { border: 1px solid var(--line); border-radius: 4px; padding: 6px
 .triple figure { margin: 0; } .triple figcaption { text-align: center; font-size: 12.5px;
   color: var(--muted); } .cv-view { min-height: 24px; }
 .cv-pattern { padding: 0 15px; box-sizing: border-box; overflow: hidden; }
+.cv-pattern canvas { max-width: 100% !important; height: auto !important; }
+.triple figure { min-width: 0; overflow: hidden; }
+pre { white-space: pre-wrap; font-size: 12.5px; background: var(--bg-soft); padding: 8px; }
 .grid-wrap { overflow-x: auto; } table.grid td { width: 16px; height: 14px; padding: 0;
   border: 1px solid #fff; } table.grid th { font-weight: normal; font-size: 11px; padding: 0 3px;
   font-family: ui-monospace, "DejaVu Sans Mono", monospace; white-space: nowrap; }

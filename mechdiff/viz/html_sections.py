@@ -92,6 +92,28 @@ def gap_numbers(g: GapResult) -> str:
                f"most for {rose}; fell most for {fell}.</p>" if rose or fell else ""))
 
 
+def figure_caption(name: str) -> str:
+    """What a figure of :func:`~mechdiff.viz._pair.pair_figure_set` shows, from its name."""
+    if name == "ranked":
+        return ("The strongest components: exact patching (dark) and its attribution estimate "
+                "(orange) in each direction; error bars: 95% intervals over prompts; dotted line: "
+                "the whole gap.")
+    method = "attribution patching (gradient estimate)" if name.startswith(
+        "attribution_") else "exact patching"
+    kind, _, rest = name.removeprefix("attribution_").partition("_")
+    what = {"heads": "each attention head (after its own W_O)", "attn": "each attention layer",
+            "mlp": "each MLP", "resid": "the residual stream entering each block"}.get(kind, kind)
+    grid = ("one colour scale centred at 0 (red: closes the gap, blue: widens it); a dot marks a "
+            "cell whose 95% interval over prompts includes 0" if kind == "heads" else
+            "bars: 95% intervals over prompts as error bars, the dotted line is the whole gap; "
+            "layer \u00d7 position grids: a dot marks a cell whose interval includes 0")
+    sides = {"": "sufficiency (FT\u2192base) left, necessity (base\u2192FT) right",
+             "ft_to_base": "sufficiency (FT\u2192base)",
+             "base_to_ft": "necessity (base\u2192FT)"}.get(rest, rest)
+    return (f"{method[0].upper()}{method[1:]}: fraction of the gap closed by patching {what} "
+            f"alone; {sides}; {grid}.")
+
+
 def overview_rows(page: Any) -> list[list[str]]:
     rows = []
     for a in page.results_of(PairAnalysis):
@@ -142,7 +164,7 @@ def pair_html(a: PairAnalysis, page: Any) -> str:
     if a.interaction is not None:
         out.append(interaction_html(a.interaction, page, provenance=False))
     out.append("<h3>Figures</h3><div class=\"figures\">" + "".join(
-        page.figure(fig, _esc(name.replace("_", " "))) for name, fig in figures
+        page.figure(fig, _esc(figure_caption(name))) for name, fig in figures
         if name != "gap") + "</div>")
     views = page.views_for(a)
     if views is not None:
