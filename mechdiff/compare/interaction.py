@@ -11,8 +11,13 @@ into the fine-tuned model) are fractions of the same gap. Summed over all compon
   in a newly built circuit that only works whole), every component is necessary (necessity near 1
   each, a total far above 1) while each alone is insufficient (a total well below 1).
 
-The **series index** ``necessity total - sufficiency total`` is ~0 for additive effects and grows
-with serial structure; it is read against :data:`SERIES_THRESHOLD`. On the synthetic zoo it is
+* if the components are **redundant** (several each produce much of the behaviour, none is needed
+  alone, as when fine-tuning pushes many existing components the same way), the sufficiency total
+  exceeds 1 and the necessity total stays below it.
+
+The **series index** ``necessity total - sufficiency total`` is ~0 for additive effects, grows
+with serial structure and falls with redundancy; it is read against :data:`SERIES_THRESHOLD` and
+:data:`REDUNDANT_THRESHOLD`. On the synthetic zoo it is
 +0.10 for ``reweight`` and +2.34 for ``newskill`` (64 prompts; tested). It is evidence about the
 structure of the change, not a verdict on its own: the circuits family compares the mechanisms
 themselves. Intervals: a bootstrap over prompts, both directions resampled jointly.
@@ -34,11 +39,15 @@ from mechdiff.results import Provenance, SavableResult
 
 SERIES_THRESHOLD = 1.0
 """A series index at or above this reads as components acting in series."""
+REDUNDANT_THRESHOLD = -1.0
+"""A series index below this reads as redundant components."""
 BANDS: tuple[Band, ...] = (
     Band(SERIES_THRESHOLD, "components act in series: each is necessary, none is sufficient "
                            "alone (as in a newly built mechanism)"),
-    Band(-math.inf, "component effects add up: sufficiency matches necessity (as when existing "
-                    "components are re-weighted)"),
+    Band(REDUNDANT_THRESHOLD, "component effects add up: sufficiency matches necessity (as when "
+                              "existing components are re-weighted)"),
+    Band(-math.inf, "components are redundant: several are each largely sufficient, none is "
+                    "necessary alone (as when many existing components are pushed the same way)"),
 )
 
 
@@ -51,7 +60,8 @@ class Interaction(SavableResult):
         sufficiency / necessity: the totals (sums of ``ft->base`` / ``base->ft`` scores).
         index: ``necessity - sufficiency``; ``index_low`` / ``index_high`` its interval over
             prompts (and likewise ``sufficiency_low`` ...).
-        threshold: :data:`SERIES_THRESHOLD`.
+        threshold: :data:`SERIES_THRESHOLD`; ``redundant_threshold``:
+            :data:`REDUNDANT_THRESHOLD`.
         seed: the bootstrap seed.
         provenance: the provenance of the ``ft->base`` results.
     """
@@ -69,6 +79,7 @@ class Interaction(SavableResult):
     threshold: float
     seed: int
     provenance: Provenance
+    redundant_threshold: float = REDUNDANT_THRESHOLD
 
     def reading(self) -> Reading:
         return read(self.index, BANDS, low=self.index_low, high=self.index_high)

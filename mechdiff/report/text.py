@@ -65,7 +65,8 @@ def interaction_line(x: Interaction) -> str:
     line = (f"series index (exact, {'+'.join(x.sites)}): necessity total {x.necessity:.2f} "
             f"{fmt.interval(x.necessity_low, x.necessity_high)} - sufficiency total "
             f"{x.sufficiency:.2f} {fmt.interval(x.sufficiency_low, x.sufficiency_high)} = "
-            f"{fmt.rho_ci(x.index, x.index_low, x.index_high)} (threshold {x.threshold:.1f}): "
+            f"{fmt.rho_ci(x.index, x.index_low, x.index_high)} (thresholds "
+            f"{x.redundant_threshold:+.1f}, {x.threshold:+.1f}): "
             f"{r.words}")
     return line + (f"; {r.note()}" if not r.firm else "")
 

@@ -40,6 +40,9 @@ def test_additive_and_serial_effects_by_hand() -> None:
     assert serial.index == pytest.approx(2.7)
     assert serial.index_low - 1e-5 <= serial.index <= serial.index_high + 1e-5
     assert "in series" in serial.reading().words and "add up" in additive.reading().words
+    redundant = interaction({"mlp_ft_to_base": _result("ft->base", [0.8, 0.8, 0.7]),
+                             "mlp_base_to_ft": _result("base->ft", [0.1, 0.1, 0.0])})
+    assert redundant.index == pytest.approx(-2.1) and "redundant" in redundant.reading().words
 
 
 def test_one_direction_or_estimates_are_refused() -> None:
