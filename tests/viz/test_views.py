@@ -212,3 +212,28 @@ def test_views_refuse_mismatched_values() -> None:
         vs.attention(("a", "b"), torch.zeros(3, 3), torch.zeros(3, 3))
     with pytest.raises(ResultError, match="series"):
         vs.tokens_multi(("a",), torch.zeros(1, 2), ["L0"])
+
+
+def test_attention_figure_draws_both_patterns_and_their_difference() -> None:
+    from mechdiff.viz import plot_attention
+
+    views = _views()
+    fig = plot_attention(views, "L0H1", 0)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    base, ft = views.pattern(0, 1, "base").numpy(), views.pattern(0, 1, "finetuned").numpy()
+    lower = np.tril(np.ones((3, 3), dtype=bool))
+    for image, expected in zip(images, (base, ft, ft - base), strict=True):
+        drawn = image.get_array()
+        np.testing.assert_allclose(drawn.data[lower], expected[lower], rtol=1e-6)
+        assert drawn.mask[~lower].all()  # keys after the query are not drawn
+    assert images[0].get_cmap().name.startswith(st.SEQUENTIAL)
+    assert images[0].get_clim() == images[1].get_clim() and images[0].get_clim()[0] == 0.0
+    lo, hi = images[2].get_clim()
+    assert images[2].get_cmap().name.startswith(st.DIVERGING) and lo == -hi
+    assert hi == pytest.approx(float(np.abs(ft - base)[lower].max()))
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["<bos>", "\u2423The",
+                                                                      "</script>"]
+    with pytest.raises(ResultError, match="not among the views' heads"):
+        plot_attention(views, "L9H9")
+    with pytest.raises(ResultError, match="kept prompts"):
+        plot_attention(views, 0, 2)
