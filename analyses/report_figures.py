@@ -10,8 +10,9 @@
    the prompts the demo analysed (the same subset, checked by prompts hash against the saved
    analysis), into ``<out>/views/<pair>/``.
 3. Writes ``<out>/report.html`` (:func:`mechdiff.report.html.write_report`) and prints its size.
-4. Copies the key figure (the real demo's ``distill`` ranked components: exact patching and its
-   attribution estimate, both directions, error bars over prompts) to ``figures/`` and saves a
+4. Redraws the key figure from the saved results (the real demo's ``distill`` ranked components:
+   exact patching and its attribution estimate, both directions, error bars over prompts) into
+   ``figures/`` and saves a
    screenshot of the report (headless Chromium, network disabled: the overview and the first
    pair's views) as ``figures/report.png``. Needs Debian's ``chromium`` and the ``playwright``
    package (no browser download); without them the screenshot is skipped, saying why.
@@ -20,12 +21,13 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mechdiff.pipeline import PairAnalysis
 from mechdiff.report.html import write_report
+from mechdiff.viz import pair_figure_set, save_figure
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY_FIGURES = {"real": ("distill", "ranked"), "synthetic": ("newskill", "heads")}
@@ -83,7 +85,6 @@ def demo_pairs(cfg: Config) -> list[tuple[str, object, object]]:
 
 def add_views(cfg: Config) -> None:
     from mechdiff.loading import load_pair
-    from mechdiff.pipeline import PairAnalysis
     from mechdiff.views import pair_views
 
     for label, base, finetuned, task in demo_pairs(cfg):
@@ -159,11 +160,11 @@ def main(cfg: Config) -> None:
     add_views(cfg)
     report = write_report(cfg.out)
     print(f"report: {report} ({report.stat().st_size:,} bytes)")
-    pair, name = KEY_FIGURES[cfg.demo]
-    key = cfg.out / "figures" / pair / f"{name}.png"
-    target = cfg.figures / f"demo_{cfg.demo}_{pair}_{name}.png"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(key, target)
+    pair, name = KEY_FIGURES[cfg.demo]  # redrawn from the saved analysis alone
+    analysis = PairAnalysis.load(cfg.out / pair)
+    fig = next(f for n, f in pair_figure_set(analysis) if n == name)
+    (target,) = save_figure(fig, cfg.figures / f"demo_{cfg.demo}_{pair}_{name}", formats=("png",),
+                            dpi=200)
     print(f"key figure: {target}")
     if cfg.screenshot:
         screenshot(report, cfg.figures / "report.png")
