@@ -232,3 +232,14 @@ def test_unknown_and_unreadable_results_never_fail_the_page(
                         sections.Section(html=lambda r, p: 1 / 0))
     text, _ = parse(write_report(root))
     assert "could not be drawn (ZeroDivisionError" in text and "hello" in text
+
+
+def test_text_from_results_is_escaped(results_dir: Path, tmp_path: Path) -> None:
+    """Labels, descriptions and tokens come from users' files: they never become markup."""
+    evil = "</script><script>alert(1)</script><b>"
+    a = PairAnalysis.load(results_dir / "head_last")
+    dataclasses.replace(a, label=evil, description=evil, mechanism=evil).save(tmp_path / "r" / "a")
+    text, page = parse(write_report(tmp_path / "r"))
+    assert len(page.scripts) == 0  # no views saved here, so no script at all
+    assert evil not in text and "<script>alert" not in text
+    assert text.count("&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;b&gt;") >= 3
