@@ -2,7 +2,7 @@
 
 The HTML report (:func:`mechdiff.report.html.write_report`) and the circuitsvis views
 (:mod:`mechdiff.viz.views`) are drawn from a saved :class:`PairViews` alone, so a page rebuilds
-without loading a model. One pass of each model over the task's prompts records:
+without loading a model. Each model runs once over the kept prompts, recording:
 
 * **per-token divergence**: at every real position ``t`` of every prompt, KL(fine-tuned || base)
   of the two next-token distributions read there, and the change (fine-tuned minus base) of the
@@ -17,7 +17,8 @@ without loading a model. One pass of each model over the task's prompts records:
   difference.
 
 Only a few prompts are kept (by default the ``n_prompts`` on which the two models differ most:
-largest ``|gap|`` of the prompt, or KL at its last position for task-free metrics); their indices
+largest ``|gap|`` of the prompt, or KL at its last position for task-free metrics, found by a first
+pass over every prompt without hooks; memory stays bounded by the batch size); their indices
 into the task are recorded, so per-position patching results (which keep every prompt's values)
 can be shown over the same prompts' tokens. Tokens are stored decoded (:mod:`.tokens`).
 Attention heads as in Elhage et al. (2021), "A Mathematical Framework for Transformer Circuits";
@@ -36,6 +37,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechdiff._engine import forward_hooks
+from mechdiff._progress import progress_bar
 from mechdiff.errors import OptionError, ResultError
 from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, kl_div
@@ -43,7 +45,7 @@ from mechdiff.patching import PatchResult
 from mechdiff.pipeline.pair import PairAnalysis
 from mechdiff.results import Provenance, SavableResult
 from mechdiff.sites import Head
-from mechdiff.tasks import Task
+from mechdiff.tasks import Task, Tokens
 from mechdiff.views.tokens import token_texts
 
 TASK_QUANTITY = {
@@ -218,6 +220,7 @@ def pair_views(
     prompts: Sequence[int] | None = None,
     n_prompts: int = DEFAULT_PROMPTS,
     prompt_batch_size: int = 16,
+    progress: bool = False,
 ) -> PairViews:
     """Per-token divergence and attention patterns of ``pair`` on a few of ``task``'s prompts.
 
@@ -233,6 +236,8 @@ def pair_views(
             task-free metrics).
         n_prompts: prompts kept by default.
         prompt_batch_size: prompts run at once.
+        progress: show progress bars (two passes when the prompts are chosen: one over every
+            prompt without hooks, one over the kept prompts recording patterns).
 
     Raises:
         OptionError: a bad option (before any forward): a head outside the model, a prompt
@@ -246,6 +251,7 @@ def pair_views(
             raise OptionError(f"{name} must be a positive integer, got {value!r}")
     chosen = _chosen_heads(heads, k, pair)
     n_task = len(task)
+    keep: list[int] = []
     if prompts is not None:
         prompts = [int(i) for i in prompts]
         bad = [i for i in prompts if not 0 <= i < n_task] or ([] if prompts else ["(none)"])
@@ -256,19 +262,13 @@ def pair_views(
     tokens = task.tokenize(pair.tokenizer, n_ctx=pair.n_ctx, device=pair.device)
     metric = task.metric_name
     quantity = TASK_QUANTITY.get(metric)
-    layers = sorted({r.head.layer for r in chosen})
-    stats: list[dict[str, Tensor]] = []
-    for start in range(0, tokens.n, prompt_batch_size):
-        sub = tokens.select(start, min(start + prompt_batch_size, tokens.n))
-        stats.append(_batch(pair, sub, quantity is not None, metric, layers))
-    width = max(int(s["kl"].shape[1]) for s in stats)
-    cat = {key: torch.cat([_pad(s[key], width) for s in stats]) for key in stats[0]}
-    lengths = tokens.lengths.cpu()
-    if prompts is None:
-        last = lengths - 1
+    if prompts is None:  # a first pass without hooks: where do the two models differ most?
+        found = _run(pair, tokens, range(tokens.n), quantity is not None, metric, [],
+                     prompt_batch_size, progress, "views: choosing prompts")
+        last = tokens.lengths.cpu() - 1
         rows = torch.arange(tokens.n)
-        change = (cat["task"][rows, last].abs() if quantity is not None
-                  else cat["kl"][rows, last])
+        change = (found["task"][rows, last].abs() if quantity is not None
+                  else found["kl"][rows, last])
         keep = change.argsort(descending=True, stable=True)[:n_prompts].tolist()
         chosen_by = (f"the {len(keep)} of {n_task} prompts with the largest |gap| "
                      f"({metric} at the last position)" if quantity is not None else
@@ -276,14 +276,17 @@ def pair_views(
                      "the last position")
     else:
         chosen_by = "given"
-    idx = torch.tensor(keep)
-    n_pos = int(lengths[idx].max())
-    texts = tuple(token_texts(pair.tokenizer, tokens.tokens[i, : int(lengths[i])].tolist())
+    layers = sorted({r.head.layer for r in chosen})
+    cat = _run(pair, tokens, keep, quantity is not None, metric, layers, prompt_batch_size,
+               progress, "views")
+    lengths = tokens.lengths.cpu()[keep]
+    n_pos = int(lengths.max())
+    texts = tuple(token_texts(pair.tokenizer, tokens.tokens[i, : int(tokens.lengths[i])].tolist())
                   for i in keep)
-    patterns = {}
+    patterns: dict[str, Tensor | None] = {}
     for which in ("base", "finetuned"):
         if chosen:
-            full = cat[f"{which}_pattern"][idx]  # [prompt, layer-slot, head, q, k]
+            full = cat[f"{which}_pattern"]  # [prompt, layer slot, head, query, key]
             slots = [layers.index(r.head.layer) for r in chosen]
             hs = [r.head.head for r in chosen]
             patterns[which] = full[:, slots, hs][..., :n_pos, :n_pos].contiguous()
@@ -291,9 +294,9 @@ def pair_views(
             patterns[which] = None
     return PairViews(
         label=label, prompt_indices=tuple(keep), chosen_by=chosen_by, tokens=texts,
-        lengths=lengths[idx].clone(), kl=cat["kl"][idx, :n_pos].contiguous(),
-        next_logprob_diff=cat["next"][idx, :n_pos].contiguous(),
-        task_diff=cat["task"][idx, :n_pos].contiguous() if quantity is not None else None,
+        lengths=lengths.clone(), kl=cat["kl"][:, :n_pos].contiguous(),
+        next_logprob_diff=cat["next"][:, :n_pos].contiguous(),
+        task_diff=cat["task"][:, :n_pos].contiguous() if quantity is not None else None,
         task_quantity=quantity, heads=tuple(r.head.label for r in chosen),
         head_layers=tuple(r.head.layer for r in chosen),
         head_indices=tuple(r.head.head for r in chosen),
@@ -302,6 +305,33 @@ def pair_views(
         base_pattern=patterns["base"], finetuned_pattern=patterns["finetuned"],
         provenance=pair.provenance(task),
     )
+
+
+def _run(pair: ModelPair, tokens: Tokens, indices: Sequence[int], with_task: bool, metric: str,
+         layers: list[int], batch_size: int, progress: bool, desc: str) -> dict[str, Tensor]:
+    """The per-position values (and patterns of ``layers``) of the prompts at ``indices``, in
+    that order, padded with NaN to their longest length."""
+    indices = list(indices)
+    parts: list[dict[str, Tensor]] = []
+    with progress_bar(total=len(indices), desc=desc, enabled=progress) as bar:
+        for start in range(0, len(indices), batch_size):
+            sub = _subset(tokens, indices[start:start + batch_size])
+            parts.append(_batch(pair, sub, with_task, metric, layers))
+            bar.update(sub.n)
+    width = max(int(p["kl"].shape[1]) for p in parts)
+    return {key: torch.cat([_pad(p[key], width) for p in parts]) for key in parts[0]}
+
+
+def _subset(tokens: Tokens, indices: list[int]) -> Tokens:
+    """The prompts at ``indices`` (any order), trimmed to their own longest length."""
+    idx = torch.tensor(indices, device=tokens.tokens.device)
+    width = int(tokens.lengths[idx].max())
+
+    def take(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x[idx]
+
+    return Tokens(tokens=tokens.tokens[idx, :width], lengths=tokens.lengths[idx],
+                  answer_ids=take(tokens.answer_ids), wrong_ids=take(tokens.wrong_ids))
 
 
 def _chosen_heads(heads: Any, k: int, pair: ModelPair) -> list[RankedHead]:
