@@ -4,7 +4,9 @@ fine-tune's components against another's (a LoRA against a full fine-tune of the
 Spearman's rho over all sites (and over a chosen set of layers, e.g. the layers the fine-tune
 changed), the overlap of the ``k`` strongest sites, and a bootstrap interval for each rho: the
 prompts are resampled (jointly when both results scored the same prompts), both score grids are
-recomputed on each resample, and rho is taken again (:mod:`mechdiff.stats`).
+recomputed on each resample, and rho is taken again (:mod:`mechdiff.stats`). Sites one side did
+not score (NaN: e.g. exact patching of the top candidates only) are left out, and the number of
+sites compared is recorded.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Agreement(SavableResult):
             (NaN when no restriction).
         top_k / top_shared: how many of the ``top_k`` strongest ``|score|`` sites are shared.
         joint: whether both scored the same prompts (resampled jointly) or not (independently).
+        n_compared: how many sites both sides scored (the correlations' sample).
         seed: the bootstrap seed.
         provenance: the provenance of ``a`` (models, task, metric).
     """
@@ -63,6 +66,7 @@ class Agreement(SavableResult):
     joint: bool
     seed: int
     provenance: Provenance
+    n_compared: int = -1
 
     def validate(self) -> None:
         n = len(self.labels)
@@ -121,21 +125,26 @@ def agreement(
     wb = wa if joint else stats.bootstrap_weights(nb, samples=samples, seed=seed + 1)
     sa = stats.fraction_samples(a.patched, a.receiver, a.donor, wa).reshape(-1, samples)
     sb = stats.fraction_samples(b.patched, b.receiver, b.donor, wb).reshape(-1, samples)
-    rho_s = stats.spearman_samples(sa, sb)
-    lo, hi = stats.percentile_interval(rho_s)
     flat_a, flat_b = a.scores.flatten(), b.scores.flatten()
+    scored = torch.isfinite(flat_a) & torch.isfinite(flat_b)
+    if int(scored.sum()) < 2:
+        raise ResultError(f"{a_name} and {b_name} score fewer than two sites in common")
+    rho_s = stats.spearman_samples(sa[scored], sb[scored])
+    lo, hi = stats.percentile_interval(rho_s)
     rho_l = lo_l = hi_l = float("nan")
     if layers:
-        mask = _layer_mask(a, layers)
-        rho_l = stats.spearman(flat_a[mask], flat_b[mask])
-        lo_l_t, hi_l_t = stats.percentile_interval(stats.spearman_samples(sa[mask], sb[mask]))
-        lo_l, hi_l = float(lo_l_t), float(hi_l_t)
-    k = min(top_k, flat_a.numel())
+        mask = _layer_mask(a, layers) & scored
+        if int(mask.sum()) >= 2:
+            rho_l = stats.spearman(flat_a[mask], flat_b[mask])
+            lo_l_t, hi_l_t = stats.percentile_interval(stats.spearman_samples(sa[mask],
+                                                                              sb[mask]))
+            lo_l, hi_l = float(lo_l_t), float(hi_l_t)
+    k = min(top_k, int(scored.sum()))
     return Agreement(
         a_name=a_name, b_name=b_name, sites=a.sites, direction=a.direction,
         labels=tuple(a.labels()), a_scores=flat_a.clone(), b_scores=flat_b.clone(),
-        layers=layers, rho=stats.spearman(flat_a, flat_b), rho_low=float(lo),
+        layers=layers, rho=stats.spearman(flat_a[scored], flat_b[scored]), rho_low=float(lo),
         rho_high=float(hi), rho_layers=rho_l, rho_layers_low=lo_l, rho_layers_high=hi_l,
-        top_k=k, top_shared=stats.top_overlap(flat_a, flat_b, k), joint=joint, seed=seed,
-        provenance=a.provenance,
+        top_k=k, top_shared=stats.top_overlap(flat_a[scored], flat_b[scored], k), joint=joint,
+        seed=seed, provenance=a.provenance, n_compared=int(scored.sum()),
     )

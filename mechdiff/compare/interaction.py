@@ -107,6 +107,9 @@ def interaction(
     pairs = [(by_kind[k]["ft->base"], by_kind[k]["base->ft"]) for k in kinds]
     if any(r.method != "exact" for p in pairs for r in p):
         raise ResultError("the series index is defined for exact patching results only")
+    if any(not torch.isfinite(r.scores).all() for p in pairs for r in p):
+        raise ResultError("the series index sums every component: give results that patched "
+                          "every site (no only=)")
     n = {int(r.receiver.shape[0]) for p in pairs for r in p}
     hashes = {r.provenance.prompts_hash for p in pairs for r in p}
     if len(n) != 1 or len(hashes) != 1:

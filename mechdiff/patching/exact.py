@@ -28,6 +28,8 @@ unembedding is computed only where the metric reads (see :mod:`mechdiff._engine`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import einops
 import torch
 from torch import Tensor
@@ -36,11 +38,12 @@ from transformer_lens.model_bridge import TransformerBridge
 from mechdiff import _engine
 from mechdiff._progress import progress_bar
 from mechdiff.directions import Direction
+from mechdiff.errors import SiteError
 from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, checked_gap, metric_values
 from mechdiff.patching._setup import Positions, Setup, across_models, within_model
 from mechdiff.patching.result import PatchResult
-from mechdiff.sites import SiteFamily, SiteKind, resid_pre_hook
+from mechdiff.sites import Site, SiteFamily, SiteKind, resid_pre_hook
 from mechdiff.tasks import Task, Tokens
 
 
@@ -54,8 +57,9 @@ def cross_patch(
     batch_size: int = 64,
     prompt_batch_size: int = 32,
     progress: bool = True,
+    only: Sequence[Site] | None = None,
 ) -> PatchResult:
-    """Exact cross-model activation patching of every site of one kind.
+    """Exact cross-model activation patching of every site of one kind (or of some of them).
 
     Args:
         pair: the base and fine-tuned models.
@@ -67,6 +71,8 @@ def cross_patch(
         batch_size: sequences per patched forward (patched copies x prompts); bounds memory.
         prompt_batch_size: prompts captured at once; prompt sets are streamed in such batches.
         progress: show a progress bar.
+        only: patch only these sites (of kind ``sites``), e.g. the strongest candidates of an
+            attribution sweep; the others are left unpatched and score NaN. ``None``: all.
 
     Returns:
         A :class:`PatchResult`; ``scores`` is ``[layer, head]`` for heads, ``[layer]`` otherwise,
@@ -79,7 +85,27 @@ def cross_patch(
     """
     setup = across_models(pair, task, sites=sites, direction=direction, positions=positions,
                           batch_size=batch_size, prompt_batch_size=prompt_batch_size)
-    return _sweep(setup, task, positions, batch_size, prompt_batch_size, progress)
+    chosen = _selection(setup.family, only, pair.n_layers, pair.n_heads)
+    return _sweep(setup, task, positions, batch_size, prompt_batch_size, progress, chosen)
+
+
+def _selection(fam: SiteFamily, only: Sequence[Site] | None, n_layers: int, n_heads: int
+               ) -> set[tuple[int, int]] | None:
+    """``only`` as grid positions ``(layer, index)``, checked (before any forward)."""
+    if only is None:
+        return None
+    chosen = set()
+    for site in only:
+        if getattr(site, "kind", None) != fam.kind:
+            raise SiteError(f"only= holds {site!r}, not a site of kind {fam.kind!r}")
+        index = getattr(site, "head", 0)
+        if not (0 <= site.layer < n_layers and 0 <= index < fam.per_layer(n_heads)):
+            raise SiteError(f"{site.label} does not exist in a model of {n_layers} layers x "
+                            f"{n_heads} heads")
+        chosen.add((site.layer, index))
+    if not chosen:
+        raise SiteError("only= is empty: give at least one site, or None for all")
+    return chosen
 
 
 def activation_patch(
@@ -165,7 +191,7 @@ recomputes needlessly, ``p1 - p0`` of the ``width - p0`` it runs, stay within th
 
 
 def _chunks(
-    n_sites: int, positions: str, width: int, per_chunk: int
+    sites: Sequence[int], positions: str, width: int, per_chunk: int
 ) -> list[list[tuple[int, int | None]]]:
     """Group the patches of one layer into batched runs of at most ``per_chunk`` patches.
 
@@ -175,12 +201,12 @@ def _chunks(
     positions recomputes little more than each patch needs.
     """
     if positions != "each":
-        patches: list[tuple[int, int | None]] = [(s, None) for s in range(n_sites)]
+        patches: list[tuple[int, int | None]] = [(s, None) for s in sites]
         return [patches[c:c + per_chunk] for c in range(0, len(patches), per_chunk)]
     out: list[list[tuple[int, int | None]]] = []
     chunk: list[tuple[int, int | None]] = []
     for p in range(width):
-        for s in range(n_sites):
+        for s in sites:
             if chunk:
                 first = chunk[0][1]
                 assert first is not None
@@ -195,7 +221,7 @@ def _chunks(
 
 def _sweep(
     setup: Setup, task: Task, positions: str, batch_size: int, prompt_batch_size: int,
-    progress: bool,
+    progress: bool, chosen: set[tuple[int, int]] | None = None,
 ) -> PatchResult:
     recv_model, donor_model, fam, tokens = setup.receiver, setup.donor, setup.family, setup.tokens
     metric = task.metric_name
@@ -229,10 +255,12 @@ def _sweep(
     gap = checked_gap(receiver, donor, metric, task.name)
 
     w_o = (recv_model.W_O, donor_model.W_O) if fam.kind == "heads" else None
-    patched = torch.empty(n_layers, n_sites, n_pos, n_prompts)
+    patched = torch.full((n_layers, n_sites, n_pos, n_prompts), torch.nan)
     per_chunk = max(1, batch_size // min(prompt_batch_size, n_prompts))
     widths = [int(tokens.lengths[a:a + prompt_batch_size].max()) for a in starts]
-    total = sum(n_layers * len(_chunks(n_sites, positions, w, per_chunk)) for w in widths)
+    layer_sites = [[s for s in range(n_sites) if chosen is None or (layer, s) in chosen]
+                   for layer in range(n_layers)]
+    total = sum(len(_chunks(sel, positions, w, per_chunk)) for w in widths for sel in layer_sites)
     with progress_bar(total=total, desc=f"{fam.kind} patching {setup.direction}",
                       enabled=progress) as bar:
         for start in starts:
@@ -246,8 +274,10 @@ def _sweep(
             tiled: dict[int, tuple[Tokens, Tensor | None]] = {}
             with torch.inference_mode():
                 for layer in range(n_layers):
+                    if not layer_sites[layer]:
+                        continue
                     deltas = fam.deltas(layer, rc.acts, dc.acts, w_o)
-                    for chunk in _chunks(n_sites, positions, w, per_chunk):
+                    for chunk in _chunks(layer_sites[layer], positions, w, per_chunk):
                         k = len(chunk)
                         read = _patch_chunk(fam, layer, recv_model, rc, deltas, chunk, read_pos,
                                             cols)
@@ -263,8 +293,10 @@ def _sweep(
                             patched[layer, s, 0 if p is None else p, start:start + b] = vals[j].cpu()
                         bar.update(1)
                     if positions == "each" and w < n_pos:  # positions past this batch's prompts
-                        patched[layer, :, w:, start:start + b] = receiver[start:start + b].cpu()
-    check_finite(patched, "a patched run")
+                        for s in layer_sites[layer]:
+                            patched[layer, s, w:, start:start + b] = receiver[start:start + b].cpu()
+    done = [(layer, s) for layer in range(n_layers) for s in layer_sites[layer]]
+    check_finite(patched[[x[0] for x in done], [x[1] for x in done]], "a patched run")
 
     if fam.kind != "heads":
         patched = patched[:, 0]

@@ -124,7 +124,9 @@ class PatchResult(SavableResult):
     def top(self, k: int = 10, *, absolute: bool = True) -> list[RankedSite]:
         """The ``k`` sites with the largest scores (largest ``|score|`` if ``absolute``)."""
         flat, eff = self.scores.flatten(), self.effects.flatten()
-        order = (flat.abs() if absolute else flat).argsort(descending=True)[:k]
+        key = (flat.abs() if absolute else flat).nan_to_num(nan=-torch.inf)  # unpatched: last
+        order = key.argsort(descending=True, stable=True)[:k]
+        order = order[torch.isfinite(flat[order])]
         lo, hi = (t.flatten() for t in self.interval())
         labels = self.labels()
         return [RankedSite(labels[i], float(flat[i]), float(eff[i]), float(lo[i]), float(hi[i]))

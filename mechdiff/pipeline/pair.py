@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+import torch
+
 from mechdiff.compare import Agreement, Interaction, agreement, interaction
 from mechdiff.directions import DIRECTIONS, Direction, parse_direction, slug
 from mechdiff.errors import OptionError, ZeroGapError
@@ -22,7 +24,7 @@ from mechdiff.loading import ModelPair
 from mechdiff.patching import PatchResult, Positions, attribute, cross_patch
 from mechdiff.patching._setup import check_positions, positive
 from mechdiff.results import SavableResult
-from mechdiff.sites import SiteKind, family
+from mechdiff.sites import Site, SiteKind, family
 from mechdiff.tasks import Task
 from mechdiff.weights import changed_blocks
 
@@ -117,6 +119,18 @@ class PairAnalysis(SavableResult):
         return sorted(rows.values(), key=strength, reverse=True)
 
 
+def _strongest(estimate: PatchResult, k: int) -> list[Site]:
+    """The ``k`` sites with the largest estimated ``|score|`` (over positions, if per position)."""
+    strength = estimate.scores.abs()
+    if "pos" in estimate.dims:
+        strength = strength.amax(-1)
+    flat = strength.flatten()
+    fam = family(estimate.sites)
+    per_layer = flat.numel() // strength.shape[0]
+    return [fam.site(int(i) // per_layer, int(i) % per_layer)
+            for i in flat.argsort(descending=True, stable=True)[:k].tolist()]
+
+
 def analyse_pair(
     pair: ModelPair,
     task: Task,
@@ -131,6 +145,7 @@ def analyse_pair(
     progress: bool = True,
     mechanism: str | None = None,
     description: str | None = None,
+    exact_top: int | None = None,
 ) -> PairAnalysis:
     """Behaviour gap, then patching of every site kind in every direction by every method.
 
@@ -148,6 +163,9 @@ def analyse_pair(
         progress: show progress bars.
         mechanism: the fine-tune's known mechanism, if any.
         description: a longer statement of the fine-tune, if any.
+        exact_top: with both methods, patch exactly only the ``exact_top`` sites of each kind
+            and direction that attribution estimates strongest (kinds with more sites than
+            that; the others score NaN in the exact result). ``None``: every site.
 
     Raises:
         ZeroGapError: the two models behave the same on the task (before any patching).
@@ -165,6 +183,11 @@ def analyse_pair(
         raise OptionError(f"methods must be among {PAIR_METHODS}, got {bad}")
     check_positions(positions)
     positive(batch_size=batch_size, prompt_batch_size=prompt_batch_size)
+    if exact_top is not None:
+        positive(exact_top=exact_top)
+        if set(methods) != set(PAIR_METHODS):
+            raise OptionError("exact_top picks exact patching's sites from attribution's "
+                              "estimates: give methods=('exact', 'attribution')")
     if not isinstance(label, str) or not label:
         raise OptionError(f"label must be a non-empty string, got {label!r}")
     gap = behaviour_gap(pair, task, prompt_batch_size=prompt_batch_size)
@@ -176,24 +199,32 @@ def analyse_pair(
     for kind in sites:
         for direction in directions:
             key = result_key(kind, direction)
-            if "exact" in methods:
-                exact[key] = cross_patch(pair, task, sites=kind, direction=direction,
-                                         positions=positions, batch_size=batch_size,
-                                         prompt_batch_size=prompt_batch_size, progress=progress)
             if "attribution" in methods:
                 estimates[key] = attribute(pair, task, sites=kind, direction=direction,
                                            positions=positions,
                                            prompt_batch_size=prompt_batch_size, progress=progress)
+            if "exact" in methods:
+                only = None
+                est = estimates.get(key)
+                n_sites = 0 if est is None else est.scores.numel() // (
+                    est.scores.shape[-1] if "pos" in est.dims else 1)
+                if exact_top is not None and est is not None and n_sites > exact_top:
+                    only = _strongest(est, exact_top)
+                exact[key] = cross_patch(pair, task, sites=kind, direction=direction,
+                                         positions=positions, batch_size=batch_size,
+                                         prompt_batch_size=prompt_batch_size, progress=progress,
+                                         only=only)
     changed = changed_blocks(pair)
     agreements = {key: agreement(estimates[key], exact[key], a_name="attribution",
                                  b_name="exact", layers=changed)
                   for key in exact if key in estimates}
-    both = {r.sites for r in exact.values() if r.direction == "ft->base"} & {
-        r.sites for r in exact.values() if r.direction == "base->ft"}
+    complete = {k: r for k, r in exact.items() if bool(torch.isfinite(r.scores).all())}
+    both = {r.sites for r in complete.values() if r.direction == "ft->base"} & {
+        r.sites for r in complete.values() if r.direction == "base->ft"}
     return PairAnalysis(
         label=label, gap=gap, exact=exact, estimates=estimates, agreements=agreements,
         directions=directions, changed_layers=changed,
-        interaction=interaction(exact) if both else None, mechanism=mechanism,
+        interaction=interaction(complete) if both else None, mechanism=mechanism,
         description=description,
     )
 

@@ -183,3 +183,25 @@ def test_save_load_roundtrip(pair_other, tmp_path):
 def test_bad_site_kind_is_refused_before_work(pair_other):
     with pytest.raises(SiteError, match="unknown site kind"):
         unchecked(mechdiff.cross_patch)(pair_other, _task(), sites="neurons", progress=False)
+
+
+def test_only_patches_the_chosen_sites_and_matches_the_full_sweep(pair_other) -> None:
+    from mechdiff.errors import SiteError
+    from mechdiff.sites import MLP, Head
+
+    task = _task()
+    full = mechdiff.cross_patch(pair_other, task, sites="heads", progress=False)
+    chosen = [Head(0, 1), Head(2, 3), Head(2, 0)]
+    part = mechdiff.cross_patch(pair_other, task, sites="heads", progress=False, only=chosen)
+    mask = torch.zeros(N_LAYERS, N_HEADS, dtype=torch.bool)
+    for h in chosen:
+        mask[h.layer, h.head] = True
+    torch.testing.assert_close(part.scores[mask], full.scores[mask])
+    assert torch.isnan(part.scores[~mask]).all()
+    assert {r.label for r in part.top(10)} == {h.label for h in chosen}  # unpatched never rank
+    lo, hi = part.interval()
+    assert torch.isfinite(lo[mask]).all() and torch.isnan(lo[~mask]).all()
+    with pytest.raises(SiteError, match="not a site of kind"):
+        mechdiff.cross_patch(pair_other, task, sites="heads", only=[MLP(0)], progress=False)
+    with pytest.raises(SiteError, match="does not exist"):
+        mechdiff.cross_patch(pair_other, task, sites="heads", only=[Head(9, 0)], progress=False)

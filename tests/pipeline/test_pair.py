@@ -1,0 +1,70 @@
+"""``analyse_pair``: the composite result of one pair (gap, both methods, agreements, series index)
+saves and reloads as one, a zero gap is refused before any patching, and ``exact_top`` patches
+exactly the candidates attribution ranks strongest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from support import random_prompts
+
+import mechdiff
+from mechdiff import Task
+from mechdiff.errors import OptionError, ZeroGapError
+from mechdiff.pipeline import PairAnalysis, analyse_pair
+from mechdiff.pipeline import pair as pipeline_pair
+
+
+def _task(n: int = 6) -> Task:
+    return Task(random_prompts(n), answers=["t1"] * n, wrong_answers=["t2"] * n, name="t")
+
+
+@pytest.fixture(scope="module")
+def planted(ckpts):
+    return mechdiff.load_pair(ckpts["base"], ckpts["head_last"], device="cpu")
+
+
+def test_both_methods_save_and_reload_whole(planted, tmp_path: Path) -> None:
+    a = analyse_pair(planted, _task(), label="planted", methods=("exact", "attribution"),
+                     progress=False)
+    assert set(a.exact) == set(a.estimates) == set(a.agreements) == {
+        "heads_ft_to_base", "heads_base_to_ft", "mlp_ft_to_base", "mlp_base_to_ft"}
+    assert a.ranking()[0].component == "L2H2" and a.interaction is not None
+    assert a.changed_layers == (2,)
+    back = PairAnalysis.load(a.save(tmp_path / "a"))
+    for key in a.exact:
+        assert torch.equal(back.exact[key].patched, a.exact[key].patched)
+        assert torch.equal(back.estimates[key].scores, a.estimates[key].scores)
+        assert back.agreements[key].rho == a.agreements[key].rho
+    assert back.interaction.index == a.interaction.index
+    assert [r.component for r in back.ranking()] == [r.component for r in a.ranking()]
+
+
+def test_zero_gap_is_refused_before_any_patching(ckpts, monkeypatch) -> None:
+    same = mechdiff.load_pair(ckpts["base"], ckpts["base"], device="cpu")
+
+    def no_patching(*a, **k):
+        raise AssertionError("patching ran although there is no gap")
+
+    monkeypatch.setattr(pipeline_pair, "cross_patch", no_patching)
+    monkeypatch.setattr(pipeline_pair, "attribute", no_patching)
+    with pytest.raises(ZeroGapError, match="nothing to attribute"):
+        analyse_pair(same, _task(), label="same", progress=False)
+
+
+def test_exact_top_patches_the_strongest_estimates_only(planted) -> None:
+    a = analyse_pair(planted, _task(), label="planted", methods=("exact", "attribution"),
+                     exact_top=3, progress=False)
+    heads = a.exact["heads_ft_to_base"]
+    assert int(torch.isfinite(heads.scores).sum()) == 3
+    assert float(heads.scores[2, 2]) == pytest.approx(1.0, abs=1e-3)  # the planted head is one
+    est = a.estimates["heads_ft_to_base"].scores.abs().flatten()
+    patched = torch.isfinite(heads.scores).flatten()
+    assert est[patched].min() >= est[~patched].max()  # the three strongest (ties either way)
+    assert torch.isfinite(a.exact["mlp_ft_to_base"].scores).all()  # 3 MLPs: all patched
+    assert a.agreements["heads_ft_to_base"].n_compared == 3
+    assert a.interaction is not None and a.interaction.sites == ("mlp",)
+    with pytest.raises(OptionError, match="exact_top"):
+        analyse_pair(planted, _task(), label="x", exact_top=3, progress=False)
