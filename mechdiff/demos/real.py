@@ -46,6 +46,12 @@ pass ``threads=1`` to :func:`run_demo_real` there.)"""
 REAL_EXACT = ("distill", "trigger")
 """Experiments of :data:`mechdiff.zoo.real.EXPERIMENTS` patched exactly as well as by attribution;
 the others (``distill_lora``) get the gap and attribution patching only."""
+REAL_SITES = ("heads", "attn", "mlp")
+"""Site kinds of the real demo: every head, every attention layer, every MLP."""
+REAL_EXACT_TOP = 20
+"""Heads patched exactly per direction: the strongest by attribution (all 270 heads, exactly, is
+the full sweep of ``analyses/real_full_sweep.py``); attention layers and MLPs are patched exactly
+whole, so the series index sums over them."""
 PROFILE_KINDS = ("attn", "mlp")
 """Site kinds of the prompted-base comparison's per-layer profiles."""
 
@@ -116,9 +122,11 @@ def run_demo_real(
             exp = real.EXPERIMENTS[step]
             pair = _real_pair(base, base_info, dirs["base"], dirs[exp.finetuned], device)
             task = chosen[exp.task]
+            exact = step in REAL_EXACT
             analysis = analyse_pair(
-                pair, task, label=step, progress=progress,
-                methods=("exact", "attribution") if step in REAL_EXACT else ("attribution",),
+                pair, task, label=step, progress=progress, sites=REAL_SITES,
+                methods=("exact", "attribution") if exact else ("attribution",),
+                exact_top=REAL_EXACT_TOP if exact else None,
                 mechanism=zoo.MECHANISMS.get(exp.mechanism, exp.mechanism),
                 description=real.FINETUNES[exp.finetuned].description,
             )

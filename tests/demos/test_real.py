@@ -123,7 +123,11 @@ def test_real_demo_on_a_stand_in_real_zoo(
         assert pair["ranked_by"] == "exact"
         analysis = PairAnalysis.load(out / label)
         spearman = pair["spearman_attribution_vs_exact"]
-        assert set(spearman) == {"heads ft->base", "heads base->ft", "mlp ft->base", "mlp base->ft"}
+        assert set(spearman) == {f"{k} {d}" for k in ("heads", "attn", "mlp")
+                                 for d in ("ft->base", "base->ft")}
+        assert pair["series_index"]["index"] == pytest.approx(
+            analysis.interaction.necessity - analysis.interaction.sufficiency)
+        assert analysis.interaction.sites == ("heads", "attn", "mlp")  # 12 heads: all exact
         for key, rho in spearman.items():  # the printed rho is the rho of the saved scores
             kind, direction = key.split()
             slug = f"{kind}_{direction.replace('->', '_to_')}"
@@ -136,7 +140,7 @@ def test_real_demo_on_a_stand_in_real_zoo(
     # Results on disk: exact and attribution, both directions; unchanged blocks score 0 exactly.
     for name in ("distill", "trigger"):
         analysis = PairAnalysis.load(out / name)
-        for kind in ("heads", "mlp"):
+        for kind in ("heads", "attn", "mlp"):
             for d in ("ft_to_base", "base_to_ft"):
                 exact = analysis.exact[f"{kind}_{d}"]
                 attr = analysis.estimates[f"{kind}_{d}"]
@@ -165,10 +169,10 @@ def test_real_demo_on_a_stand_in_real_zoo(
     assert comparison.finetuned["attn"].direction == "ft->base"
     check_figure(out / "figures" / "prompted_base" / "profiles.png")
     lora_cmp = FinetuneComparison.load(out / "comparisons" / "distill_lora_vs_distill")
-    assert set(lora_cmp.agreements) == {"heads_ft_to_base", "heads_base_to_ft", "mlp_ft_to_base",
-                                        "mlp_base_to_ft"}
+    assert set(lora_cmp.agreements) == {f"{k}_{d}" for k in ("heads", "attn", "mlp")
+                                        for d in ("ft_to_base", "base_to_ft")}
     assert set(summary["lora_vs_full"]["agreement"]) == {
-        "heads ft->base", "heads base->ft", "mlp ft->base", "mlp base->ft"}
+        f"{k} {d}" for k in ("heads", "attn", "mlp") for d in ("ft->base", "base->ft")}
     # What was printed: both scores side by side, the agreement, the readings.
     assert "exact" in stdout and "attrib." in stdout
     assert "Spearman rho, attribution vs exact, heads" in stdout
