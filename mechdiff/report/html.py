@@ -96,7 +96,8 @@ class Page:
 
     def anchor(self, text: str) -> str:
         """A unique id for a section headed ``text``."""
-        base = "".join(c if c.isalnum() or c in "_-" else "-" for c in text.lower()).strip("-") or "section"
+        base = "".join(c if c.isalnum() or c in "_-" else "-" for c in text.lower())
+        base = base.strip("-") or "section"
         name, i = base, 1
         while name in self._anchors:
             i += 1
@@ -365,8 +366,9 @@ def render_entry(page: Page, entry: Entry) -> tuple[str, str, str]:
             content = section.html(result, page)
         except Exception as e:  # a broken renderer: show what we can
             log.warning("the HTML section of %s failed: %s", entry.folder, e)
-            content = (f'<p class="error">This section could not be drawn ({html.escape(type(e).__name__)}: '
-                       f"{html.escape(str(e))}); its fields follow.</p>" + generic_html(page, result))
+            why = html.escape(f"{type(e).__name__}: {e}")
+            content = (f'<p class="error">This section could not be drawn ({why}); its fields '
+                       "follow.</p>" + generic_html(page, result))
     else:
         content = generic_html(page, result)
     return anchor, name, (f'<section id="{anchor}" class="result"><h2>{html.escape(name)}</h2>'

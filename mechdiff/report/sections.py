@@ -257,7 +257,8 @@ def describe(value: Any) -> str:
                     "(" + ", ".join(describe(v) for v in value) + ")")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _cut(f"{type(value).__name__}(" + ", ".join(
-            f"{f.name}={describe(getattr(value, f.name))}" for f in dataclasses.fields(value)) + ")")
+            f"{f.name}={describe(getattr(value, f.name))}"
+            for f in dataclasses.fields(value)) + ")")
     return _cut(str(value))
 
 

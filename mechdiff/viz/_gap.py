@@ -69,7 +69,8 @@ def _draw_scatter(ax: Axes, result: GapResult) -> None:
     ax.plot([lo, hi], [lo, hi], color="0.55", linewidth=0.8, linestyle="--", zorder=1,
             label="y = x (no change)")
     ax.scatter(base, ft, s=12, color="0.25", alpha=0.6, linewidths=0, zorder=2, label="prompt")
-    ax.scatter([base.mean()], [ft.mean()], s=40, marker="X", color=st.POSITIVE_HEX, edgecolors="white",
+    ax.scatter([base.mean()], [ft.mean()], s=40, marker="X", color=st.POSITIVE_HEX,
+               edgecolors="white",
                linewidths=0.6, zorder=3, label="mean")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)

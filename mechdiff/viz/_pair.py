@@ -37,7 +37,8 @@ def pair_figure_set(analysis: PairAnalysis, *, top: int = 12) -> Iterator[tuple[
                 continue
             name = st.SITE_NAMES.get(kind, kind)
             if len(found) == 2 and [r.direction for r in found] == ["ft->base", "base->ft"]:
-                yield f"{prefix}{kind}", plot_directions(*found, title=f"{name}{what} \u00b7 {about}")
+                yield f"{prefix}{kind}", plot_directions(
+                    *found, title=f"{name}{what} \u00b7 {about}")
             else:
                 for r in found:
                     yield f"{prefix}{kind}_{r.direction.replace('->', '_to_')}", plot_patch(r)

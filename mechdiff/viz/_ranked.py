@@ -43,7 +43,8 @@ def plot_ranked(analysis: PairAnalysis, k: int = 12, *, title: str | None = None
     p = analysis.gap.provenance
     about = (st.plain_text(analysis.label) if analysis.label == p.task
              else f"{st.plain_text(analysis.label)} \u00b7 task: {st.plain_text(p.task)}")
-    fig.suptitle(title or f"{about}\nstrongest components \u00b7 {p.n_prompts} prompts \u00b7 error bars: 95% "
+    fig.suptitle(title or f"{about}\nstrongest components \u00b7 {p.n_prompts} prompts \u00b7 "
+                 "error bars: 95% "
                  "interval over prompts", fontsize=st.TITLE_PT)
     y = np.arange(len(rows))
     bar_h = 0.8 / len(methods)

@@ -268,8 +268,10 @@ _DRAW_JS = r"""
     }
   }
   function visible(el) {
-    for (var d = el.closest("details"); d; d = d.parentElement ? d.parentElement.closest("details") : null) {
+    var d = el.closest("details");
+    while (d) {
       if (!d.open) return false;
+      d = d.parentElement ? d.parentElement.closest("details") : null;
     }
     return true;
   }

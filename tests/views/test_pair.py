@@ -73,7 +73,8 @@ def test_patterns_and_token_stats_match_transformers(pair, ckpts) -> None:
         torch.testing.assert_close(views.task_diff[i, :n], task_diff, atol=1e-4, rtol=1e-4)
         assert views.tokens[i] == tuple(pair.tokenizer.convert_ids_to_tokens(ids))
         # Past the prompt's own length nothing is defined.
-        assert torch.isnan(views.kl[i, n:]).all() and torch.isnan(views.base_pattern[i, :, n:]).all()
+        assert torch.isnan(views.kl[i, n:]).all()
+        assert torch.isnan(views.base_pattern[i, :, n:]).all()
 
 
 def test_last_token_values_are_the_behaviour_gap(pair) -> None:
