@@ -37,6 +37,9 @@ from mechdiff.errors import ResultError
 from mechdiff.patching import PatchResult
 from mechdiff.results import Provenance, SavableResult
 
+SUMMABLE = ("heads", "attn", "mlp")
+"""Site kinds whose contributions partition the residual stream (heads or attention layers, and
+MLPs); the residual stream itself is not summed (each layer carries every earlier one)."""
 SERIES_THRESHOLD = 1.0
 """A series index at or above this reads as components acting in series."""
 REDUNDANT_THRESHOLD = -1.0
@@ -100,7 +103,10 @@ def interaction(
     by_kind: dict[str, dict[str, PatchResult]] = {}
     for r in results.values():
         by_kind.setdefault(r.sites, {})[r.direction] = r
-    kinds = tuple(k for k, d in by_kind.items() if set(d) == {"ft->base", "base->ft"})
+    kinds = tuple(k for k, d in by_kind.items() if set(d) == {"ft->base", "base->ft"}
+                  and k in SUMMABLE)
+    if "heads" in kinds:  # an attention layer is the sum of its heads: count attention once
+        kinds = tuple(k for k in kinds if k != "attn")
     if not kinds:
         raise ResultError("the series index needs exact results of both directions for a site "
                           "kind")

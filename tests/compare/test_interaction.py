@@ -19,15 +19,19 @@ MARGIN = 0.5
 """How far from :data:`SERIES_THRESHOLD` each zoo fine-tune's whole interval must lie."""
 
 
-def _result(direction: str, effects: list[float], n: int = 6) -> PatchResult:
+def _result(direction: str, effects: list[float], n: int = 6, sites: str = "mlp") -> PatchResult:
     """A per-layer result whose patches move every prompt's metric by ``effects[layer]`` of a gap
     of 2 (receiver 0, donor 2), with prompt-to-prompt noise that averages out exactly."""
     noise = torch.linspace(-0.1, 0.1, n)
     patched = torch.stack([2 * e + noise for e in effects])
     prov = Provenance(base="b", finetuned="f", processing="none", task="t", prompts_hash="h",
                       n_prompts=n, metric="logit_diff")
-    return PatchResult(scores=torch.tensor(effects), patched=patched, receiver=torch.zeros(n),
-                       donor=torch.full((n,), 2.0), sites="mlp", dims=("layer",),
+    scores = torch.tensor(effects)
+    if sites == "heads":  # one layer of len(effects) heads
+        scores, patched = scores[None], patched[None]
+    return PatchResult(scores=scores, patched=patched, receiver=torch.zeros(n),
+                       donor=torch.full((n,), 2.0), sites=sites,
+                       dims=("layer", "head") if sites == "heads" else ("layer",),
                        direction=direction, positions="all", provenance=prov)
 
 
@@ -43,6 +47,14 @@ def test_additive_and_serial_effects_by_hand() -> None:
     redundant = interaction({"mlp_ft_to_base": _result("ft->base", [0.8, 0.8, 0.7]),
                              "mlp_base_to_ft": _result("base->ft", [0.1, 0.1, 0.0])})
     assert redundant.index == pytest.approx(-2.1) and "redundant" in redundant.reading().words
+
+
+def test_attention_is_counted_once() -> None:
+    """Heads and whole attention layers both present: the heads are summed, not the layers too."""
+    heads = {f"heads {d}": _result(d, [0.2, 0.3], sites="heads") for d in ("ft->base", "base->ft")}
+    layers = {f"attn {d}": _result(d, [0.5], sites="attn") for d in ("ft->base", "base->ft")}
+    x = interaction({**heads, **layers})
+    assert x.sites == ("heads",) and x.sufficiency == pytest.approx(0.5)
 
 
 def test_one_direction_or_estimates_are_refused() -> None:
