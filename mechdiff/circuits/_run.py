@@ -97,6 +97,87 @@ def _reader_groups(graph: Graph) -> list[tuple[str, list[int], int, int]]:
     return out
 
 
+class _Edits:
+    """The edge interventions of one forward pass.
+
+    The input of reader ``r`` in copy ``c`` changes by ``sum_w coef[c, r, w] D_w`` with
+    ``D_w = A_w - cur_w``. Written as ``base[c, r] S + sum_w (coef[c, r, w] - base[c, r]) D_w``
+    where ``S`` is the running sum of every ``D_w`` produced so far (exactly the writers upstream of
+    the readers about to run) and ``base`` is the median coefficient of the reader's edges: a small
+    circuit (most edges ablated, ``base = 1``), a single patched edge (``base = 0``) and a uniform
+    interpolation (``base = alpha``) all leave a sparse remainder, computed from the writer columns
+    where it is non-zero (all of a group's upstream writers at once when more than
+    :data:`DENSE` of them are).
+    """
+
+    def __init__(self, graph: Graph, coef: Tensor, replace: list[Tensor], copies: int,
+                 batch: int) -> None:
+        self.graph, self.replace, self.copies, self.batch = graph, replace, copies, batch
+        valid = graph.valid.to(coef.device)
+        masked = torch.where(valid, coef, torch.full_like(coef, float("nan")))
+        self.base = masked.nanmedian(-1).values.nan_to_num(0.0)  # [copies, reader]
+        self.rest = (coef - self.base[..., None]) * valid  # [copies, reader, writer]
+        nonzero = self.rest.ne(0).any(0)  # [reader, writer]
+        self.cols: dict[int, Tensor | None] = {}  # first reader of a group -> writer columns
+        for first, count in _groups(graph):
+            cols = nonzero[first:first + count].any(0).nonzero().flatten()
+            self.cols[first] = cols if len(cols) else None
+        self.any_rest = bool(nonzero.any())
+        self.starts, self.sizes = block_starts(graph), block_sizes(graph)
+        self.buf: Tensor | None = None  # [copies, writer, batch*pos*d_model] of every D_w
+        self.running: Tensor | None = None
+
+    def add(self, b: int, cur: Tensor) -> None:
+        """Writer block ``b`` of this run, ``[copies*batch, pos, n, d]``."""
+        c = cur.reshape(self.copies, self.batch, *cur.shape[1:])
+        d = self.replace[b].to(c.dtype)[None] - c  # [copies, batch, pos, n, d_model]
+        total = d.sum(3)
+        self.running = total if self.running is None else self.running + total
+        if self.any_rest:
+            if self.buf is None:
+                self.buf = torch.empty(self.copies, self.graph.n_writers, total[0].numel(),
+                                       dtype=d.dtype, device=d.device)
+            a, n = self.starts[b], self.sizes[b]
+            self.buf[:, a:a + n] = d.permute(0, 3, 1, 2, 4).reshape(self.copies, n, -1)
+
+    def delta(self, first: int, count: int) -> Tensor | None:
+        """Change of the inputs of readers ``first .. first+count-1`` (one group, all upstream
+        writers added), ``[copies, batch, pos, count, d]``; None if nothing changes."""
+        base = self.base[:, first:first + count]
+        shape = self.running.shape
+        out = None
+        if bool(base.ne(0).any()):
+            out = base[:, :, None] * self.running.reshape(self.copies, 1, -1).to(base.dtype)
+        cols = self.cols[first]
+        if cols is not None:
+            up = self.graph.n_upstream(first)
+            rest = self.rest[:, first:first + count]
+            if len(cols) > DENSE * up:
+                a, d = rest[:, :, :up], self.buf[:, :up]
+            else:
+                a, d = rest[:, :, cols], self.buf[:, cols]
+            a = a.to(d.dtype)
+            out = torch.bmm(a, d) if out is None else torch.baddbmm(out, a, d)
+        if out is None:
+            return None
+        return out.reshape(self.copies, count, *shape[1:]).permute(0, 2, 3, 1, 4)
+
+
+DENSE = 0.25
+"""Above this share of non-zero columns, a reader group's remainder is one dense product."""
+
+
+def _groups(graph: Graph) -> list[tuple[int, int]]:
+    """``(first reader, count)`` of each group whose deltas are computed together: a layer's
+    q/k/v inputs, its MLP input, the logits."""
+    n_attn = graph.n_heads + 2 * graph.n_kv_heads
+    out = []
+    for layer in range(graph.n_layers):
+        first = layer * graph.per_layer_readers
+        out += [(first, n_attn), (first + n_attn, 1)]
+    return [*out, (graph.logits_reader, 1)]
+
+
 def forward(
     model: TransformerBridge,
     graph: Graph,
@@ -119,8 +200,9 @@ def forward(
         ids: ``[batch, pos]`` token ids.
         read_pos: each prompt's read position ``[batch]``; None unembeds every position.
         copies: how many copies of the batch run stacked (one per coefficient matrix).
-        replace: replacement writer blocks ``[batch or 1, pos, n, d_model]`` (see module docstring).
-        coef: ``[copies, reader, writer]`` edge coefficients (0 = edge untouched); needs ``replace``.
+        replace: replacement writer blocks ``[batch or 1, pos, n, d_model]`` (module docstring).
+        coef: ``[copies, reader, writer]`` edge coefficients (0 = edge untouched); needs
+            ``replace``.
         capture: return this run's writer blocks (detached).
         record: hook names whose activations to return (detached).
         embed: replaces the input writer's output (``hook_embed``), ``[batch, pos, d_model]``.
@@ -130,21 +212,16 @@ def forward(
     batch = ids.shape[0]
     rows_all = copies * batch
     grad = on_grad is not None
-    n_blocks = 2 * graph.n_layers + 1
-    cur: list[Tensor | None] = [None] * n_blocks
-    diff: list[Tensor | None] = [None] * n_blocks
+    cur: list[Tensor | None] = [None] * (2 * graph.n_layers + 1)
     acts: dict[str, Tensor] = {}
     leaf: list[Tensor] = []
-    starts, sizes = block_starts(graph), block_sizes(graph)
-    active = None
+    edits = None
     if coef is not None:
         if replace is None:
             raise ValueError("edge coefficients need replacement outputs")
-        # which (reader rows, block) pairs carry a non-zero coefficient in some copy
-        active = coef.ne(0).any(0)  # [reader, writer]
-
-    def as_block(x: Tensor) -> Tensor:
-        return x if x.ndim == 4 else x[:, :, None]
+        edits = _Edits(graph, coef, replace, copies, batch)
+    per_layer = graph.per_layer_readers
+    n_attn = graph.n_heads + 2 * graph.n_kv_heads
 
     def writer_fn(b: int) -> Callable[[Tensor], Tensor]:
         def fn(x: Tensor) -> Tensor:
@@ -154,34 +231,40 @@ def forward(
                 if grad:
                     x = x.detach().requires_grad_(True) if not x.requires_grad else x
                     leaf.append(x)
-            cur[b] = as_block(x)
+            block = x if x.ndim == 4 else x[:, :, None]
+            if capture:
+                cur[b] = block
+            if edits is not None:
+                edits.add(b, block)
             return x
 
         return fn
 
-    def delta_for(rows: list[int], before: int) -> Tensor | None:
-        total = None
-        for b in range(before):
-            cols = slice(starts[b], starts[b] + sizes[b])
-            if not bool(active[rows][:, cols].any()):
-                continue
-            if diff[b] is None:
-                a = replace[b]
-                c = cur[b].reshape(copies, batch, *cur[b].shape[1:])
-                diff[b] = a.to(c.dtype)[None] - c  # [copies, batch, pos, n, d]
-            term = torch.einsum("crn,cbsnd->cbsrd", coef[:, rows, cols].to(diff[b].dtype), diff[b])
-            total = term if total is None else total + term
-        return None if total is None else total.reshape(rows_all, *total.shape[2:])
+    cache: dict[int, Tensor | None] = {}
+
+    def attn_delta(layer: int, rows: list[int]) -> Tensor | None:
+        """All of a layer's q/k/v deltas, computed at its first attention input hook."""
+        if layer not in cache:
+            cache.clear()
+            cache[layer] = edits.delta(layer * per_layer, n_attn)
+        full = cache[layer]
+        if full is None:
+            return None
+        lo = rows[0] - layer * per_layer
+        return full[:, :, :, lo:lo + len(rows)]
 
     def reader_fn(rows: list[int], before: int, per_head: bool) -> Callable[[Tensor], Tensor]:
+        layer = rows[0] // per_layer
+
         def fn(x: Tensor) -> Tensor:
             if grad and not per_head:
                 # The MLP input hook sees the residual stream itself (a pre-hook of the layer
                 # norm); a fresh tensor keeps the residual path's gradient out of this reader's.
                 x = x.clone()
-            if active is not None:
-                d = delta_for(rows, before)
+            if edits is not None:
+                d = attn_delta(layer, rows) if per_head else edits.delta(rows[0], 1)
                 if d is not None:
+                    d = d.reshape(rows_all, *d.shape[2:])
                     x = x + (d if per_head else d[:, :, 0])
             if grad and x.requires_grad:
                 if per_head:
@@ -190,7 +273,8 @@ def forward(
                     x.register_hook(lambda g: on_grad(rows, before_w, g[:, :, None]))
             return x
 
-        before_w = starts[before - 1] + sizes[before - 1] if before else 0
+        before_w = graph.n_writers if before > 2 * graph.n_layers else (
+            block_starts(graph)[before - 1] + block_sizes(graph)[before - 1])
         return fn
 
     hooks: dict[str, Any] = {INPUT_HOOK: writer_fn(0)}
@@ -210,13 +294,11 @@ def forward(
 
     for name in record:
         hooks[name] = recorder(name, hooks.get(name))
-    if read_pos is not None and _engine.UNEMBED_IN in model.hook_dict:
+    sliced = read_pos is not None and _engine.UNEMBED_IN in model.hook_dict
+    if sliced:
         rows_idx = torch.arange(rows_all, device=ids.device)
         pos = read_pos.repeat(copies)
         hooks[_engine.UNEMBED_IN] = lambda x: x[rows_idx, pos][:, None]
-        sliced = True
-    else:
-        sliced = False
 
     ids_all = ids.repeat(copies, 1) if copies > 1 else ids
     ctx = torch.enable_grad() if grad else torch.no_grad()

@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff.circuits import _prep, _run
+from mechdiff.circuits._contract import Contraction
 from mechdiff.circuits.ablation import Ablation, Replacements, empty_logits, mean_outputs
 from mechdiff.circuits.graph import Graph
 from mechdiff.circuits.results import OnGraph, RankedEdge
@@ -63,7 +64,7 @@ EdgePositions: TypeAlias = Literal["all", "each"]
 
 
 @dataclass(frozen=True)
-class EdgeScores(SavableResult, OnGraph):
+class EdgeScores(SavableResult, OnGraph, name="circuits.EdgeScores"):
     """Every edge's estimated ablation effect in one model.
 
     Attributes:
@@ -205,23 +206,13 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
     ids, read_pos = sub.tokens, None if task.reads_all_positions else sub.read_pos
     b, width = sub.n, int(ids.shape[1])
     blocks = repl.blocks(model, graph, sub)
-    dtype = _prep.result_dtype(model)
-    acc = _prep.zeros_like_graph(graph, b, device=ids.device, dtype=dtype)
-    acc_pos = torch.zeros(graph.n_readers, graph.n_writers, width, device=ids.device,
-                          dtype=dtype) if keep_pos else None
-    holder: dict[str, Tensor] = {}
-    weight = 1.0 / steps
-
-    def on_grad(rows: list[int], n_up: int, g: Tensor) -> None:
-        up = holder["delta"][:, :, :n_up].to(g.dtype)
-        acc[:, rows, :n_up] += weight * torch.einsum("bsrd,bswd->brw", g, up).to(dtype)
-        if acc_pos is not None:
-            acc_pos[rows, :n_up] += weight * torch.einsum("bsrd,bswd->rws", g, up).to(dtype)
-
+    con = Contraction(b, graph.n_readers, graph.n_writers, width,
+                      dtype=_prep.result_dtype(model), device=ids.device, per_position=keep_pos)
+    con.weight = 1.0 / steps
     record = _prep.check_records(graph) if check else ()
     if method == "eap":  # one forward with grad: capture the clean outputs and differentiate
         out = _run.forward(model, graph, ids, read_pos, capture=True, record=record,
-                           on_grad=on_grad)
+                           on_grad=con.on_grad)
     else:
         out = _run.forward(model, graph, ids, read_pos, capture=True, record=record)
     if check:
@@ -229,8 +220,7 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
     ref = _prep.reference(task, out.read)
     vals = _prep.metric(task, out.read.detach(), sub, ref)
     check_finite(vals, "the clean run")
-    holder["delta"] = torch.cat([a.to(c.dtype) - c for a, c in zip(blocks, out.writers,
-                                                                 strict=True)], dim=2)
+    con.set_delta(blocks, out.writers)
     if method == "eap":
         values = _prep.metric(task, out.read, sub, ref)
         torch.autograd.grad(values.sum(), [out.leaf])
@@ -240,12 +230,12 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
         for k in range(steps):
             alpha = (k + 0.5) / steps
             embed = (base_in + alpha * (clean_in - base_in)).expand_as(clean_in)
-            run = _run.forward(model, graph, ids, read_pos, embed=embed, on_grad=on_grad)
+            run = _run.forward(model, graph, ids, read_pos, embed=embed, on_grad=con.on_grad)
             values = _prep.metric(task, run.read, sub, ref)
             torch.autograd.grad(values.sum(), [run.leaf])
             bar.update(1)
     empty = _prep.metric(task, empty_logits(model, graph, blocks, read_pos, b), sub, ref)
     pos = None
-    if acc_pos is not None:
-        pos = graph.flat(acc_pos.permute(2, 0, 1)).T.cpu()
-    return _prep.cpu(vals), _prep.cpu(empty), graph.flat(acc).cpu(), pos
+    if con.acc_pos is not None:
+        pos = graph.flat(con.acc_pos.permute(2, 0, 1)).T.cpu()
+    return _prep.cpu(vals), _prep.cpu(empty), graph.flat(con.acc).cpu(), pos

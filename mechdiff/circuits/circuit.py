@@ -42,7 +42,7 @@ RULES: tuple[Rule, ...] = ("top_n", "threshold", "greedy")
 
 
 @dataclass(frozen=True)
-class Circuit(SavableResult, OnGraph):
+class Circuit(SavableResult, OnGraph, name="circuits.Circuit"):
     """A set of edges of a model's graph.
 
     Attributes:

@@ -41,6 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechdiff.circuits import _prep, _run
+from mechdiff.circuits._contract import Contraction
 from mechdiff.circuits.ablation import Replacements
 from mechdiff.circuits.attribution import METHODS, Method
 from mechdiff.circuits.faithfulness import evaluate
@@ -58,7 +59,7 @@ EXACT_TOP = 50
 
 
 @dataclass(frozen=True)
-class CrossEdgeScores(SavableResult, OnGraph):
+class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
     """Every edge's share of the fine-tuned-vs-base gap.
 
     Attributes:
@@ -214,26 +215,18 @@ def _estimate(recv, donor, graph, task, sub, method, steps, *, check, bar):
     dn = _run.forward(donor, graph, ids, read_pos, capture=True)
     ref = _prep.reference(task, dn.read)
     donor_vals = _prep.metric(task, dn.read, sub, ref)
-    acc = _prep.zeros_like_graph(graph, sub.n, device=ids.device, dtype=dtype)
-    holder: dict[str, Tensor] = {}
-    weight = 1.0 / steps
-
-    def on_grad(rows: list[int], n_up: int, g: Tensor) -> None:
-        up = holder["delta"][:, :, :n_up].to(g.dtype)
-        acc[:, rows, :n_up] += weight * torch.einsum("bsrd,bswd->brw", g, up).to(dtype)
-
-    def set_delta(writers: list[Tensor]) -> None:
-        holder["delta"] = torch.cat([a - c for a, c in zip(dn.writers, writers, strict=True)],
-                                    dim=2)
+    con = Contraction(sub.n, graph.n_readers, graph.n_writers, int(ids.shape[1]), dtype=dtype,
+                      device=ids.device, per_position=False)
+    con.weight = 1.0 / steps
 
     record = _prep.check_records(graph) if check else ()
     if method == "eap":
         out = _run.forward(recv, graph, ids, read_pos, capture=True, record=record,
-                           on_grad=on_grad)
+                           on_grad=con.on_grad)
         if check:
             _prep.checked(recv, graph, out, sub)
         recv_vals = _prep.metric(task, out.read.detach(), sub, ref)
-        set_delta(out.writers)
+        con.set_delta(dn.writers, out.writers)
         torch.autograd.grad(_prep.metric(task, out.read, sub, ref).sum(), [out.leaf])
         bar.update(1)
     else:
@@ -245,10 +238,10 @@ def _estimate(recv, donor, graph, task, sub, method, steps, *, check, bar):
         for k in range(steps):
             alpha = (k + 0.5) / steps
             run = _run.forward(recv, graph, ids, read_pos, replace=dn.writers,
-                               coef=(alpha * full)[None], capture=True, on_grad=on_grad)
-            set_delta(run.writers)
+                               coef=(alpha * full)[None], capture=True, on_grad=con.on_grad)
+            con.set_delta(dn.writers, run.writers)
             torch.autograd.grad(_prep.metric(task, run.read, sub, ref).sum(), [run.leaf])
             bar.update(1)
     check_finite(recv_vals, "the receiving model")
     check_finite(donor_vals, "the donor model")
-    return _prep.cpu(recv_vals), _prep.cpu(donor_vals), graph.flat(acc).cpu()
+    return _prep.cpu(recv_vals), _prep.cpu(donor_vals), graph.flat(con.acc).cpu()

@@ -69,7 +69,7 @@ def areas(fractions: tuple[float, ...], values: list[float]) -> tuple[float, flo
 
 
 @dataclass(frozen=True)
-class Faithfulness(SavableResult, OnGraph):
+class Faithfulness(SavableResult, OnGraph, name="circuits.Faithfulness"):
     """How much of the model's behaviour a circuit alone keeps, measured by intervention.
 
     Attributes:
@@ -109,7 +109,7 @@ class Faithfulness(SavableResult, OnGraph):
 
 
 @dataclass(frozen=True)
-class FaithfulnessCurve(SavableResult, OnGraph):
+class FaithfulnessCurve(SavableResult, OnGraph, name="circuits.FaithfulnessCurve"):
     """Faithfulness of circuits of growing size, with MIB's CPR and CMD.
 
     Attributes:
