@@ -104,7 +104,7 @@ def figure_caption(name: str) -> str:
     what = {"heads": "each attention head (after its own W_O)", "attn": "each attention layer",
             "mlp": "each MLP", "resid": "the residual stream entering each block"}.get(kind, kind)
     grid = ("one colour scale centred at 0 (red: closes the gap, blue: widens it); a dot marks a "
-            "cell whose 95% interval over prompts includes 0" if kind == "heads" else
+            "cell whose 95% interval over prompts includes 0; grey: not scored" if kind == "heads" else
             "bars: 95% intervals over prompts as error bars, the dotted line is the whole gap; "
             "layer \u00d7 position grids: a dot marks a cell whose interval includes 0")
     sides = {"": "sufficiency (FT\u2192base) left, necessity (base\u2192FT) right",
