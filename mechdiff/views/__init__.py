@@ -17,7 +17,6 @@ from mechdiff.views.pair import (
     PairViews,
     RankedHead,
     pair_views,
-    pattern_hook,
     top_heads,
 )
 from mechdiff.views.tokens import readable, shown, token_texts
@@ -29,7 +28,6 @@ __all__ = [
     "PairViews",
     "RankedHead",
     "pair_views",
-    "pattern_hook",
     "readable",
     "shown",
     "token_texts",

@@ -44,7 +44,7 @@ from mechdiff.metrics import check_finite, kl_div
 from mechdiff.patching import PatchResult
 from mechdiff.pipeline.pair import PairAnalysis
 from mechdiff.results import Provenance, SavableResult
-from mechdiff.sites import Head
+from mechdiff.sites import Head, pattern_hook
 from mechdiff.tasks import Task, Tokens
 from mechdiff.views.tokens import token_texts
 
@@ -57,11 +57,6 @@ DEFAULT_K = 6
 """Heads shown by default."""
 DEFAULT_PROMPTS = 2
 """Prompts kept by default."""
-
-
-def pattern_hook(layer: int) -> str:
-    """Every head's attention pattern of block ``layer``, ``[batch, head, query, key]``."""
-    return f"blocks.{layer}.attn.hook_pattern"
 
 
 @dataclass(frozen=True)

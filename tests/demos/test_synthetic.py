@@ -12,6 +12,7 @@ from support import check_figure, random_prompts, run_cli, table_rows
 from mechdiff import Task
 from mechdiff import zoo as zoo_pkg
 from mechdiff.pipeline import PairAnalysis
+from mechdiff.views import DEFAULT_K, PairViews
 from mechdiff.zoo.synthetic.recipes import ARCH
 
 FAKE_ZOO = {"reweight": ("head_last", "L2H2"), "reweight_seed1": ("head_mid", "L1H1"),
@@ -52,6 +53,15 @@ def test_demo_on_a_stand_in_zoo(ckpts, tmp_path: Path, monkeypatch: pytest.Monke
             check_figure(out / "figures" / name / f"{fig}.png")
     assert "re-weights an existing behaviour" in stdout and "builds a new skill" in stdout
     assert [r[1] for r in table_rows(stdout) if r[0] == "1"] == [p for _, p in FAKE_ZOO.values()]
+    assert f"report: {(out / 'report.html').resolve()}" in stdout
+    page = (out / "report.html").read_text()
+    assert page.count("var CircuitsVis=") == 1 and len(page) < 5_000_000
+    for name, (_, planted) in FAKE_ZOO.items():
+        views = PairViews.load(out / "views" / name)
+        assert views.label == name and len(views.heads) == DEFAULT_K
+        if planted.startswith("L"):
+            assert views.heads[0] == planted  # the planted head is the top head shown
+        assert f'id="{name}' in page
 
 
 @pytest.mark.slow
