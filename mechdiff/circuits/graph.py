@@ -32,7 +32,7 @@ heads; the logits read everything. With ``H`` query heads and ``G`` key-value he
     n_edges = sum_l [(H + 2G) (1 + l (H + 1)) + 1 + l (H + 1) + H] + 1 + L (H + 1)
 
 GPT-2 small (12 layers, 12 heads): **32,491 edges**, EAP-IG's count. SmolLM2-135M (30 layers, 9 query
-heads, 3 key-value heads): **70,651 edges** (118,831 if its key-value heads were ungrouped).
+heads, 3 key-value heads): **70,651 edges** (123,211 if its key-value heads were ungrouped).
 
 **Exactness.** The reader inputs must be the sum of the upstream writers' outputs plus constants:
 the positional embedding (GPT-2's learned ``W_pos``; rotary models add none to the stream) and the

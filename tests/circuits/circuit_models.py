@@ -3,7 +3,8 @@
 * :func:`induction_model`: a 2-layer LLaMA (grouped-query attention, rotary positions) trained on
   random sequences with a repeated segment until it does induction (``.. x1 .. x6 .. x1 x2 x3`` ->
   ``x4``); the heads that do it are found by exact ablation in the tests, not assumed.
-* :func:`llama`: a tiny LLaMA with grouped-query attention (4 query heads, 2 key-value heads).
+* :func:`llama`: a tiny random LLaMA with grouped-query attention (4 query heads, 2 key-value
+  heads); :func:`gpt2`: a tiny random GPT-2 with non-zero biases; :func:`random_task`.
 """
 
 from __future__ import annotations
@@ -101,3 +102,38 @@ def save_dir(model: torch.nn.Module, path: Path) -> Path:
     model.save_pretrained(path)
     make_tokenizer().save_pretrained(path)
     return path
+
+
+def gpt2(seed: int = 0, *, std: float = 0.1, biases: float = 0.1, n_layer: int = 3):
+    """A tiny random GPT-2 (``n_layer`` x 4 heads, d_model 64) with non-zero biases (so the
+    reconstruction's constants, ``b_O`` and ``W_pos``, are non-trivial)."""
+    from support import make_model
+
+    model = make_model(seed, n_layer=n_layer)
+    gen = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, std, generator=gen)
+            else:
+                p.add_(biases * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def random_task(n: int, seed: int = 0, *, lengths: tuple[int, int] = (6, 11),
+                corrupt: int = 2) -> mechdiff.Task:
+    """Random prompts of unequal lengths, random answers / wrong answers, and corrupted prompts
+    whose last ``corrupt`` tokens are replaced."""
+    from support import random_prompts
+
+    gen = torch.Generator().manual_seed(seed)
+    clean = random_prompts(n, lengths=lengths, seed=seed)
+    corrupted = []
+    for p in clean:
+        words = p.split()
+        fresh = torch.randint(0, 60, (corrupt,), generator=gen).tolist()
+        corrupted.append(" ".join(words[:-corrupt] + [f"t{i}" for i in fresh]))
+    answers = [f"t{int(i)}" for i in torch.randint(0, 30, (n,), generator=gen)]
+    wrong = [f"t{int(i)}" for i in torch.randint(30, 60, (n,), generator=gen)]
+    return mechdiff.Task(clean, answers=answers, wrong_answers=wrong, corrupted=corrupted,
+                         name="random")

@@ -1,0 +1,252 @@
+"""Edge attribution against oracles: the hand-computed linear estimate of single edges, central
+finite differences of the real edge intervention, EAP-IG's completeness, exact single-edge
+ablation (Spearman), TransformerLens 4.3's edge attribution (parity), prompt-batch invariance and
+bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from circuit_models import gpt2, random_task, save_dir
+from circuit_reference import capture, reader_grad, writer_value
+from support import unchecked
+from transformer_lens.tools.analysis.attribution_patching import (
+    EdgeAttributionConfig,
+    attribution_patch,
+)
+
+import mechdiff
+from mechdiff.circuits import EdgeScores, _prep, _run, edge_attribution, graph_of
+from mechdiff.circuits.ablation import Replacements
+from mechdiff.circuits.faithfulness import evaluate
+from mechdiff.errors import OptionError, PromptError
+from mechdiff.stats import spearman
+
+
+def _model(tiny, name: str, dtype=torch.float32):
+    return mechdiff.load_pair(tiny[name], tiny[name], device="cpu", dtype=dtype).base
+
+
+def _logit_diff(task_tokens):
+    rows = torch.arange(task_tokens.n)
+
+    def metric(read):
+        return read[rows, task_tokens.answer_ids] - read[rows, task_tokens.wrong_ids]
+
+    return metric
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_an_edge_scores_its_hand_computed_linear_estimate(tiny, name) -> None:
+    model = _model(tiny, name, torch.float64)
+    task = random_task(4, seed=3)
+    scores = edge_attribution(model, task, method="eap", ablation="corrupted", progress=False)
+    graph = graph_of(model)
+    _, tokens = _prep.prepare(model, task, "corrupted")
+    clean, corr = capture(model, tokens.tokens), capture(model, tokens.corrupted_tokens)
+    metric = _logit_diff(tokens)
+    last = graph.n_layers - 1
+    cases = [(("input",), ("q", 1, 2)), (("head", 0, 3), ("k", last, graph.n_kv_heads - 1)),
+             (("mlp", 0), ("v", 1, 0)), (("head", last, 1), ("mlp", last)),
+             (("mlp", last), ("logits",)), (("head", 1, 0), ("logits",))]
+    for w, r in cases:
+        g = reader_grad(model, tokens.tokens, tokens.read_pos, metric, r)
+        hand = float(((writer_value(corr, w) - writer_value(clean, w)) * g).sum()) / tokens.n
+        from circuit_reference import index_of
+
+        assert float(scores.scores[index_of(graph, (w, r))]) == pytest.approx(hand, rel=1e-6,
+                                                                              abs=1e-9)
+
+
+# float64 models; LLaMA's attention (torch's CPU scaled-dot-product kernel) rounds at about
+# float32 precision even in float64, so its differences need a larger step and tolerance.
+@pytest.mark.parametrize(("name", "ablation", "eps", "atol"), [
+    ("gpt2", "mean", 1e-5, 1e-7), ("gpt2", "corrupted", 1e-5, 1e-7),
+    ("llama", "mean", 1e-3, 2e-3), ("llama", "corrupted", 1e-3, 2e-3)])
+def test_eap_is_the_derivative_of_the_real_edge_intervention(tiny, name, ablation, eps,
+                                                            atol) -> None:
+    """d/dc M(edge coefficient c) at c = 0, by central differences of real interventions, is
+    the EAP score of every edge."""
+    model = _model(tiny, name, torch.float64)
+    task = random_task(4, seed=5)
+    scores = edge_attribution(model, task, method="eap", ablation=ablation, progress=False)
+    graph, tokens = _prep.prepare(model, task, ablation)
+    coefs = torch.zeros(2 * graph.n_edges, graph.n_readers, graph.n_writers, dtype=torch.float64)
+    e = torch.arange(graph.n_edges)
+    coefs[2 * e, graph.edge_reader, graph.edge_writer] = eps
+    coefs[2 * e + 1, graph.edge_reader, graph.edge_writer] = -eps
+    _, _, vals = evaluate(model, graph, task, tokens, Replacements(ablation), coefs,
+                          circuit_batch=64)
+    fd = (vals[0::2].mean(1) - vals[1::2].mean(1)) / (2 * eps)
+    assert float(fd.abs().max()) > 0.05
+    torch.testing.assert_close(scores.scores, fd, atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("ablation", ["corrupted", "mean"])
+def test_eap_ig_is_complete_on_the_input(tiny, name, ablation) -> None:
+    """Integrated gradients on the input embedding: the scores of the input's edges sum to the
+    effect of ablating the input, M(input ablated) - M(clean) (the corrupted run, or the run on
+    the mean embedding), as the steps grow (measured: LLaMA, mean ablation, 40 steps 0.6% off,
+    160 steps 0.04%)."""
+    model = _model(tiny, name, torch.float64)
+    task = random_task(6, seed=7)
+    scores = edge_attribution(model, task, method="eap_ig", steps=160, ablation=ablation,
+                              progress=False)
+    graph, tokens = _prep.prepare(model, task, ablation)
+    from mechdiff.circuits.ablation import mean_outputs
+
+    if ablation == "corrupted":
+        base_in = _run.forward(model, graph, tokens.corrupted_tokens, tokens.read_pos,
+                               capture=True).writers[0][:, :, 0]
+    else:
+        base_in = mean_outputs(model, graph, tokens, 16)[0][:, :, 0].expand(tokens.n, -1, -1)
+    ablated = _run.forward(model, graph, tokens.tokens, tokens.read_pos, embed=base_in)
+    clean = _run.forward(model, graph, tokens.tokens, tokens.read_pos)
+    effect = float((_logit_diff(tokens)(ablated.read) - _logit_diff(tokens)(clean.read)).mean())
+    total = float(scores.scores[graph.edge_writer == 0].sum())
+    assert abs(effect) > 0.03
+    assert total == pytest.approx(effect, rel=2e-3)
+
+
+def _exact_single_edges(model, task, ablation):
+    graph, tokens = _prep.prepare(model, task, ablation)
+    coefs = torch.zeros(graph.n_edges, graph.n_readers, graph.n_writers, dtype=torch.float64)
+    coefs[torch.arange(graph.n_edges), graph.edge_reader, graph.edge_writer] = 1.0
+    full, _, vals = evaluate(model, graph, task, tokens, Replacements(ablation), coefs,
+                             circuit_batch=128)
+    return vals.mean(1) - full.mean()
+
+
+# Exact single-edge ablation (262 real interventions) against the estimates, Spearman over every
+# edge, on tiny random GPT-2s (3 layers x 4 heads, weights N(0, 0.05), biases N(0, 0.1)), 16
+# prompts of unequal length, float64. Measured, seeds 0 / 1 / 2:
+#   EAP-IG (10 steps): mean ablation 0.952 / 0.958 / 0.972, corrupted 0.944 / 0.941 / 0.961
+#   EAP:               mean ablation 0.953 / 0.901 / 0.974, corrupted 0.929 / 0.934 / 0.953
+# With weights N(0, 0.1) (more non-linear) the same models give 0.84-0.92, and on the trained
+# induction model (saturated attention) 0.4-0.6 for both: the estimates rank the large edges
+# right there but not the many small ones (see the report).
+EAP_IG_MIN, EAP_MIN = 0.9, 0.85
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("ablation", ["mean", "corrupted"])
+def test_scores_rank_edges_like_exact_single_edge_ablation(tmp_path, seed, ablation) -> None:
+    d = save_dir(gpt2(seed, std=0.05), tmp_path / "m")
+    model = mechdiff.load_pair(d, d, device="cpu", dtype=torch.float64).base
+    task = random_task(16, seed=seed)
+    exact = _exact_single_edges(model, task, ablation)
+    ig = edge_attribution(model, task, method="eap_ig", steps=10, ablation=ablation,
+                          progress=False)
+    eap = edge_attribution(model, task, method="eap", ablation=ablation, progress=False)
+    assert spearman(ig.scores, exact) >= EAP_IG_MIN
+    assert spearman(eap.scores, exact) >= EAP_MIN
+
+
+def test_parity_with_transformer_lens_edge_attribution(tiny) -> None:
+    """TL 4.3's edge mode scores (a_clean - a_corrupt) . g on the corrupted run, per position;
+    summed over positions it is our score with the roles of the two prompts exchanged (our
+    clean = its corrupt): the same number, the sign convention converted by the exchange."""
+    model = _model(tiny, "gpt2")
+    graph = graph_of(model)
+    task = random_task(3, seed=11, lengths=(7, 7))
+    _, tokens = _prep.prepare(model, task, "corrupted")
+    swapped = mechdiff.Task([list(map(int, t)) for t in tokens.corrupted_tokens],
+                            answers=task.answers, wrong_answers=task.wrong_answers,
+                            corrupted=[list(map(int, t)) for t in tokens.tokens])
+    ours = edge_attribution(model, swapped, method="eap", ablation="corrupted", progress=False)
+    ans, wrong = tokens.answer_ids, tokens.wrong_ids
+    tl = torch.zeros(graph.n_edges)
+    params = list(model.parameters())
+    for p in params:  # TL differentiates through the parameters' graph; mechdiff freezes them
+        p.requires_grad_(True)
+    try:
+        for i in range(tokens.n):
+            def metric(logits, i=i):
+                return logits[0, -1, ans[i]] - logits[0, -1, wrong[i]]
+
+            res = attribution_patch(model, tokens.tokens[i:i + 1],
+                                    tokens.corrupted_tokens[i:i + 1], metric,
+                                    EdgeAttributionConfig(granularity="edge"))
+            for (w, r), v in res.edge_scores.items():
+                tl[_tl_index(graph, w, r)] += v / tokens.n
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    assert float(tl.abs().max()) > 1e-2
+    torch.testing.assert_close(ours.scores, tl, atol=2e-5, rtol=1e-4)
+
+
+def _tl_index(graph, w, r) -> int:
+    wi = {"embed": lambda: 0, "attn_head_out": lambda: graph.head(w.layer, w.head),
+          "mlp_out": lambda: graph.mlp(w.layer)}[w.kind]()
+    if r.kind == "logits":
+        ri = graph.logits_reader
+    elif r.kind == "mlp_in":
+        ri = graph.reader(r.layer, "mlp")
+    else:
+        ri = graph.reader(r.layer, r.kind[0], r.head)
+    return graph.edge(wi, ri)
+
+
+def test_prompts_of_unequal_length_and_batches(tiny) -> None:
+    model = _model(tiny, "llama")
+    task = random_task(5, seed=2, lengths=(4, 12))
+    whole = edge_attribution(model, task, method="eap_ig", steps=3, positions="each",
+                             prompt_batch_size=5, progress=False)
+    split = edge_attribution(model, task, method="eap_ig", steps=3, positions="each",
+                             prompt_batch_size=2, progress=False)
+    torch.testing.assert_close(split.per_prompt, whole.per_prompt, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(split.per_position, whole.per_position, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(whole.per_position.sum(1), whole.scores, atol=1e-5, rtol=1e-4)
+    # With corrupted ablation each prompt's row is that prompt run alone, at its own read
+    # position (with means, every prompt's ablation values depend on the others).
+    batch = edge_attribution(model, task, method="eap", ablation="corrupted", progress=False)
+    for i in (0, 3):
+        one = mechdiff.Task([task.prompts[i]], answers=[task.answers[i]],
+                            wrong_answers=[task.wrong_answers[i]], corrupted=[task.corrupted[i]])
+        alone = edge_attribution(model, one, method="eap", ablation="corrupted", progress=False)
+        torch.testing.assert_close(alone.per_prompt[0], batch.per_prompt[i], atol=1e-5,
+                                   rtol=1e-4)
+        assert float(alone.clean[0]) == pytest.approx(float(batch.clean[i]), abs=1e-5)
+
+
+def test_result_saves_ranks_and_tables(tiny, tmp_path) -> None:
+    model = _model(tiny, "gpt2")
+    r = edge_attribution(model, random_task(3), method="eap", progress=False)
+    loaded = EdgeScores.load(r.save(tmp_path / "scores"))
+    torch.testing.assert_close(loaded.scores, r.scores)
+    assert loaded.method == "eap" and loaded.ablation == "mean"
+    top = r.top(3)
+    assert abs(top[0].score) == pytest.approx(float(r.scores.abs().max()))
+    assert top[0].label == r.edge_labels()[top[0].index]
+    assert top[0].label in r.table(3)
+
+
+def test_bad_options_are_refused_before_any_forward(tiny, monkeypatch) -> None:
+    model = _model(tiny, "gpt2")
+
+    def boom(*a, **k):
+        raise AssertionError("a forward ran")
+
+    monkeypatch.setattr(_run, "forward", boom)
+    task = random_task(2)
+    plain = mechdiff.Task(task.prompts, answers=task.answers, wrong_answers=task.wrong_answers)
+    attribute = unchecked(edge_attribution)
+    with pytest.raises(OptionError, match="method"):
+        attribute(model, task, method="acdc")
+    with pytest.raises(OptionError, match="ablation"):
+        attribute(model, task, ablation="zero")
+    with pytest.raises(OptionError, match="positions"):
+        attribute(model, task, positions="some")
+    with pytest.raises(OptionError, match="steps"):
+        attribute(model, task, method="eap_ig", steps=0)
+    with pytest.raises(PromptError, match="corrupted"):
+        attribute(model, plain, ablation="corrupted")
+
+
+def test_a_float64_model_gives_float64_scores(tmp_path) -> None:
+    d = save_dir(gpt2(3), tmp_path / "m")
+    model = mechdiff.load_pair(d, d, device="cpu", dtype=torch.float64).base
+    r = edge_attribution(model, random_task(2), method="eap", progress=False)
+    assert r.scores.dtype == torch.float64
