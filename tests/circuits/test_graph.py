@@ -39,7 +39,8 @@ def test_edges_match_an_enumeration_from_the_definition(dims: tuple[int, int, in
     assert sorted(idx) == list(range(g.n_edges))  # a bijection
     for i, (w, r) in zip(idx, named, strict=True):
         label = g.edge_label(i)
-        writer = {"input": "input", "head": f"L{w[1]}H{w[-1]}", "mlp": f"MLP{w[-1]}"}[w[0]]
+        writer = ("input" if w[0] == "input" else f"L{w[1]}H{w[2]}" if w[0] == "head"
+                  else f"MLP{w[1]}")
         assert label.startswith(writer + "->")
         assert label.endswith({"q": ".q", "k": ".k", "v": ".v", "mlp": ".in",
                                "logits": "logits"}[r[0]])
