@@ -195,7 +195,7 @@ def cross_edge_attribution(
 
         _, _, vals = evaluate(recv, graph, task, tokens, Replacements("mean"), coefs,
                               circuit_batch=circuit_batch, prompt_batch_size=prompt_batch_size,
-                              progress=progress, donor_blocks=donor_blocks)
+                              progress=progress, donor_blocks=donor_blocks, with_empty=False)
         exact[chosen] = ((vals.mean(1) - receiver.mean()) / gap).to(dtype)
     return CrossEdgeScores(
         estimate=estimate, exact=exact, exact_edges=chosen, per_prompt=per_prompt,
