@@ -147,7 +147,8 @@ class _Edits:
         shape = self.running.shape
         out = None
         if bool(base.ne(0).any()):
-            out = base[:, :, None] * self.running.reshape(self.copies, 1, -1).to(base.dtype)
+            running = self.running.reshape(self.copies, 1, -1)
+            out = base[:, :, None].to(running.dtype) * running
         cols = self.cols[first]
         if cols is not None:
             up = self.graph.n_upstream(first)

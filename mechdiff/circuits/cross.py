@@ -27,8 +27,14 @@ are **patched for real** (one batched forward per ``circuit_batch`` edges), both
   the joint patch (its Aumann-Shapley value; the scores sum to the effect of patching every edge,
   for many steps). ``steps`` forwards and backwards.
 
-What edge patching cannot show: the logits node applies the *receiver's* final norm and
-unembedding, so a fine-tune that changed only the unembedding is invisible to every edge.
+What edge patching cannot show: what is not an edge. The logits node applies the *receiver's*
+final norm and unembedding, and the residual stream's constants (positional embedding, ``b_O``)
+stay the receiver's. With ``processing="compat"``, TransformerLens folds each head's value bias
+into ``b_O`` (``b_O + sum_h b_V[h] W_O[h]``), so a fine-tune that changed ``W_O`` or ``b_V`` of a head
+moves part of that head's output into the constant; models without attention biases (LLaMA,
+SmolLM2) are unaffected, GPT-2-style models can be loaded with ``processing="none"`` to keep the
+bias in the heads' outputs. ``all_edges`` measures it: the fraction of the gap closed by patching
+every edge at once (1 when nothing outside the edges changed).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
         estimate: estimated fraction of the gap closed by patching each edge ``[edge]``.
         exact: fraction closed by real edge patching ``[edge]``; NaN for edges not patched.
         exact_edges: the edges patched for real ``[k]`` (largest ``|estimate|`` first).
+        all_edges: fraction of the gap closed by patching every edge at once (exact; less than 1
+            when the models also differ outside the edges, see the module docstring).
         per_prompt: estimated metric change per prompt ``[batch, edge]``.
         receiver: metric per prompt of the receiving model ``[batch]``.
         donor: metric per prompt of the donor model ``[batch]``.
@@ -79,6 +87,7 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
     estimate: Float[Tensor, " edge"]
     exact: Float[Tensor, " edge"]
     exact_edges: Int[Tensor, " k"]
+    all_edges: float
     per_prompt: Float[Tensor, "batch edge"]
     receiver: Float[Tensor, " batch"]
     donor: Float[Tensor, " batch"]
@@ -110,7 +119,8 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
             f"edge patching {self.direction} on {p.task!r} ({p.n_prompts} prompts, metric "
             f"{p.metric}): receiver {self.receiver.mean():.4f}, donor {self.donor.mean():.4f}, "
             f"gap {self.gap:+.4f}; {len(self.exact_edges)} of {self.graph.n_edges} edges "
-            f"patched for real, all estimated ({name})",
+            f"patched for real, all estimated ({name}); every edge at once closes "
+            f"{self.all_edges:.3f} of the gap",
             f"{'rank':>4}  {'edge':<24} {'exact':>9} {'estimate':>9}",
         ]
         for r, row in enumerate(self.top(k), 1):
@@ -185,20 +195,22 @@ def cross_edge_attribution(
     k = min(exact_top, graph.n_edges)
     chosen = estimate.abs().argsort(descending=True, stable=True)[:k]
     exact = torch.full((graph.n_edges,), float("nan"), dtype=dtype)
-    if k:
-        coefs = torch.zeros(k, graph.n_readers, graph.n_writers)
-        coefs[torch.arange(k), graph.edge_reader[chosen], graph.edge_writer[chosen]] = 1.0
+    coefs = torch.zeros(k + 1, graph.n_readers, graph.n_writers)
+    coefs[torch.arange(k), graph.edge_reader[chosen], graph.edge_writer[chosen]] = 1.0
+    coefs[k] = graph.valid.float()  # every edge at once
 
-        def donor_blocks(sub):
-            out = _run.forward(donor, graph, sub.tokens, _read_pos(task, sub), capture=True)
-            return out.writers, out.read
+    def donor_blocks(sub):
+        out = _run.forward(donor, graph, sub.tokens, _read_pos(task, sub), capture=True)
+        return out.writers, out.read
 
-        _, _, vals = evaluate(recv, graph, task, tokens, Replacements("mean"), coefs,
-                              circuit_batch=circuit_batch, prompt_batch_size=prompt_batch_size,
-                              progress=progress, donor_blocks=donor_blocks, with_empty=False)
-        exact[chosen] = ((vals.mean(1) - receiver.mean()) / gap).to(dtype)
+    _, _, vals = evaluate(recv, graph, task, tokens, Replacements("mean"), coefs,
+                          circuit_batch=circuit_batch, prompt_batch_size=prompt_batch_size,
+                          progress=progress, donor_blocks=donor_blocks, with_empty=False)
+    fractions = ((vals.mean(1) - receiver.mean()) / gap).to(dtype)
+    exact[chosen] = fractions[:k]
     return CrossEdgeScores(
-        estimate=estimate, exact=exact, exact_edges=chosen, per_prompt=per_prompt,
+        estimate=estimate, exact=exact, exact_edges=chosen, all_edges=float(fractions[k]),
+        per_prompt=per_prompt,
         receiver=receiver, donor=donor_m, **graph.dims, direction=direction, method=method,
         steps=steps, provenance=pair.provenance(task),
     )
