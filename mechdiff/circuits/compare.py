@@ -4,17 +4,21 @@
 (:func:`~mechdiff.circuits.edge_attribution`) and the faithfulness curve of its circuits
 (:func:`~mechdiff.circuits.faithfulness_curve`), then:
 
-1. **matched size** ``p*``: the smallest MIB fraction of edges at which both models' own circuits
-   are faithful within :data:`CLOSE` (``|1 - f| <= CLOSE``); both circuits are taken at ``p*``
-   (same rule, same number of selected edges), so overlaps compare like with like;
-2. **overlap**: shared / new (fine-tuned only) / dropped (base only) nodes and edges; node and
-   edge IoU at ``p*``, and edge IoU at every fraction of the curve (``iou_curve``);
+1. **each model's circuit**: the smallest MIB fraction of edges at which the model's own circuit
+   is faithful within :data:`CLOSE` (``|1 - f| <= CLOSE``; the whole graph if none is);
+2. **overlap**: shared / new (fine-tuned only) / dropped (base only) nodes and edges of the two
+   circuits, their node and edge IoU, and the edge IoU of the two models' circuits *at matched
+   sizes*, at every fraction of the curves (``iou_curve``);
 3. **scores**: Spearman's rank correlation of every edge's score in the two models; the edges
    whose ``|score|`` grew and shrank most;
 4. **cross-faithfulness**, by real intervention: the base circuit run inside the fine-tuned model
    (every edge outside it ablated, with the fine-tuned model's own ablation values) and the
    fine-tuned circuit inside the base, each normalized within the model it runs in;
-5. the :mod:`~mechdiff.circuits.verdict` from those numbers, with bootstrap intervals over prompts.
+5. **the change carried by the base circuit**, by cross-model edge patching
+   (:mod:`~mechdiff.circuits.cross`): every edge of the base circuit receives the fine-tuned
+   model's upstream output inside the base model's run, all at once; the fraction of the gap
+   this closes;
+6. the :mod:`~mechdiff.circuits.verdict` from those numbers, with bootstrap intervals over prompts.
 
 Cost (per model): the edge attribution, one forward per curve point and prompt batch, and two
 forwards per prompt batch for the cross-evaluation; the ablation values (means) are computed once
@@ -31,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechdiff.circuits import _prep
+from mechdiff.circuits import _prep, _run
 from mechdiff.circuits.ablation import Ablation, Replacements, mean_outputs
 from mechdiff.circuits.attribution import METHODS, EdgeScores, Method, attribute_edges
 from mechdiff.circuits.circuit import Circuit, Rule, select_circuit
@@ -53,7 +57,7 @@ from mechdiff.stats import spearman
 from mechdiff.tasks import Task
 
 CLOSE = 0.2
-"""Both circuits of the matched size are faithful within this: ``|1 - f| <= CLOSE``."""
+"""Each model's circuit is its smallest one faithful within this: ``|1 - f| <= CLOSE``."""
 N_BOOT = 200
 """Default bootstrap resamples of the prompts."""
 TOP_CHANGES = 10
@@ -67,13 +71,15 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
     Attributes:
         base_scores, ft_scores: edge scores in each model.
         base_curve, ft_curve: each model's faithfulness curve of its own circuits.
-        size: the matched fraction of edges ``p*`` (module docstring).
-        base_circuit, ft_circuit: each model's circuit at ``p*``.
+        base_size, ft_size: the fraction of edges of each model's circuit (module docstring).
+        base_circuit, ft_circuit: each model's smallest faithful circuit.
         base_in_ft: the base circuit evaluated inside the fine-tuned model.
         ft_in_base: the fine-tuned circuit evaluated inside the base model.
+        patched: base model's metric per prompt with the base circuit's edges carrying the
+            fine-tuned model's outputs ``[batch]`` (``carried`` in the verdict).
         iou_curve: edge IoU of the two models' circuits at each fraction of the curves.
         shared_nodes, new_nodes, dropped_nodes: node labels in both / only the fine-tuned / only
-            the base circuit at ``p*``.
+            the base circuit.
         n_shared_edges, n_new_edges, n_dropped_edges: edge counts likewise.
         strengthened, weakened: ``(edge, base score, fine-tuned score)`` of the edges whose
             ``|score|`` grew / shrank most.
@@ -86,11 +92,13 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
     ft_scores: EdgeScores
     base_curve: FaithfulnessCurve
     ft_curve: FaithfulnessCurve
-    size: float
+    base_size: float
+    ft_size: float
     base_circuit: Circuit
     ft_circuit: Circuit
     base_in_ft: Faithfulness
     ft_in_base: Faithfulness
+    patched: Float[Tensor, " batch"]
     iou_curve: Float[Tensor, " fraction"]
     shared_nodes: tuple[str, ...]
     new_nodes: tuple[str, ...]
@@ -116,9 +124,12 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             f"circuits; graph of {g.n_edges} edges)",
             f"  own circuits: base CPR {bc.cpr:.3f} CMD {bc.cmd:.3f}; fine-tuned CPR {fc.cpr:.3f} "
             f"CMD {fc.cmd:.3f}",
-            f"  matched size {100 * self.size:g}% of edges: base {self.base_circuit.n_edges} "
-            f"edges / {int(self.base_circuit.nodes.sum())} nodes, fine-tuned "
-            f"{self.ft_circuit.n_edges} edges / {int(self.ft_circuit.nodes.sum())} nodes",
+            f"  smallest faithful circuits: base {100 * self.base_size:g}% of edges "
+            f"({self.base_circuit.n_edges} edges, {int(self.base_circuit.nodes.sum())} nodes), "
+            f"fine-tuned {100 * self.ft_size:g}% ({self.ft_circuit.n_edges} edges, "
+            f"{int(self.ft_circuit.nodes.sum())} nodes); edge IoU at matched sizes "
+            + ", ".join(f"{100 * f:g}%: {v:.2f}" for f, v in zip(
+                MIB_FRACTIONS, self.iou_curve.tolist(), strict=True) if not math.isnan(v)),
             f"  edges shared {self.n_shared_edges}, new {self.n_new_edges}, dropped "
             f"{self.n_dropped_edges}; nodes new: {', '.join(self.new_nodes) or '-'}; dropped: "
             f"{', '.join(self.dropped_nodes) or '-'}",
@@ -203,9 +214,8 @@ def compare_circuits(
                        ids[name], circuit_batch, kw)
         side[name] = {"model": model, "repl": repl, "scores": scores, "curve": curve}
     b, f = side["base"], side["finetuned"]
-    size = _matched_size(b["curve"], f["curve"])
-    i = MIB_FRACTIONS.index(size)
-    cb, cf = b["curve"].circuit_at(size), f["curve"].circuit_at(size)
+    size_b, size_f = _smallest(b["curve"]), _smallest(f["curve"])
+    cb, cf = b["curve"].circuit_at(size_b), f["curve"].circuit_at(size_f)
     cb = Circuit(cb.edges, **graph.dims, rule=rule, requested=cb.requested,
                  scores=b["scores"].scores, provenance=b["scores"].provenance)
     cf = Circuit(cf.edges, **graph.dims, rule=rule, requested=cf.requested,
@@ -213,19 +223,20 @@ def compare_circuits(
     b_in_f = _cross(f["model"], graph, task, tokens, f["repl"], cb, ablation, ids["finetuned"],
                     kw)
     f_in_b = _cross(b["model"], graph, task, tokens, b["repl"], cf, ablation, ids["base"], kw)
+    patched = _patch_circuit(pair, graph, task, tokens, cb, circuit_batch, kw)
     per_prompt = {
         "b_full": b["curve"].full, "f_full": f["curve"].full,
         "b_empty": b["curve"].empty, "f_empty": f["curve"].empty,
-        "b_cb": b["curve"].circuit[i], "f_cf": f["curve"].circuit[i],
+        "b_patched": patched,
         "f_cb": b_in_f.circuit, "b_cf": f_in_b.circuit,
         "s_b": b["scores"].per_prompt, "s_f": f["scores"].per_prompt,
     }
     numbers = _numbers(per_prompt, cb, cf, None)
-    verdict = _verdict(per_prompt, cb, cf, numbers, thresholds, n_boot, seed, size)
+    verdict = _verdict(per_prompt, cb, cf, numbers, thresholds, n_boot, seed, size_b)
     return CircuitComparison(
         base_scores=b["scores"], ft_scores=f["scores"], base_curve=b["curve"],
-        ft_curve=f["curve"], size=size, base_circuit=cb, ft_circuit=cf, base_in_ft=b_in_f,
-        ft_in_base=f_in_b, iou_curve=_iou_curve(b["curve"], f["curve"]),
+        ft_curve=f["curve"], base_size=size_b, ft_size=size_f, base_circuit=cb, ft_circuit=cf,
+        base_in_ft=b_in_f, ft_in_base=f_in_b, patched=patched, iou_curve=_iou_curve(b["curve"], f["curve"]),
         **_overlap(graph, cb, cf), **_changes(graph, b["scores"], f["scores"]), verdict=verdict,
         **graph.dims, provenance=pair.provenance(task, seed=seed),
     )
@@ -261,15 +272,27 @@ def _cross(model: TransformerBridge, graph: Graph, task: Task, tokens, repl: Rep
                         provenance=model_provenance(model, task, model_id=model_id))
 
 
-def _matched_size(base: FaithfulnessCurve, ft: FaithfulnessCurve) -> float:
-    """The smallest fraction at which both own circuits are within CLOSE of faithful (else the
-    fine-tuned one alone; else the full graph)."""
-    for both in (True, False):
-        for i, frac in enumerate(MIB_FRACTIONS):
-            ok_f = abs(1 - float(ft.values[i])) <= CLOSE
-            ok_b = abs(1 - float(base.values[i])) <= CLOSE
-            if ok_f and (ok_b or not both):
-                return frac
+def _patch_circuit(pair: ModelPair, graph: Graph, task: Task, tokens, circuit: Circuit,
+                   circuit_batch: int, kw: dict) -> Tensor:
+    """The base model's metric per prompt with every edge of ``circuit`` carrying the fine-tuned
+    model's upstream output (cross-model edge patching, ft->base)."""
+    def donor_blocks(sub):
+        read_pos = None if task.reads_all_positions else sub.read_pos
+        out = _run.forward(pair.finetuned, graph, sub.tokens, read_pos, capture=True)
+        return out.writers, out.read
+
+    coef = graph.dense(circuit.edges.float())[None]
+    _, _, vals = evaluate(pair.base, graph, task, tokens, Replacements("mean"), coef,
+                          circuit_batch=circuit_batch, donor_blocks=donor_blocks,
+                          with_empty=False, **kw)
+    return vals[0]
+
+
+def _smallest(curve: FaithfulnessCurve) -> float:
+    """The smallest fraction whose circuit is faithful within CLOSE (else the whole graph)."""
+    for i, frac in enumerate(MIB_FRACTIONS):
+        if abs(1 - float(curve.values[i])) <= CLOSE:
+            return frac
     return 1.0
 
 
@@ -323,7 +346,7 @@ def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
         "base_in_ft": normalized(m("f_cb"), m("f_full"), m("f_empty")),
         "ft_in_base": normalized(m("b_cf"), m("b_full"), m("b_empty")),
         "score_rank": spearman(s_b, s_f),
-        "carried": (m("f_cb") - m("b_cb")) / gap if gap != 0 else math.nan,
+        "carried": (m("b_patched") - m("b_full")) / gap if gap != 0 else math.nan,
         "new_mass": float(s_f.abs()[cf.edges & ~cb.edges].sum()) / mass_f if mass_f else math.nan,
         "edge_iou": _iou(cb.edges, cf.edges),
         "node_iou": _iou(cb.nodes, cf.nodes),
@@ -352,12 +375,13 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
                         else (math.nan, math.nan))
     notes = sensitivity(numbers, intervals, t)
     if size >= 1.0:
-        notes.append("no circuit smaller than the whole graph was faithful within CLOSE in both "
-                     "models; the comparison is of whole graphs")
+        notes.append("no base circuit smaller than the whole graph was faithful within CLOSE; "
+                     "the base circuit is the whole graph, so base_in_ft and carried are 1 by "
+                     "construction")
     if numbers["base_in_ft"] > 1 + (1 - t["REUSE_FAITHFULNESS"]):
         notes.append(f"the base circuit overshoots inside the fine-tuned model "
                      f"({numbers['base_in_ft']:.2f}): edges outside it oppose the behaviour there")
     return Verdict(label=label, reasons=reasons, numbers=numbers, intervals=intervals,
                    thresholds=t, frequency={k: v / n_boot for k, v in counts.items()},
                    notes=tuple(notes), n_boot=n_boot, seed=seed,
-                   extra={"size": f"{size:g}", "close": f"{CLOSE:g}"})
+                   extra={"base_size": f"{size:g}", "close": f"{CLOSE:g}"})

@@ -11,19 +11,26 @@ edge IoU 0.37 that are 0.91 faithful on each other's task. The verdict rests on 
 * ``score_rank``: Spearman's rank correlation of every edge's score in the two models (Wang et al.
   2025: fine-tuning can keep nodes but change edges; a low correlation says the importance of the
   paths was rearranged).
-* ``carried``: the share of the behaviour gap that the base circuit alone carries,
-  ``(m_ft(C_base) - m_base(C_base)) / (m_ft(full) - m_base(full))``: "strengthened" when the base
-  circuit's own output moves with the fine-tuned behaviour.
+* ``carried``: the share of the behaviour gap that flows through the base circuit's paths, by
+  cross-model edge patching: in the base model's run, every edge of the base circuit receives the
+  fine-tuned model's upstream output, ``(m_base(C_base <- ft) - m_base) / (m_ft - m_base)``.
+  "Strengthened" when the fine-tuned behaviour is reproduced by what flows along the base
+  circuit; near 0 when the change lives on other paths. No ablation baseline enters it.
 * ``new_mass``: the share of the fine-tuned circuit's total ``|score|`` on edges outside the base
   circuit (reported; not a rule: it depends on the circuit size).
 
+Cross-faithfulness alone is not enough either: it is normalized by the fine-tuned model's own
+behaviour against its ablated baseline, which can be small or carry part of a new mechanism (a
+counterfactual prompt on which a new head still fires); ``carried`` looks at the change itself.
+
 Rules, with the named thresholds below (stored in every :class:`Verdict`):
 
-* **"re-used and strengthened"**: ``base_in_ft >= REUSE_FAITHFULNESS`` and
-  ``score_rank >= REUSE_RANK`` and ``carried >= STRENGTHENED``;
-* **"new mechanism"**: ``base_in_ft < NEW_FAITHFULNESS`` or ``score_rank < NEW_RANK``;
-* **"mixed"**: anything else (e.g. the base circuit is faithful but carries little of the gap, or
-  the scores were partly rearranged).
+* **"new mechanism"**: ``carried < NEW_CARRIED`` or ``base_in_ft < NEW_FAITHFULNESS`` or
+  ``score_rank < NEW_RANK``;
+* **"re-used and strengthened"**: otherwise, if ``carried >= STRENGTHENED`` and
+  ``base_in_ft >= REUSE_FAITHFULNESS`` and ``score_rank >= REUSE_RANK``;
+* **"mixed"**: anything else (e.g. the base circuit carries part of the change, or the scores
+  were partly rearranged).
 
 **Uncertainty**: every number is recomputed on ``n_boot`` resamples of the prompts (with
 replacement; a seeded ``torch.Generator``, seed recorded), with the circuits held at their
@@ -52,7 +59,9 @@ REUSE_RANK = 0.5
 NEW_RANK = 0.2
 """Below this rank correlation, the paths' importance was rearranged: a new mechanism."""
 STRENGTHENED = 0.5
-"""The base circuit alone carries at least this share of the behaviour gap."""
+"""The base circuit alone carries at least this share of the behaviour gap (re-use)."""
+NEW_CARRIED = 0.25
+"""Below this share of the gap carried by the base circuit, the change happened elsewhere."""
 NEAR = 0.1
 """A number this close to a threshold it is compared with gets a sensitivity note."""
 
@@ -62,6 +71,7 @@ THRESHOLDS: dict[str, float] = {
     "REUSE_RANK": REUSE_RANK,
     "NEW_RANK": NEW_RANK,
     "STRENGTHENED": STRENGTHENED,
+    "NEW_CARRIED": NEW_CARRIED,
     "NEAR": NEAR,
 }
 """Every threshold of the rules, by name (the defaults of :func:`decide`)."""
@@ -69,7 +79,7 @@ THRESHOLDS: dict[str, float] = {
 _USES: dict[str, tuple[str, ...]] = {
     "base_in_ft": ("REUSE_FAITHFULNESS", "NEW_FAITHFULNESS"),
     "score_rank": ("REUSE_RANK", "NEW_RANK"),
-    "carried": ("STRENGTHENED",),
+    "carried": ("STRENGTHENED", "NEW_CARRIED"),
 }
 """Which thresholds each number is compared with."""
 
@@ -85,6 +95,9 @@ def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None
     f, rank, carried = numbers["base_in_ft"], numbers["score_rank"], numbers["carried"]
     reasons = []
     new = []
+    if not carried >= t["NEW_CARRIED"]:
+        new.append(f"the base circuit alone carries only {carried:.2f} of the gap (< NEW_CARRIED "
+                   f"{t['NEW_CARRIED']:g}): the change happened outside it")
     if not f >= t["NEW_FAITHFULNESS"]:
         new.append(f"the base circuit inside the fine-tuned model keeps only {f:.2f} of its "
                    f"behaviour (< NEW_FAITHFULNESS {t['NEW_FAITHFULNESS']:g})")

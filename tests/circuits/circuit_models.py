@@ -137,3 +137,86 @@ def random_task(n: int, seed: int = 0, *, lengths: tuple[int, int] = (6, 11),
     wrong = [f"t{int(i)}" for i in torch.randint(30, 60, (n,), generator=gen)]
     return mechdiff.Task(clean, answers=answers, wrong_answers=wrong, corrupted=corrupted,
                          name="random")
+
+
+SUBSET = 8
+"""Tokens t0 .. t7: the alphabet of :func:`successor_task` (a head of d_head 8 can map it)."""
+
+
+def successor(token: int) -> int:
+    return (token + 1) % SUBSET
+
+
+def successor_task(n: int = 24, seed: int = 0, *, query: int = 3) -> mechdiff.Task:
+    """Induction prompts ``r x1 .. x6 s x1 .. x{query}`` over the alphabet t0..t7 (fillers from
+    t8..t59) scored as ``logit(succ(x{query+1})) - logit(x{query+1})``: the base model, doing
+    induction, prefers the repeat; a fine-tune that learned "the successor of the token induction
+    finds" prefers the successor. Corrupted prompts replace the repeated part by fillers."""
+    gen = torch.Generator().manual_seed(seed)
+    prompts, answers, wrong, corrupted = [], [], [], []
+    while len(prompts) < n:
+        x = torch.randperm(SUBSET, generator=gen)[:6].tolist()
+        target = x[query]
+        if successor(target) in x[:query + 1]:
+            continue  # keep the successor out of what the prompt already repeats
+        fill = (8 + torch.randperm(52, generator=gen)[:4 + query]).tolist()
+        words = [f"t{i}" for i in fill[:2] + x + fill[2:4]]
+        prompts.append(" ".join(words + [f"t{i}" for i in x[:query]]))
+        corrupted.append(" ".join(words + [f"t{i}" for i in fill[4:]]))
+        answers.append(f"t{successor(target)}")
+        wrong.append(f"t{target}")
+    return mechdiff.Task(prompts, answers=answers, wrong_answers=wrong, corrupted=corrupted,
+                         name="successor")
+
+
+def rescaled(model: LlamaForCausalLM, heads: list[tuple[int, int]], *, factor: float = 1.5,
+             mlp: float = 1.2) -> LlamaForCausalLM:
+    """A fine-tune that only rescales existing components: the output maps (``o_proj`` columns)
+    of ``heads`` by ``factor`` and every MLP's output by ``mlp``."""
+    import copy
+
+    out = copy.deepcopy(model)
+    d_head = out.config.hidden_size // out.config.num_attention_heads
+    with torch.no_grad():
+        for layer, head in heads:
+            out.model.layers[layer].self_attn.o_proj.weight[:, head * d_head:(head + 1) * d_head] \
+                *= factor
+        for block in out.model.layers:
+            block.mlp.down_proj.weight *= mlp
+    return out.eval()
+
+
+def new_head(model: LlamaForCausalLM, layer: int, kv_head: int, *, strength: float = 8.0,
+             seed: int = 0) -> LlamaForCausalLM:
+    """A fine-tune that writes new V/O maps into key-value head ``kv_head`` of ``layer`` (heads
+    the base barely uses): its values read which of t0..t7 a position holds, the first query head
+    of the group writes the *successor*'s unembedding direction, the others are silenced. Query
+    and key maps are untouched, so the heads attend where they did."""
+    import copy
+
+    out = copy.deepcopy(model)
+    cfg = out.config
+    d_head = cfg.hidden_size // cfg.num_attention_heads
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    attn = out.model.layers[layer].self_attn
+    norm = out.model.layers[layer].input_layernorm
+    # The layer's normalized input at positions holding each token (averaged over contexts).
+    gen = torch.Generator().manual_seed(seed)
+    ids, _ = induction_batch(64, gen)
+    ids[:, 1:] = torch.where(torch.rand(ids[:, 1:].shape, generator=gen) < 0.4,
+                             torch.randint(0, SUBSET, ids[:, 1:].shape, generator=gen),
+                             ids[:, 1:])
+    with torch.no_grad():
+        hidden = out(ids, output_hidden_states=True).hidden_states[layer]
+        normed = norm(hidden)
+        n = torch.stack([normed[ids == t].mean(0) for t in range(SUBSET)])  # [8, d_model]
+        w_v = torch.linalg.pinv(n).T  # rows: read token i as the unit vector e_i
+        attn.v_proj.weight[kv_head * d_head:(kv_head + 1) * d_head] = w_v
+        u = out.lm_head.weight * out.model.norm.weight  # logit directions in the residual
+        u = u / u.norm(dim=-1, keepdim=True)
+        first = kv_head * group
+        cols = torch.stack([u[successor(t)] for t in range(SUBSET)], dim=1)  # [d_model, 8]
+        attn.o_proj.weight[:, first * d_head:(first + 1) * d_head] = strength * cols
+        for h in range(first + 1, first + group):
+            attn.o_proj.weight[:, h * d_head:(h + 1) * d_head] = 0.0
+    return out.eval()
