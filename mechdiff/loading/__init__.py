@@ -24,9 +24,9 @@ square shapes (vocabulary == model width, MLP width == model width) against ``tr
 logits, for ``"compat"`` and ``"none"``, and with :func:`mechdiff.cross_patch` on heads and MLPs:
 GPT-2 (``gpt2``), LLaMA (``llama``: grouped-query attention, tied and untied embeddings),
 Mistral (``mistral``), Qwen2 (``qwen2``), Qwen3 (``qwen3``), GPT-NeoX / Pythia (``gpt_neox``),
-Gemma (``gemma``), OPT (``opt``), Phi (``phi``), Phi-3 (``phi3``) and OLMo (``olmo``). Other
-architectures are refused before their weights are read (:mod:`.families`; Gemma 2 boots and
-verifies but patching ignores its logit soft-capping).
+Gemma (``gemma``), Gemma 2 (``gemma2``: patched runs apply its final logit soft-capping), OPT
+(``opt``), Phi (``phi``), Phi-3 (``phi3``) and OLMo (``olmo``). Other architectures are refused
+before their weights are read (:mod:`.families`).
 
 Rotary models: TransformerLens 4.3's ``cfg.rotary_base`` can disagree with the checkpoint
 (SmolLM2: 10000 against ``rope_theta`` 1e5), but the bridge's forward uses the Hugging Face
