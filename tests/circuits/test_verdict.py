@@ -1,0 +1,139 @@
+"""The verdict: its rules on numbers, and ground truth: fine-tunes made in the tests whose mechanism
+is known by construction, and the synthetic zoo's re-weighting and new-skill fine-tunes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from circuit_models import new_head, rescaled, save_dir, successor_task
+from support import unchecked
+
+import mechdiff
+from mechdiff.circuits import CircuitComparison, Verdict, compare_circuits, decide
+from mechdiff.circuits.verdict import THRESHOLDS, sensitivity
+from mechdiff.errors import OptionError
+
+REUSED, NEW, MIXED = "re-used and strengthened", "new mechanism", "mixed"
+
+
+def _numbers(**kw: float) -> dict[str, float]:
+    return {"base_in_ft": 0.95, "score_rank": 0.9, "carried": 0.9, **kw}
+
+
+def test_rules() -> None:
+    assert decide(_numbers())[0] == REUSED
+    assert decide(_numbers(base_in_ft=0.3))[0] == NEW
+    assert decide(_numbers(score_rank=0.1))[0] == NEW
+    assert decide(_numbers(carried=0.1))[0] == NEW
+    assert decide(_numbers(base_in_ft=0.6))[0] == MIXED
+    assert decide(_numbers(score_rank=0.4))[0] == MIXED
+    assert decide(_numbers(carried=0.4))[0] == MIXED
+    assert decide(_numbers(base_in_ft=float("nan")))[0] == NEW  # undefined is not re-use
+    label, reasons = decide(_numbers(score_rank=0.1, carried=0.0))
+    assert len(reasons) == 2 and all("<" in r for r in reasons)
+    # Thresholds are arguments: the same numbers, a stricter rule.
+    assert decide(_numbers(), {"REUSE_RANK": 0.95})[0] == MIXED
+    notes = sensitivity(_numbers(score_rank=0.55), {"score_rank": (0.3, 0.8)}, THRESHOLDS)
+    assert any("REUSE_RANK" in n and "sensitive" in n for n in notes)
+    notes = sensitivity(_numbers(carried=0.9), {"carried": (0.2, 1.0)}, THRESHOLDS)
+    assert any("interval" in n and "NEW_CARRIED" in n for n in notes)
+
+
+@pytest.fixture(scope="module")
+def constructed(induction_dir, tmp_path_factory) -> dict[str, Path]:
+    """The trained induction model and two fine-tunes of it whose mechanism is known: one that
+    only rescales the induction heads' outputs (x2) and every MLP's output (x1.2), one that writes
+    new value/output maps into key-value head 0 of layer 1 (heads L1H0/L1H1, which the base barely
+    uses: exact ablation effects 0.24 and 0.17 against 1.87 for L1H2) so that L1H0 writes the
+    successor of the token it attends to."""
+    from transformers import LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("constructed")
+    base = LlamaForCausalLM.from_pretrained(induction_dir).eval()
+    return {
+        "base": induction_dir,
+        "rescaled": save_dir(rescaled(base, [(1, 2), (1, 3)], factor=2.0), root / "rescaled"),
+        "new_head": save_dir(new_head(base, 1, 0, strength=8.0), root / "new_head"),
+    }
+
+
+# Measured (24 prompts, EAP-IG, corrupted ablation, seed 0):
+#   rescaled: base_in_ft 0.918, score_rank 0.945, carried 0.936 -> re-used (100% of resamples)
+#   new_head: carried 0.000, base_in_ft -4.6 -> new mechanism (100% of resamples)
+# With mean ablation the 82-edge graph's smallest faithful base circuit is half the graph (it
+# contains the new head's edges), and the new-head verdict is unstable (68%): the corrupted
+# prompts give the base circuit its 4-edge induction core.
+@pytest.mark.parametrize(("name", "expected"), [("rescaled", REUSED), ("new_head", NEW)])
+def test_constructed_fine_tunes(constructed, name, expected, tmp_path) -> None:
+    pair = mechdiff.load_pair(constructed["base"], constructed[name], device="cpu")
+    task = successor_task(24)
+    c = compare_circuits(pair, task, ablation="corrupted", n_boot=100, progress=False)
+    v = c.verdict
+    assert v.label == expected, c.summary()
+    assert v.frequency[expected] >= 0.9
+    if name == "new_head":
+        assert v.numbers["carried"] < 0.05
+        assert "L1H0" not in c.base_circuit.node_labels()
+    else:
+        assert v.numbers["carried"] > 0.8 and v.numbers["score_rank"] > 0.8
+    text = c.summary()
+    assert f"verdict: {expected}" in text and "REUSE_FAITHFULNESS 0.7" in text
+    loaded = CircuitComparison.load(c.save(tmp_path / "cmp"))
+    assert loaded.verdict.label == v.label and loaded.verdict.numbers == v.numbers
+    assert loaded.verdict.thresholds == v.thresholds and loaded.verdict.seed == 0
+    torch.testing.assert_close(loaded.base_curve.values, c.base_curve.values)
+    alone = Verdict.load(v.save(tmp_path / "verdict"))
+    assert alone.text() == v.text()
+
+
+def test_bootstrap_is_seeded(constructed) -> None:
+    pair = mechdiff.load_pair(constructed["base"], constructed["rescaled"], device="cpu")
+    task = successor_task(12)
+    a = compare_circuits(pair, task, ablation="corrupted", n_boot=30, seed=3, progress=False)
+    scores = {"base_scores": a.base_scores, "ft_scores": a.ft_scores}
+    b = compare_circuits(pair, task, ablation="corrupted", n_boot=30, seed=3, progress=False,
+                         **scores)
+    c = compare_circuits(pair, task, ablation="corrupted", n_boot=30, seed=4, progress=False,
+                         **scores)
+    assert a.verdict.intervals == b.verdict.intervals
+    assert a.verdict.intervals != c.verdict.intervals
+    assert a.provenance.seed == 3
+
+
+def test_bad_options(constructed) -> None:
+    pair = mechdiff.load_pair(constructed["base"], constructed["rescaled"], device="cpu")
+    compare = unchecked(compare_circuits)
+    task = successor_task(4)
+    with pytest.raises(OptionError, match="thresholds"):
+        compare(pair, task, thresholds={"REUSE_FAITH": 0.5})
+    with pytest.raises(OptionError, match="rule"):
+        compare(pair, task, rule="threshold")
+    with pytest.raises(OptionError):
+        compare(pair, task, n_boot=0)
+
+
+# The synthetic zoo (64 prompts, EAP-IG, mean ablation; measured on the cached zoo v1-93d67dd7b3):
+#   reweight:       base_in_ft 0.971 [0.95, 0.99], score_rank 0.879 [0.84, 0.92],
+#                   carried 0.958 [0.95, 0.97] -> re-used (100% of 200 resamples)
+#   reweight_seed1: base_in_ft 0.839 [0.79, 0.88], score_rank 0.739 [0.72, 0.79],
+#                   carried 0.965 -> re-used (100%)
+#   newskill:       base_in_ft -0.518 [-0.82, -0.35], score_rank -0.040 [-0.12, 0.03] -> new
+#                   mechanism (100%), although carried is 0.872: the new skill's change flows
+#                   along the base circuit's paths (20% of a 110-edge graph, 9 of 11 nodes), but
+#                   the base circuit no longer computes the behaviour inside the fine-tune.
+ZOO = [("reweight", "ambiguous", REUSED), ("reweight_seed1", "ambiguous", REUSED),
+       ("newskill", "newskill", NEW)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "task_name", "expected"), ZOO)
+def test_zoo_verdicts(zoo, name, task_name, expected) -> None:
+    from mechdiff import zoo as zoo_module
+
+    pair = mechdiff.load_pair(zoo["base"], zoo[name], device="cpu")
+    c = compare_circuits(pair, zoo_module.task(task_name, n=64), progress=False)
+    assert c.verdict.label == expected, c.summary()
+    assert c.verdict.frequency[expected] >= 0.9
+    assert c.verdict.reasons and c.verdict.reasons[0] in c.summary()
