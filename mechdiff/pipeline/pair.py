@@ -17,6 +17,7 @@ from typing import Literal, TypeAlias
 import torch
 
 from mechdiff.compare import Agreement, Interaction, agreement, interaction
+from mechdiff.compare.interaction import SUMMABLE
 from mechdiff.directions import DIRECTIONS, Direction, parse_direction, slug
 from mechdiff.errors import OptionError, ZeroGapError
 from mechdiff.gap import GapResult, behaviour_gap
@@ -220,7 +221,7 @@ def analyse_pair(
                   for key in exact if key in estimates}
     complete = {k: r for k, r in exact.items() if bool(torch.isfinite(r.scores).all())}
     both = {r.sites for r in complete.values() if r.direction == "ft->base"} & {
-        r.sites for r in complete.values() if r.direction == "base->ft"}
+        r.sites for r in complete.values() if r.direction == "base->ft"} & set(SUMMABLE)
     return PairAnalysis(
         label=label, gap=gap, exact=exact, estimates=estimates, agreements=agreements,
         directions=directions, changed_layers=changed,

@@ -68,3 +68,12 @@ def test_exact_top_patches_the_strongest_estimates_only(planted) -> None:
     assert a.interaction is not None and a.interaction.sites == ("mlp",)
     with pytest.raises(OptionError, match="exact_top"):
         analyse_pair(planted, _task(), label="x", exact_top=3, progress=False)
+
+
+def test_residual_stream_alone_has_no_series_index(planted) -> None:
+    """The series index never sums the residual stream: patching only ``resid`` in both
+    directions analyses the pair and leaves the index out (the CLI's ``--sites resid``)."""
+    a = analyse_pair(planted, _task(), label="planted", sites=("resid",), progress=False)
+    assert set(a.exact) == {"resid_ft_to_base", "resid_base_to_ft"}
+    assert a.interaction is None
+    assert torch.isfinite(a.exact["resid_ft_to_base"].scores).all()
