@@ -25,10 +25,10 @@ from typing import Literal, TypeAlias
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff import _engine
+from mechdiff._progress import progress_iter
 from mechdiff.circuits import _run
 from mechdiff.circuits.graph import Graph, constants
 from mechdiff.tasks import Tokens
@@ -66,7 +66,7 @@ def mean_outputs(model: TransformerBridge, graph: Graph, tokens: Tokens, batch_s
     sums: list[Tensor] | None = None
     counts = torch.zeros(width, device=tokens.tokens.device)
     starts = range(0, tokens.n, batch_size)
-    for start in tqdm(starts, desc="mean outputs", disable=not progress, leave=False):
+    for start in progress_iter(starts, desc="mean outputs", enabled=progress, leave=False):
         sub = tokens.select(start, min(start + batch_size, tokens.n))
         w = int(sub.tokens.shape[1])
         out = _run.forward(model, graph, sub.tokens, sub.read_pos, capture=True)

@@ -40,14 +40,14 @@ integrated gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from mechdiff._progress import make_bar
 from mechdiff.circuits import _prep, _run
 from mechdiff.circuits._contract import Contraction
 from mechdiff.circuits.ablation import Ablation, Replacements, empty_logits, mean_outputs
@@ -174,8 +174,8 @@ def attribute_edges(model: TransformerBridge, graph: Graph, task: Task, tokens: 
     per_pos = torch.zeros(graph.n_edges, width, dtype=dtype) if positions == "each" else None
     clean_vals, empty_vals = [], []
     starts = list(range(0, n, prompt_batch_size))
-    bar = tqdm(total=len(starts) * steps, desc=f"edge attribution ({method})",
-               disable=not progress, leave=False)
+    bar = make_bar(total=len(starts) * steps, desc=f"edge attribution ({method})",
+                   enabled=progress)
     try:
         for i, (start, stop, sub) in enumerate(_prep.batches(tokens, prompt_batch_size)):
             vals, empty, pp, pos = _batch(model, graph, task, sub, repl, method, steps,
@@ -199,7 +199,7 @@ def attribute_edges(model: TransformerBridge, graph: Graph, task: Task, tokens: 
 
 
 def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replacements,
-           method: str, steps: int, keep_pos: bool, *, check: bool, bar: tqdm
+           method: str, steps: int, keep_pos: bool, *, check: bool, bar: Any
            ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Scores of one prompt batch: metric values, empty-circuit values, ``[batch, edge]`` and
     (if ``keep_pos``) ``[edge, pos]`` sums over the batch."""

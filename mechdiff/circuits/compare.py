@@ -151,6 +151,7 @@ def compare_circuits(
     steps: int = 5,
     ablation: Ablation = "mean",
     rule: Rule = "top_n",
+    edges: int | None = None,
     base_scores: EdgeScores | None = None,
     ft_scores: EdgeScores | None = None,
     thresholds: dict[str, float] | None = None,
@@ -169,6 +170,9 @@ def compare_circuits(
         steps: EAP-IG steps.
         ablation: ``"mean"`` or ``"corrupted"``.
         rule: circuit selection (``"top_n"`` or ``"greedy"``), then pruned.
+        edges: each model's circuit selects this many edges (before pruning) instead of the
+            smallest MIB fraction faithful within :data:`CLOSE`; the curves are computed either
+            way.
         base_scores, ft_scores: reuse edge scores computed before (same task and ablation).
         thresholds: override thresholds of :mod:`mechdiff.circuits.verdict` by name.
         n_boot: bootstrap resamples of the prompts for the intervals.
@@ -191,7 +195,11 @@ def compare_circuits(
         raise OptionError(f"unknown thresholds {sorted(unknown)}; known: {sorted(THRESHOLDS)}")
     _prep.check_positive(n_boot=n_boot, prompt_batch_size=prompt_batch_size,
                          circuit_batch=circuit_batch)
+    if edges is not None:
+        _prep.check_positive(edges=edges)
     graph, tokens = _prep.prepare(pair.base, task, ablation)
+    if edges is not None and edges > graph.n_edges:
+        raise OptionError(f"edges={edges} is more than the graph's {graph.n_edges} edges")
     graph_ft, _ = _prep.prepare(pair.finetuned, task, ablation)
     if graph != graph_ft:
         raise GraphError(f"the two models have different graphs: {graph} vs {graph_ft}")
@@ -214,8 +222,12 @@ def compare_circuits(
                        ids[name], circuit_batch, kw)
         side[name] = {"model": model, "repl": repl, "scores": scores, "curve": curve}
     b, f = side["base"], side["finetuned"]
-    size_b, size_f = _smallest(b["curve"]), _smallest(f["curve"])
-    cb, cf = b["curve"].circuit_at(size_b), f["curve"].circuit_at(size_f)
+    if edges is None:
+        size_b, size_f = _smallest(b["curve"]), _smallest(f["curve"])
+        cb, cf = b["curve"].circuit_at(size_b), f["curve"].circuit_at(size_f)
+    else:
+        cb, cf = (select_circuit(s["scores"], rule=rule, n=edges) for s in (b, f))
+        size_b = size_f = edges / graph.n_edges
     cb = Circuit(cb.edges, **graph.dims, rule=rule, requested=cb.requested,
                  scores=b["scores"].scores, provenance=b["scores"].provenance)
     cf = Circuit(cf.edges, **graph.dims, rule=rule, requested=cf.requested,
@@ -232,7 +244,8 @@ def compare_circuits(
         "s_b": b["scores"].per_prompt, "s_f": f["scores"].per_prompt,
     }
     numbers = _numbers(per_prompt, cb, cf, None)
-    verdict = _verdict(per_prompt, cb, cf, numbers, thresholds, n_boot, seed, size_b)
+    verdict = _verdict(per_prompt, cb, cf, numbers, thresholds, n_boot, seed, size_b,
+                       fixed=edges is not None)
     return CircuitComparison(
         base_scores=b["scores"], ft_scores=f["scores"], base_curve=b["curve"],
         ft_curve=f["curve"], base_size=size_b, ft_size=size_f, base_circuit=cb, ft_circuit=cf,
@@ -354,7 +367,8 @@ def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
 
 
 def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str, float],
-             thresholds: dict[str, float] | None, n_boot: int, seed: int, size: float) -> Verdict:
+             thresholds: dict[str, float] | None, n_boot: int, seed: int, size: float,
+             *, fixed: bool = False) -> Verdict:
     t = {**THRESHOLDS, **(thresholds or {})}
     label, reasons = decide(numbers, t)
     n = pp["b_full"].shape[0]
@@ -374,7 +388,10 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
         intervals[k] = ((float(x.quantile(0.025)), float(x.quantile(0.975))) if len(x)
                         else (math.nan, math.nan))
     notes = sensitivity(numbers, intervals, t)
-    if size >= 1.0:
+    if size >= 1.0 and fixed:
+        notes.append("the base circuit is the whole graph (edges= asked for every edge), so "
+                     "base_in_ft and carried are 1 by construction")
+    elif size >= 1.0:
         notes.append("no base circuit smaller than the whole graph was faithful within CLOSE; "
                      "the base circuit is the whole graph, so base_in_ft and carried are 1 by "
                      "construction")
@@ -384,4 +401,5 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
     return Verdict(label=label, reasons=reasons, numbers=numbers, intervals=intervals,
                    thresholds=t, frequency={k: v / n_boot for k, v in counts.items()},
                    notes=tuple(notes), n_boot=n_boot, seed=seed,
-                   extra={"base_size": f"{size:g}", "close": f"{CLOSE:g}"})
+                   extra={"base_size": f"{size:g}", "close": f"{CLOSE:g}",
+                          "size_rule": "fixed edges" if fixed else "smallest faithful"})

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from mechdiff._progress import make_bar
 from mechdiff.circuits import _prep, _run
 from mechdiff.circuits._contract import Contraction
 from mechdiff.circuits.ablation import Replacements
@@ -177,8 +177,8 @@ def cross_edge_attribution(
     per_prompt = torch.zeros(n, graph.n_edges, dtype=dtype)
     recv_vals, donor_vals = [], []
     starts = list(range(0, n, prompt_batch_size))
-    bar = tqdm(total=len(starts) * steps, desc=f"edge attribution {direction}",
-               disable=not progress, leave=False)
+    bar = make_bar(total=len(starts) * steps, desc=f"edge attribution {direction}",
+                   enabled=progress)
     try:
         for i, (start, stop, sub) in enumerate(_prep.batches(tokens, prompt_batch_size)):
             r, d, pp = _estimate(recv, donor, graph, task, sub, method, steps, check=i == 0,

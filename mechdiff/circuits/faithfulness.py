@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from mechdiff._progress import make_bar
 from mechdiff.circuits import _prep, _run
 from mechdiff.circuits.ablation import Ablation, Replacements, mean_outputs
 from mechdiff.circuits.circuit import Circuit, Rule, select_circuit
@@ -313,8 +313,8 @@ def evaluate(
     chunks = [list(range(c, min(c + circuit_batch, coefs.shape[0])))
               for c in range(0, coefs.shape[0], circuit_batch)]
     starts = list(range(0, n, prompt_batch_size))
-    bar = tqdm(total=len(starts) * (1 + len(chunks)), desc="circuit evaluation",
-               disable=not progress, leave=False)
+    bar = make_bar(total=len(starts) * (1 + len(chunks)), desc="circuit evaluation",
+                   enabled=progress)
     try:
         for i, (start, stop, sub) in enumerate(_prep.batches(tokens, prompt_batch_size)):
             read_pos = None if task.reads_all_positions else sub.read_pos

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mechdiff.compare import FinetuneComparison, PromptedBaseComparison
+from mechdiff.pipeline.circuits import CircuitAnalysis
 from mechdiff.pipeline.pair import PairAnalysis
 from mechdiff.report import markdown
 from mechdiff.results.atomic import atomic_write_text
@@ -71,6 +73,40 @@ def prompted_summary(c: PromptedBaseComparison) -> dict[str, Any]:
             "finetuned": {k: x.scores.tolist() for k, x in c.finetuned.items()},
             "reading": {"words": r.words, "value": r.value, "low": r.low, "high": r.high,
                         "straddles": list(r.straddles), "thresholds": list(c.thresholds)}}
+
+
+def circuits_summary(a: CircuitAnalysis) -> dict[str, Any]:
+    """A JSON-ready summary of a pair's circuits: sizes, curves' areas, overlap, the verdict with
+    its numbers, intervals and thresholds, and the edges carrying the gap."""
+    c, v = a.comparison, a.comparison.verdict
+    summary: dict[str, Any] = {
+        "label": a.label, "mechanism": a.mechanism, "n_edges": int(c.base_scores.scores.numel()),
+        "method": c.base_curve.method, "ablation": c.base_curve.ablation,
+        "base": {"size": c.base_size, "edges": c.base_circuit.n_edges, "cpr": c.base_curve.cpr,
+                 "cmd": c.base_curve.cmd},
+        "finetuned": {"size": c.ft_size, "edges": c.ft_circuit.n_edges, "cpr": c.ft_curve.cpr,
+                      "cmd": c.ft_curve.cmd},
+        "nodes": {"shared": list(c.shared_nodes), "new": list(c.new_nodes),
+                  "dropped": list(c.dropped_nodes)},
+        "edges": {"shared": c.n_shared_edges, "new": c.n_new_edges,
+                  "dropped": c.n_dropped_edges},
+        "verdict": {"label": v.label, "reasons": list(v.reasons), "numbers": v.numbers,
+                    "intervals": {k: list(x) for k, x in v.intervals.items()},
+                    "thresholds": v.thresholds, "frequency": v.frequency,
+                    "notes": list(v.notes), "n_boot": v.n_boot, "seed": v.seed},
+    }
+    if a.cross is not None:
+        summary["gap_edges"] = {
+            "direction": a.cross.direction, "all_edges": a.cross.all_edges,
+            "top": [{"edge": r.label, "estimate": float(a.cross.estimate[r.index]),
+                     "exact": _finite(float(a.cross.exact[r.index]))}
+                    for r in a.cross.top(10)]}
+    return summary
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: a value not computed is null."""
+    return x if math.isfinite(x) else None
 
 
 def write_summary(

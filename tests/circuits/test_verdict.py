@@ -112,6 +112,26 @@ def test_bad_options(constructed) -> None:
         compare(pair, task, rule="threshold")
     with pytest.raises(OptionError):
         compare(pair, task, n_boot=0)
+    with pytest.raises(OptionError, match="edges"):
+        compare(pair, task, edges=10**9)
+    with pytest.raises(OptionError, match="edges"):
+        compare(pair, task, edges=0)
+
+
+def test_fixed_number_of_edges(constructed) -> None:
+    """``edges=n``: both circuits are the n strongest edges of each model's own scores (pruned),
+    not the smallest faithful MIB fraction."""
+    from mechdiff.circuits import select_circuit
+
+    pair = mechdiff.load_pair(constructed["base"], constructed["rescaled"], device="cpu")
+    c = compare_circuits(pair, successor_task(8), ablation="corrupted", edges=6, n_boot=10,
+                         progress=False)
+    n_edges = c.base_scores.scores.numel()
+    assert c.base_size == c.ft_size == 6 / n_edges
+    for circuit, scores in ((c.base_circuit, c.base_scores), (c.ft_circuit, c.ft_scores)):
+        assert circuit.requested == 6
+        assert torch.equal(circuit.edges, select_circuit(scores, n=6).edges)
+    assert c.verdict.extra["size_rule"] == "fixed edges"
 
 
 # The synthetic zoo (64 prompts, EAP-IG, mean ablation; measured on the cached zoo v1-93d67dd7b3):
