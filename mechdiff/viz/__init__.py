@@ -19,6 +19,7 @@ figures globally or changes ``matplotlib.rcParams``.
 """
 
 from mechdiff.viz._attention import plot_attention
+from mechdiff.viz._circuits import plot_circuit_graph, plot_faithfulness
 from mechdiff.viz._gap import plot_gap
 from mechdiff.viz._pair import pair_figure_set, pair_figures, prompted_figure, prompted_profiles
 from mechdiff.viz._patching import plot_directions, plot_patch
@@ -31,7 +32,9 @@ __all__ = [
     "pair_figure_set",
     "pair_figures",
     "plot_attention",
+    "plot_circuit_graph",
     "plot_directions",
+    "plot_faithfulness",
     "plot_gap",
     "plot_layer_profiles",
     "plot_patch",

@@ -1,0 +1,200 @@
+"""Figures of a circuit comparison, drawn from the saved result: the faithfulness figure plots the
+saved curves, their intervals over prompts and the cross-evaluated circuits where they are; the
+graph figure draws exactly the circuits' shared, new and dropped edges (or the strongest ones),
+from the nodes they join, in their colours."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib.colors import to_rgba
+from support import check_figure, plant_head
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "circuits"))
+from circuit_models import gpt2, random_task, save_dir  # noqa: E402
+
+import mechdiff  # noqa: E402
+from mechdiff.circuits import CircuitComparison, compare_circuits  # noqa: E402
+from mechdiff.stats import fraction_interval  # noqa: E402
+from mechdiff.viz import _circuits as vc  # noqa: E402
+from mechdiff.viz import plot_circuit_graph, plot_faithfulness, save_figure  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[CircuitComparison, CircuitComparison]:
+    """A tiny GPT-2 and the same model with one head's W_O changed (about 12 s): the circuits
+    share edges, and each has edges of its own. Returned as computed and as loaded from disk."""
+    root = tmp_path_factory.mktemp("circuit_figs")
+    pair = mechdiff.load_pair(save_dir(gpt2(0), root / "base"),
+                              save_dir(plant_head(gpt2(0), 2, 1), root / "ft"), device="cpu")
+    c = compare_circuits(pair, random_task(8), method="eap", n_boot=20, progress=False)
+    c.save(root / "comparison")
+    return c, CircuitComparison.load(root / "comparison")
+
+
+@pytest.fixture(scope="module")
+def comparison(built) -> CircuitComparison:
+    return built[1]
+
+
+def _by_gid(fig, gid: str):
+    return [a for a in fig.axes[0].get_children() if a.get_gid() == gid]
+
+
+def _container(fig, gid: str):
+    (found,) = [ct for ct in fig.axes[0].containers
+                if ct.get_label() == f"_{gid}_interval"
+                or (ct.lines[0] is not None and ct.lines[0].get_gid() == gid)]
+    return found
+
+
+def _bar_ends(container) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper ends of each error bar of an errorbar container."""
+    (bars,) = container.lines[2]
+    segs = bars.get_segments()
+    return np.array([s[0][1] for s in segs]), np.array([s[1][1] for s in segs])
+
+
+def test_the_curves_are_the_saved_curves_with_intervals_over_prompts(comparison) -> None:
+    c = comparison
+    fig = plot_faithfulness(c)
+    for gid, curve in (("base_curve", c.base_curve), ("ft_curve", c.ft_curve)):
+        (line,) = _by_gid(fig, gid)
+        np.testing.assert_allclose(line.get_xdata(), curve.fractions)
+        np.testing.assert_allclose(line.get_ydata(), curve.values.double().numpy())
+        bars = _container(fig, gid)
+        low, high = _bar_ends(bars)
+        lo, hi = fraction_interval(curve.circuit, curve.empty, curve.full)
+        np.testing.assert_allclose(low, np.minimum(lo.numpy(), curve.values.numpy()), atol=1e-6)
+        np.testing.assert_allclose(high, np.maximum(hi.numpy(), curve.values.numpy()), atol=1e-6)
+        # Oracles: the whole graph is the model (f = 1 on every resample), the empty circuit
+        # is the ablated model (f = 0).
+        assert curve.values[-1] == pytest.approx(1.0) and (low[-1], high[-1]) == pytest.approx(
+            (1.0, 1.0))
+        empty = [i for i, k in enumerate(curve.kept) if k == 0]
+        assert empty, "the smallest circuits of a 262-edge graph keep no edge"
+        for i in empty:
+            assert (line.get_ydata()[i], low[i], high[i]) == pytest.approx((0.0, 0.0, 0.0))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(f"CPR {c.base_curve.cpr:.2f}, CMD {c.base_curve.cmd:.2f}" in t for t in legend)
+    assert any(f"CPR {c.ft_curve.cpr:.2f}, CMD {c.ft_curve.cmd:.2f}" in t for t in legend)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()][:1] == ["0.1%"]
+    assert sorted(round(line.get_ydata()[0], 6) for line in ax.lines
+                  if line.get_linewidth() > 0 and len(line.get_xdata()) == 2
+                  and line.get_ydata()[0] == line.get_ydata()[1]
+                  and list(line.get_xdata()) == [0, 1])[:2] == [0.0, 1.0]
+
+
+def test_cross_evaluated_circuits_sit_at_their_value_size_and_interval(comparison) -> None:
+    c = comparison
+    fig = plot_faithfulness(c)
+    for gid, faith, size in (("base_in_ft", c.base_in_ft, c.base_size),
+                             ("ft_in_base", c.ft_in_base, c.ft_size)):
+        ct = _container(fig, gid)
+        marker = ct.lines[0]
+        assert marker.get_ydata()[0] == pytest.approx(faith.value)
+        assert marker.get_xdata()[0] == pytest.approx(size * vc.CROSS_OFFSET)
+        low, high = _bar_ends(ct)
+        assert (low[0], high[0]) == pytest.approx(c.verdict.intervals[gid])
+    # The chosen sizes are marked (one line when both circuits have the same size).
+    sizes = _by_gid(fig, "size") or [*_by_gid(fig, "base_size"), *_by_gid(fig, "ft_size")]
+    assert {round(float(line.get_xdata()[0]), 9) for line in sizes} == {
+        round(c.base_size, 9), round(c.ft_size, 9)}
+
+
+def test_values_beyond_the_range_are_marked_at_its_edge(comparison) -> None:
+    far = dataclasses.replace(comparison.base_in_ft, value=-7.5)
+    fig = plot_faithfulness(dataclasses.replace(comparison, base_in_ft=far))
+    lo, hi = fig.axes[0].get_ylim()
+    assert lo >= vc.Y_LIMITS[0] and hi <= vc.Y_LIMITS[1]
+    (mark,) = _by_gid(fig, "outside")
+    assert mark.get_ydata()[0] == pytest.approx(lo) and mark.get_marker() == "v"
+    assert "\u22127.50" in [t.get_text() for t in fig.axes[0].texts]
+
+
+def _nodes(fig) -> dict[str, tuple[float, float]]:
+    return {t.get_text(): t.get_position() for t in fig.axes[0].texts if t.get_gid() == "node"}
+
+
+def _writer_text(label: str) -> str:
+    return vc._node_label(label)
+
+
+def test_graph_draws_every_edge_of_both_circuits_by_kind(comparison) -> None:
+    c = comparison
+    counts = {"shared": c.n_shared_edges, "new": c.n_new_edges, "dropped": c.n_dropped_edges}
+    assert all(counts.values()) and sum(counts.values()) < vc.MAX_EDGES, counts
+    fig = plot_circuit_graph(c)
+    for kind, n in counts.items():
+        (lines,) = _by_gid(fig, kind)
+        assert len(lines.get_segments()) == n
+        assert all(tuple(rgba[:3]) == pytest.approx(to_rgba(vc.EDGE_COLOURS[kind])[:3])
+                   for rgba in lines.get_colors())
+    nodes = _nodes(fig)
+    expected = {_writer_text(n) for n in (*c.shared_nodes, *c.new_nodes, *c.dropped_nodes)}
+    assert set(nodes) == expected | {"logits"}
+    # Each edge leaves its writer's node, and the widest edge is the largest |score|.
+    g = c.graph
+    drawn = vc.drawn_edges(c, None)
+    for kind in vc.KINDS:
+        (lines,) = _by_gid(fig, kind)
+        for e, seg in zip(drawn.edges[kind], lines.get_segments(), strict=True):
+            x, y = nodes[_writer_text(g.writer_labels[int(g.edge_writer[e])])]
+            assert seg[0][0] == pytest.approx(x) and seg[0][1] > y
+            if int(g.edge_reader[e]) == g.logits_reader:
+                assert seg[-1][0] == pytest.approx(nodes["logits"][0])
+    eb, ef = c.base_circuit.edges, c.ft_circuit.edges
+    weight = torch.where(eb & ~ef, c.base_scores.scores.abs(), c.ft_scores.scores.abs())
+    strongest = int(torch.where(eb | ef, weight, -1.0).argmax())
+    widest = max(((float(w), e) for kind in vc.KINDS
+                  for e, w in zip(drawn.edges[kind], _by_gid(fig, kind)[0].get_linewidths(),
+                                  strict=True)))
+    assert widest[1] == strongest
+    assert f"all {sum(counts.values())} edges drawn" in fig._suptitle.get_text()
+
+
+def test_graph_caps_the_edges_at_the_strongest(comparison) -> None:
+    c = comparison
+    fig = plot_circuit_graph(c, max_edges=10)
+    eb, ef = c.base_circuit.edges, c.ft_circuit.edges
+    weight = torch.where(eb & ~ef, c.base_scores.scores.abs(), c.ft_scores.scores.abs())
+    weight = torch.where(eb | ef, weight, -1.0)
+    top = set(weight.argsort(descending=True)[:10].tolist())
+    drawn = vc.drawn_edges(c, 10)
+    assert {e for k in vc.KINDS for e in drawn.edges[k]} == top
+    assert sum(len(_by_gid(fig, k)[0].get_segments()) for k in vc.KINDS) == 10
+    union = int((eb | ef).sum())
+    assert f"10 of {union} edges drawn" in fig._suptitle.get_text()
+    g = c.graph
+    ends = {_writer_text(g.writer_labels[int(g.edge_writer[e])]) for e in top}
+    assert ends <= set(_nodes(fig))
+    with pytest.raises(ValueError, match="max_edges"):
+        plot_circuit_graph(c, max_edges=0)
+
+
+def test_figures_from_disk_are_the_figures_of_the_result(built, tmp_path: Path) -> None:
+    live, loaded = built
+    before = dict(matplotlib.rcParams)
+    a, b = plot_faithfulness(live), plot_faithfulness(loaded)
+    for gid in ("base_curve", "ft_curve"):
+        np.testing.assert_allclose(_by_gid(a, gid)[0].get_ydata(), _by_gid(b, gid)[0].get_ydata())
+    a, b = plot_circuit_graph(live), plot_circuit_graph(loaded)
+    for kind in vc.KINDS:
+        sa, sb = (_by_gid(f, kind)[0].get_segments() for f in (a, b))
+        assert len(sa) == len(sb) and all(np.allclose(x, y) for x, y in zip(sa, sb, strict=True))
+    for name, fig in (("faithfulness", plot_faithfulness(loaded)),
+                      ("graph", plot_circuit_graph(loaded))):
+        for path in save_figure(fig, tmp_path / name):
+            check_figure(path)
+    after = dict(matplotlib.rcParams)
+    assert {k for k in before if before[k] != after[k] and not (
+        isinstance(before[k], float) and math.isnan(before[k]))} == set()
