@@ -124,15 +124,15 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             f"circuits; graph of {g.n_edges} edges)",
             f"  own circuits: base CPR {bc.cpr:.3f} CMD {bc.cmd:.3f}; fine-tuned CPR {fc.cpr:.3f} "
             f"CMD {fc.cmd:.3f}",
-            f"  smallest faithful circuits: base {100 * self.base_size:g}% of edges "
+            f"  {self._sized}: base {100 * self.base_size:.3g}% of edges "
             f"({self.base_circuit.n_edges} edges, {int(self.base_circuit.nodes.sum())} nodes), "
-            f"fine-tuned {100 * self.ft_size:g}% ({self.ft_circuit.n_edges} edges, "
+            f"fine-tuned {100 * self.ft_size:.3g}% ({self.ft_circuit.n_edges} edges, "
             f"{int(self.ft_circuit.nodes.sum())} nodes); edge IoU at matched sizes "
             + ", ".join(f"{100 * f:g}%: {v:.2f}" for f, v in zip(
                 MIB_FRACTIONS, self.iou_curve.tolist(), strict=True) if not math.isnan(v)),
             f"  edges shared {self.n_shared_edges}, new {self.n_new_edges}, dropped "
-            f"{self.n_dropped_edges}; nodes new: {', '.join(self.new_nodes) or '-'}; dropped: "
-            f"{', '.join(self.dropped_nodes) or '-'}",
+            f"{self.n_dropped_edges}; nodes new: {_names(self.new_nodes)}; dropped: "
+            f"{_names(self.dropped_nodes)}",
             f"  cross-faithfulness: base circuit in fine-tuned {self.base_in_ft.value:.3f}, "
             f"fine-tuned circuit in base {self.ft_in_base.value:.3f}",
             "  strengthened most: " + ", ".join(f"{e} ({b:+.3f} -> {f:+.3f})"
@@ -141,6 +141,19 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
                                             for e, b, f in self.weakened[:5]),
         ]
         return "\n".join(lines + [self.verdict.text()])
+
+    @property
+    def _sized(self) -> str:
+        fixed = self.verdict.extra.get("size_rule") == "fixed edges"
+        return "circuits of a fixed size" if fixed else "smallest faithful circuits"
+
+
+def _names(labels: tuple[str, ...], k: int = 12) -> str:
+    """Up to ``k`` node labels, then how many more."""
+    if not labels:
+        return "-"
+    more = f" (+{len(labels) - k} more)" if len(labels) > k else ""
+    return ", ".join(labels[:k]) + more
 
 
 def compare_circuits(
@@ -154,6 +167,7 @@ def compare_circuits(
     edges: int | None = None,
     base_scores: EdgeScores | None = None,
     ft_scores: EdgeScores | None = None,
+    base_curve: FaithfulnessCurve | None = None,
     thresholds: dict[str, float] | None = None,
     n_boot: int = N_BOOT,
     seed: int = 0,
@@ -174,6 +188,9 @@ def compare_circuits(
             smallest MIB fraction faithful within :data:`CLOSE`; the curves are computed either
             way.
         base_scores, ft_scores: reuse edge scores computed before (same task and ablation).
+        base_curve: reuse the base model's curve computed before, with ``base_scores`` (e.g.
+            from the comparison of another fine-tune of the same base on the same task: two
+            fine-tunes then cost one base side).
         thresholds: override thresholds of :mod:`mechdiff.circuits.verdict` by name.
         n_boot: bootstrap resamples of the prompts for the intervals.
         seed: the bootstrap's seed (a local generator; recorded).
@@ -203,10 +220,25 @@ def compare_circuits(
     graph_ft, _ = _prep.prepare(pair.finetuned, task, ablation)
     if graph != graph_ft:
         raise GraphError(f"the two models have different graphs: {graph} vs {graph_ft}")
-    for given in (base_scores, ft_scores):
+    for given, model_id in ((base_scores, pair.base_id), (ft_scores, pair.finetuned_id)):
         if given is not None and (given.graph != graph or given.ablation != ablation
-                                  or given.provenance.prompts_hash != task.fingerprint()):
-            raise OptionError("scores passed in must come from this task, graph and ablation")
+                                  or given.provenance.prompts_hash != task.fingerprint()
+                                  or given.provenance.base != model_id
+                                  or given.method != method):
+            raise OptionError("scores passed in must come from this model, task, graph, "
+                              "ablation and method")
+    if base_curve is not None and (
+            base_scores is None or base_curve.scores_from != base_scores.provenance.base
+            or base_curve.ablation != ablation or base_curve.rule != rule
+            or base_curve.provenance.prompts_hash != task.fingerprint()
+            or base_curve.graph != graph):
+        raise OptionError("base_curve must come with the base_scores it was computed from, on "
+                          "this task, graph, ablation and rule")
+    if base_curve is not None and any(
+            not torch.equal(base_curve.edges[i],
+                            select_circuit(base_scores, rule=rule, fraction=f).edges)
+            for i, f in enumerate(base_curve.fractions)):
+        raise OptionError("base_curve's circuits are not those of base_scores")
     ids = {"base": pair.base_id, "finetuned": pair.finetuned_id}
     kw = {"prompt_batch_size": prompt_batch_size, "progress": progress}
     side: dict[str, dict] = {}
@@ -217,9 +249,12 @@ def compare_circuits(
             repl.means = mean_outputs(model, graph, tokens, prompt_batch_size, progress)
         scores = given or attribute_edges(model, graph, task, tokens, repl, method=method,
                                           steps=steps, positions="all", model_id=ids[name], **kw)
-        circuits = [select_circuit(scores, rule=rule, fraction=f) for f in MIB_FRACTIONS]
-        curve = _curve(model, graph, task, tokens, repl, scores, circuits, rule, ablation,
-                       ids[name], circuit_batch, kw)
+        if name == "base" and base_curve is not None:
+            curve = base_curve
+        else:
+            circuits = [select_circuit(scores, rule=rule, fraction=f) for f in MIB_FRACTIONS]
+            curve = _curve(model, graph, task, tokens, repl, scores, circuits, rule, ablation,
+                           ids[name], circuit_batch, kw)
         side[name] = {"model": model, "repl": repl, "scores": scores, "curve": curve}
     b, f = side["base"], side["finetuned"]
     if edges is None:

@@ -71,6 +71,7 @@ def analyse_circuits(
     prompt_batch_size: int = 16,
     progress: bool = True,
     mechanism: str | None = None,
+    base_from: CircuitAnalysis | None = None,
 ) -> CircuitAnalysis:
     """Each model's circuit on ``task``, compared, with a verdict; and the edges carrying the gap.
 
@@ -90,6 +91,9 @@ def analyse_circuits(
         prompt_batch_size: prompts per forward.
         progress: show progress.
         mechanism: the fine-tune's known mechanism, recorded with the result.
+        base_from: the analysis of another fine-tune of the same base on the same task and
+            options: its base model's edge scores and curve are reused (half the comparison's
+            cost), after checking they are this base's on this task.
 
     Raises:
         OptionError, GraphError, PromptError, AnswerTokenError, MetricError: bad arguments or
@@ -110,7 +114,12 @@ def analyse_circuits(
         cross = cross_edge_attribution(pair, task, direction="ft->base", method=method,
                                        steps=steps, exact_top=cross_top,
                                        prompt_batch_size=prompt_batch_size, progress=progress)
+    reuse = {}
+    if base_from is not None:
+        reuse = {"base_scores": base_from.comparison.base_scores,
+                 "base_curve": base_from.comparison.base_curve}
     comparison = compare_circuits(pair, task, method=method, steps=steps, ablation=ablation,
                                   edges=edges, n_boot=n_boot, seed=seed,
-                                  prompt_batch_size=prompt_batch_size, progress=progress)
+                                  prompt_batch_size=prompt_batch_size, progress=progress,
+                                  **reuse)
     return CircuitAnalysis(label=label, comparison=comparison, cross=cross, mechanism=mechanism)

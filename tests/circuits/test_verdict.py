@@ -157,3 +157,25 @@ def test_zoo_verdicts(zoo, name, task_name, expected) -> None:
     assert c.verdict.label == expected, c.summary()
     assert c.verdict.frequency[expected] >= 0.9
     assert c.verdict.reasons and c.verdict.reasons[0] in c.summary()
+
+
+def test_base_side_reused_across_fine_tunes_gives_the_same_comparison(constructed) -> None:
+    """Two fine-tunes of one base on one task: the second comparison may reuse the first's base
+    scores and curve, and then equals the comparison computed from scratch; a curve of other
+    scores is refused."""
+    task = successor_task(8)
+    kw = {"ablation": "corrupted", "n_boot": 20, "progress": False}
+    first = compare_circuits(mechdiff.load_pair(constructed["base"], constructed["rescaled"],
+                                                device="cpu"), task, **kw)
+    pair = mechdiff.load_pair(constructed["base"], constructed["new_head"], device="cpu")
+    fresh = compare_circuits(pair, task, **kw)
+    reused = compare_circuits(pair, task, base_scores=first.base_scores,
+                              base_curve=first.base_curve, **kw)
+    assert reused.verdict.numbers == fresh.verdict.numbers
+    assert torch.equal(reused.base_circuit.edges, fresh.base_circuit.edges)
+    torch.testing.assert_close(reused.base_curve.values, fresh.base_curve.values)
+    with pytest.raises(OptionError, match="base_curve"):
+        compare_circuits(pair, task, base_curve=first.base_curve, **kw)  # without its scores
+    with pytest.raises(OptionError, match="base_curve"):
+        compare_circuits(pair, task, base_scores=first.ft_scores, base_curve=first.base_curve,
+                         **kw)
