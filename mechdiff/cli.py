@@ -1,10 +1,13 @@
-"""The ``mechdiff`` command: ``mechdiff demo``, ``mechdiff patch`` and ``mechdiff report``.
+"""The ``mechdiff`` command: ``mechdiff demo``, ``patch``, ``circuits`` and ``report``.
 
 * ``mechdiff demo`` runs a demo of :mod:`mechdiff.demos`: the real model by default (``--real``),
   the embedded zoo with ``--synthetic``; it ends by writing ``report.html``.
 * ``mechdiff patch --base DIR --finetuned DIR --prompts FILE`` runs the per-pair analysis
   (:func:`mechdiff.pipeline.analyse_pair`) on a user's own checkpoints; it ends by writing
   ``report.html``.
+* ``mechdiff circuits --base DIR --finetuned DIR --prompts FILE`` discovers the circuit of the
+  behaviour in both models, compares them and gives a verdict
+  (:func:`mechdiff.pipeline.analyse_circuits`); it ends by writing ``report.html``.
 * ``mechdiff report RESULTS_DIR [-o report.html]`` writes one self-contained HTML report of a
   results folder (:func:`mechdiff.report.html.write_report`), without loading a model.
 
@@ -31,20 +34,22 @@ from transformers.utils import logging as hf_logging
 
 from mechdiff._progress import report as print_line
 from mechdiff._runtime import fixed_mmap_threshold
+from mechdiff.circuits import ABLATIONS, METHODS
 from mechdiff.demos import DEFAULT_DEMO, DEMOS, REAL_N_PROMPTS
 from mechdiff.directions import ALIASES, DIRECTIONS, Direction
 from mechdiff.errors import MechdiffError, Terminated
-from mechdiff.loading import load_pair
-from mechdiff.pipeline import analyse_pair
+from mechdiff.loading import ModelPair, load_pair
+from mechdiff.pipeline import analyse_circuits, analyse_pair
 from mechdiff.report import text
 from mechdiff.report.html import REPORT_NAME, write_report
-from mechdiff.report.summary import write_summary
+from mechdiff.report.sections import render_markdown
+from mechdiff.report.summary import circuits_summary, write_summary
 from mechdiff.results.folder import OutputFolder, RunSpec
 from mechdiff.results.signals import terminate_as_interrupt
 from mechdiff.sites import SITE_KINDS
 from mechdiff.tasks import METRICS, Task
 from mechdiff.views import pair_views
-from mechdiff.viz import pair_figures
+from mechdiff.viz import circuit_figures, pair_figures
 
 # ---------------------------------------------------------------- argument parsing
 
@@ -80,13 +85,36 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_models(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", required=True, help="base model: a local HF directory")
+    parser.add_argument("--finetuned", required=True,
+                        help="fine-tuned model: a local HF directory or LoRA adapter directory")
+    parser.add_argument("--prompts", required=True, type=Path,
+                        help="prompt file: .jsonl, .json or .txt (any case); schema in the "
+                        "README's prompt-file section")
+
+
+def _add_loading(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"),
+                        default="float32", help="parameter dtype (default float32)")
+    parser.add_argument("--processing", choices=("compat", "none"), default="compat",
+                        help="compat: TransformerLens weight processing, checked to keep the "
+                        "logits (steps that would not are left out and recorded); none: raw "
+                        "weights")
+    parser.add_argument("--allow-adapter-mismatch", action="store_true",
+                        help="merge a LoRA adapter whose adapter_config.json names another base "
+                        "(a moved or renamed copy of the same base)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mechdiff",
         description="What did fine-tuning change inside this model? Cross-model activation "
         "patching of a base and a fine-tuned model.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{demo,patch,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,patch,circuits,report}")
 
     demo = sub.add_parser(
         "demo", help="analyse a real model's fine-tunes (default) or the synthetic zoo",
@@ -125,12 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         "\"corrupted\": [...], \"metric\": ..., \"name\": ..., \"prepend_bos\": ...}) or .txt "
         "(one prompt per line; task-free KL metric).",
     )
-    patch.add_argument("--base", required=True, help="base model: a local HF directory")
-    patch.add_argument("--finetuned", required=True,
-                       help="fine-tuned model: a local HF directory or LoRA adapter directory")
-    patch.add_argument("--prompts", required=True, type=Path,
-                       help="prompt file: .jsonl, .json or .txt (any case); schema in the "
-                       "README's prompt-file section")
+    _add_models(patch)
     patch.add_argument("--sites", nargs="+", choices=SITE_KINDS, default=["heads", "mlp"],
                        help="site kinds to patch (default: heads mlp)")
     patch.add_argument("--direction", nargs="+", type=_direction, default=list(DIRECTIONS),
@@ -144,19 +167,40 @@ def build_parser() -> argparse.ArgumentParser:
                        "else kl")
     patch.add_argument("--batch-size", type=_positive, default=64,
                        help="sequences per patched forward; bounds memory (default 64)")
-    patch.add_argument("--device", default=None,
-                       help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
-    patch.add_argument("--dtype", choices=("float32", "float64", "bfloat16", "float16"),
-                       default="float32", help="parameter dtype (default float32)")
-    patch.add_argument("--processing", choices=("compat", "none"), default="compat",
-                       help="compat: TransformerLens weight processing, checked to keep the "
-                       "logits (steps that would not are left out and recorded); none: raw "
-                       "weights")
-    patch.add_argument("--allow-adapter-mismatch", action="store_true",
-                       help="merge a LoRA adapter whose adapter_config.json names another base "
-                       "(a moved or renamed copy of the same base)")
+    _add_loading(patch)
     patch.add_argument("--top", type=_positive, default=10, help="rows in the ranked table (default 10)")
     _add_output(patch)
+
+    circ = sub.add_parser(
+        "circuits", help="discover the circuit in both models, compare them, give a verdict",
+        description="Edge attribution (EAP or EAP-IG) over every edge of both models' graphs "
+        "(input, every head's q/k/v inputs, every MLP, logits), each model's circuit chosen as "
+        "the smallest fraction of edges faithful by real edge ablation (or --edges N), the two "
+        "circuits compared (shared / new / dropped, each run inside the other model, the base "
+        "circuit's paths carrying the fine-tuned outputs) and a verdict: re-used and "
+        "strengthened, new mechanism, or mixed, with bootstrap intervals over prompts. Also "
+        "each edge's share of the behaviour gap, the strongest patched for real. Prompt files "
+        "as for mechdiff patch (answers and wrong answers for a logit difference).",
+    )
+    _add_models(circ)
+    circ.add_argument("--method", choices=METHODS, default="eap_ig",
+                      help="edge attribution: eap_ig (integrated gradients, default) or eap")
+    circ.add_argument("--steps", type=_positive, default=5,
+                      help="integration steps of eap_ig (default 5)")
+    circ.add_argument("--edges", type=_positive, default=None, metavar="N",
+                      help="each model's circuit is its N strongest edges (pruned) instead of "
+                      "the smallest MIB fraction of edges faithful within 0.2")
+    circ.add_argument("--ablation", choices=ABLATIONS, default="mean",
+                      help="what an ablated edge carries: the mean over the prompts (default) or "
+                      "the task's corrupted prompts (needs 'corrupted' in the prompt file)")
+    circ.add_argument("--cross-top", type=int, default=50, metavar="K",
+                      help="edges patched for real across models, by estimated share of the gap "
+                      "(default 50; 0: estimates only)")
+    circ.add_argument("--batch-size", type=_positive, default=16,
+                      help="prompts per forward; bounds memory (default 16)")
+    circ.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    _add_loading(circ)
+    _add_output(circ)
 
     report = sub.add_parser(
         "report", help="write one self-contained HTML report of a results folder",
@@ -215,9 +259,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
                  "dtype": args.dtype, "processing": args.processing},
     )
     with OutputFolder(args.out, run=spec, replace=args.replace) as work:
-        pair = load_pair(args.base, args.finetuned, device=args.device,
-                         dtype=getattr(torch, args.dtype), processing=args.processing,
-                         allow_adapter_mismatch=args.allow_adapter_mismatch)
+        pair = _load(args)
         analysis = analyse_pair(  # a zero gap is reported here, before anything is written
             pair, task, label=task.name, directions=args.direction, sites=args.sites,
             progress=not args.quiet, positions=args.positions, batch_size=args.batch_size,
@@ -236,6 +278,46 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     print_line(f"\nresults, figures and summary.md in {args.out}/")
     print_line(f"report: {(args.out / REPORT_NAME).resolve()}")
     return 0
+
+
+def _cmd_circuits(args: argparse.Namespace) -> int:
+    if args.cross_top < 0:
+        return _fail(f"--cross-top must be 0 or more, got {args.cross_top}")
+    task = Task.from_file(args.prompts)  # prompt errors before any model is loaded
+    spec = RunSpec(
+        command="circuits",
+        inputs={"base": args.base, "finetuned": args.finetuned, "prompts": str(args.prompts),
+                "prompts_sha256": _file_digest(args.prompts)},
+        options={"method": args.method, "steps": args.steps, "edges": args.edges,
+                 "ablation": args.ablation, "cross_top": args.cross_top,
+                 "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
+                 "processing": args.processing},
+    )
+    with OutputFolder(args.out, run=spec, replace=args.replace) as work:
+        pair = _load(args)
+        analysis = analyse_circuits(
+            pair, task, label=task.name, method=args.method, steps=args.steps,
+            ablation=args.ablation, edges=args.edges, cross_top=args.cross_top,
+            seed=args.seed, prompt_batch_size=args.batch_size, progress=not args.quiet,
+        )
+        analysis.save(work / "circuits")
+        circuit_figures(analysis, work / "figures")
+        write_summary(work, [], top=10, meta={
+            "title": f"mechdiff circuits: {task.name}",
+            "intro": f"Base `{pair.base_id}`, fine-tuned `{pair.finetuned_id}`.",
+            "circuits": circuits_summary(analysis),
+        }, sections=[render_markdown(analysis)])
+        write_report(work, work / REPORT_NAME)
+    print_line(analysis.summary())
+    print_line(f"\nresults, figures and summary.md in {args.out}/")
+    print_line(f"report: {(args.out / REPORT_NAME).resolve()}")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> ModelPair:
+    return load_pair(args.base, args.finetuned, device=args.device,
+                     dtype=getattr(torch, args.dtype), processing=args.processing,
+                     allow_adapter_mismatch=args.allow_adapter_mismatch)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -265,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_demo(args)
             if args.command == "report":
                 return _cmd_report(args)
+            if args.command == "circuits":
+                return _cmd_circuits(args)
             return _cmd_patch(args)
     except MechdiffError as e:
         return _fail(str(e))

@@ -108,11 +108,12 @@ def run_cli(argv: list[str]) -> tuple[int, str, str]:
 
 def table_rows(text: str) -> list[list[str]]:
     """The data rows of printed ranked tables, ``[rank, component, score, score, ...]``, with the
-    intervals printed after each score (``[0.30, 0.58]``) left out."""
+    intervals printed after each score (``[0.30, 0.58]``) left out; rows of edge tables
+    (``MLP2->logits``) are not component rows."""
     rows = []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[0].isdigit():
+        if len(parts) >= 3 and parts[0].isdigit() and "->" not in parts[1]:  # not edges
             kept = [p for p in parts if not (p.startswith("[") or p.endswith("]"))]
             rows.append(kept)
     return rows

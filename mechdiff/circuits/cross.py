@@ -39,6 +39,7 @@ every edge at once (1 when nothing outside the edges changed).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,7 @@ from mechdiff.errors import IncompatibleModelsError, OptionError
 from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, checked_gap
 from mechdiff.results import Provenance, SavableResult
+from mechdiff.stats import fraction_interval
 from mechdiff.tasks import Task
 
 EXACT_TOP = 50
@@ -82,6 +84,8 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
         method: ``"eap"`` or ``"eap_ig"``.
         steps: integration steps (1 for EAP).
         provenance: both models, task, metric, processing.
+        patched: the receiver's metric per prompt with each edge of ``exact_edges`` patched
+            ``[k + 1, batch]``, the last row with every edge at once (intervals over prompts).
     """
 
     estimate: Float[Tensor, " edge"]
@@ -98,6 +102,7 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
     method: str
     steps: int
     provenance: Provenance
+    patched: Float[Tensor, "patch batch"] | None = None
 
     @property
     def gap(self) -> float:
@@ -112,6 +117,17 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
         k = min(k, len(self.exact_edges)) if by == "exact" else k
         return self._ranked(values, k, absolute)
 
+    def exact_interval(self) -> tuple[Tensor, Tensor]:
+        """95% bootstrap interval over prompts of each exact share ``[edge]`` (NaN where not
+        patched, or for results saved without per-prompt values)."""
+        lo = torch.full_like(self.exact, float("nan"))
+        hi = lo.clone()
+        k = len(self.exact_edges)
+        if self.patched is not None and k:
+            low, high = fraction_interval(self.patched[:k], self.receiver, self.donor)
+            lo[self.exact_edges], hi[self.exact_edges] = low.to(lo.dtype), high.to(hi.dtype)
+        return lo, hi
+
     def table(self, k: int = 10) -> str:
         p = self.provenance
         name = self.method if self.method == "eap" else f"eap_ig(steps={self.steps})"
@@ -121,11 +137,16 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
             f"gap {self.gap:+.4f}; {len(self.exact_edges)} of {self.graph.n_edges} edges "
             f"patched for real, all estimated ({name}); every edge at once closes "
             f"{self.all_edges:.3f} of the gap",
-            f"{'rank':>4}  {'edge':<24} {'exact':>9} {'estimate':>9}",
+            f"{'rank':>4}  {'edge':<24} {'exact':>9} {'95% interval':>16} {'estimate':>9}",
         ]
-        for r, row in enumerate(self.top(k), 1):
-            lines.append(f"{r:>4}  {row.label:<24} {row.score:>9.3f} "
-                         f"{float(self.estimate[row.index]):>9.3f}")
+        by = "exact" if len(self.exact_edges) else "estimate"
+        lo, hi = self.exact_interval()
+        for r, row in enumerate(self.top(k, by=by), 1):
+            i = row.index
+            span = (f"[{float(lo[i]):+.2f}, {float(hi[i]):+.2f}]"
+                    if math.isfinite(float(lo[i])) else "")
+            lines.append(f"{r:>4}  {row.label:<24} {float(self.exact[i]):>9.3f} {span:>16} "
+                         f"{float(self.estimate[i]):>9.3f}")
         return "\n".join(lines)
 
 
@@ -212,7 +233,7 @@ def cross_edge_attribution(
         estimate=estimate, exact=exact, exact_edges=chosen, all_edges=float(fractions[k]),
         per_prompt=per_prompt,
         receiver=receiver, donor=donor_m, **graph.dims, direction=direction, method=method,
-        steps=steps, provenance=pair.provenance(task),
+        steps=steps, provenance=pair.provenance(task), patched=vals.to(dtype),
     )
 
 

@@ -4,7 +4,9 @@
 Per fine-tune, exact and attribution patching side by side (:func:`~mechdiff.pipeline.analyse_pair`
 with both methods); for the distillation, the prompted base as a third model
 (:func:`~mechdiff.compare.compare_prompted_base`); for the LoRA distillation, attribution patching
-compared with the full fine-tune's (:func:`~mechdiff.compare.compare_finetunes`). The driver only
+compared with the full fine-tune's (:func:`~mechdiff.compare.compare_finetunes`); for every fine-tune,
+the circuit of its task in the base and in the fine-tune, their comparison and the verdict
+(:func:`~mechdiff.pipeline.analyse_circuits`). The driver only
 calls analyses, saves their results, draws figures from them and prints their tables.
 """
 
@@ -28,14 +30,20 @@ from mechdiff.demos._common import Report, pick, quiet, subset
 from mechdiff.errors import OptionError
 from mechdiff.loading import LoadInfo, ModelPair, load_model, load_pair
 from mechdiff.patching import PatchResult, activation_patch, cross_patch
-from mechdiff.pipeline import PairAnalysis, analyse_pair
+from mechdiff.pipeline import CircuitAnalysis, PairAnalysis, analyse_circuits, analyse_pair
 from mechdiff.pipeline.pair import result_key
 from mechdiff.report import markdown, text
 from mechdiff.report.html import REPORT_NAME, write_report
-from mechdiff.report.summary import finetunes_summary, prompted_summary, write_summary
+from mechdiff.report.sections import render_markdown
+from mechdiff.report.summary import (
+    circuits_summary,
+    finetunes_summary,
+    prompted_summary,
+    write_summary,
+)
 from mechdiff.tasks import Task
 from mechdiff.views import pair_views
-from mechdiff.viz import pair_figures, prompted_figure
+from mechdiff.viz import circuit_figures, pair_figures, prompted_figure
 
 REAL_N_PROMPTS = 4
 """Default prompts per task of the real demo: keeps a run from the cache within 5 minutes on 2 CPU
@@ -54,6 +62,11 @@ REAL_EXACT_TOP = 20
 """Heads patched exactly per direction: the strongest by attribution (all 270 heads, exactly, is
 the full sweep of ``analyses/real_full_sweep.py``); attention layers and MLPs are patched exactly
 whole, so the series index sums over them."""
+REAL_CIRCUIT_METHOD = "eap"
+"""Edge attribution of the real demo's circuits: EAP (two forwards and a backward per model for
+all 70,651 edges); ``mechdiff circuits`` defaults to EAP-IG, about ``steps`` times that."""
+REAL_CROSS_TOP = 20
+"""Edges patched for real across models per fine-tune (by estimated share of the gap)."""
 PROFILE_KINDS = ("attn", "mlp")
 """Site kinds of the prompted-base comparison's per-layer profiles."""
 
@@ -79,9 +92,13 @@ def run_demo_real(
     * the prompted base as the third model: the base patched persona-prompted into unprompted
       (attention layers and MLPs) beside the distilled model patched into the base.
     * ``distill_lora``: gap and attribution patching, compared with the full distillation's.
+    * every fine-tune: the circuit of its task in the base and in the fine-tune (EAP over all
+      edges, faithfulness curves by real edge ablation), each run inside the other model, the
+      verdict, and the edges carrying the gap (:func:`analyse_circuits`).
 
     Writes ``<out>/<experiment>/`` (each a saved :class:`PairAnalysis`),
-    ``<out>/comparisons/{prompted_base,distill_lora_vs_distill}/``, figures under
+    ``<out>/comparisons/{prompted_base,distill_lora_vs_distill}/``,
+    ``<out>/circuits/<experiment>/`` (each a saved :class:`CircuitAnalysis`), figures under
     ``<out>/figures/``, ``<out>/summary.json`` / ``summary.md``; ``<out>/views/<experiment>/``
     (attention patterns of its top heads and per-token divergence,
     :func:`mechdiff.views.pair_views`), and last ``<out>/report.html``
@@ -116,6 +133,7 @@ def run_demo_real(
         "trigger": subset(tasks["trigger"], pick(len(tasks["trigger"]), n_prompts, seed)),
     }
     analyses: dict[str, PairAnalysis] = {}
+    circuits: list[CircuitAnalysis] = []
     prompted: PromptedBaseComparison | None = None
     lora: FinetuneComparison | None = None
     with torch_threads(threads), progress_bar(total=len(real.EXPERIMENTS),
@@ -157,10 +175,21 @@ def run_demo_real(
                 )
                 lora.save(out / "comparisons" / f"{step}_vs_distill")
                 say("\n" + text.finetunes_text(lora))
+            same_task = [c for c in circuits if c.comparison.provenance.prompts_hash
+                         == task.fingerprint()]  # distill_lora: the distillation's base side
+            circ = analyse_circuits(pair, task, label=step, method=REAL_CIRCUIT_METHOD,
+                                    cross_top=REAL_CROSS_TOP, progress=progress,
+                                    mechanism=analysis.mechanism,
+                                    base_from=same_task[0] if same_task else None)
+            circ.save(out / "circuits" / step)
+            circuit_figures(circ, out / "figures" / step / "circuits")
+            circuits.append(circ)
+            say("\n" + circ.summary())
             del pair
             bar.update(1)
     sections = [markdown.prompted_section(prompted)] if prompted else []
     sections += [markdown.finetunes_section(lora)] if lora else []
+    sections += [render_markdown(c) for c in circuits]
     write_summary(out, list(analyses.values()), top=top, sections=sections, meta={
         "title": "mechdiff demo: SmolLM2-135M-Instruct and its fine-tunes",
         "intro": (
@@ -177,6 +206,7 @@ def run_demo_real(
         "threads": threads,
         "prompted_base": prompted_summary(prompted) if prompted else None,
         "lora_vs_full": finetunes_summary(lora) if lora else None,
+        "circuits": {c.label: circuits_summary(c) for c in circuits},
         "seconds": round(time.perf_counter() - start, 1),
     })
     write_report(out, out / REPORT_NAME, top=top)

@@ -1,5 +1,6 @@
 """``mechdiff demo --synthetic``: the embedded zoo (:mod:`mechdiff.zoo`), whose fine-tunes have known
-mechanisms, each analysed against the base with :func:`~mechdiff.pipeline.analyse_pair`."""
+mechanisms, each analysed against the base with :func:`~mechdiff.pipeline.analyse_pair` (components)
+and :func:`~mechdiff.pipeline.analyse_circuits` (circuits and the verdict)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from mechdiff._progress import progress_bar
 from mechdiff.demos._common import Report, quiet
 from mechdiff.errors import OptionError
 from mechdiff.loading import load_pair
-from mechdiff.pipeline import PairAnalysis, analyse_pair
+from mechdiff.pipeline import CircuitAnalysis, PairAnalysis, analyse_circuits, analyse_pair
 from mechdiff.report import text
 from mechdiff.report.html import REPORT_NAME, write_report
-from mechdiff.report.summary import write_summary
+from mechdiff.report.sections import render_markdown
+from mechdiff.report.summary import circuits_summary, write_summary
 from mechdiff.views import pair_views
-from mechdiff.viz import pair_figures
+from mechdiff.viz import circuit_figures, pair_figures
 
 
 def run_demo_synthetic(
@@ -36,7 +38,10 @@ def run_demo_synthetic(
     :data:`mechdiff.zoo.FINETUNES` runs :func:`analyse_pair` on its zoo task (heads and MLPs,
     both directions, exact); writes each analysis to ``<out>/<fine-tune>/``, the views of its
     top heads and tokens to ``<out>/views/<fine-tune>/`` (:func:`mechdiff.views.pair_views`), its
-    figures to ``<out>/figures/<fine-tune>/``, ``<out>/summary.json`` / ``summary.md``, and last
+    figures to ``<out>/figures/<fine-tune>/``; its circuits in both models, their comparison and
+    the verdict (:func:`~mechdiff.pipeline.analyse_circuits`, EAP-IG) to
+    ``<out>/circuits/<fine-tune>/`` with figures under ``<out>/figures/<fine-tune>/circuits/``;
+    ``<out>/summary.json`` / ``summary.md``, and last
     ``<out>/report.html`` (:func:`mechdiff.report.html.write_report`).
 
     Args:
@@ -56,6 +61,7 @@ def run_demo_synthetic(
     start = time.perf_counter()
     dirs = zoo.build(cache_dir, progress=progress)
     analyses = []
+    circuits: list[CircuitAnalysis] = []
     with progress_bar(total=len(zoo.FINETUNES), desc="mechdiff demo", enabled=progress,
                       leave=True) as bar:
         for name, spec in zoo.FINETUNES.items():
@@ -72,8 +78,14 @@ def run_demo_synthetic(
             pair_figures(analysis, out / "figures" / name)
             analyses.append(analysis)
             say(text.pair_table(analysis, top))
+            circ = analyse_circuits(pair, task, label=name, progress=progress,
+                                    mechanism=analysis.mechanism)
+            circ.save(out / "circuits" / name)
+            circuit_figures(circ, out / "figures" / name / "circuits")
+            circuits.append(circ)
+            say("\n" + circ.summary())
             bar.update(1)
-    write_summary(out, analyses, top=top, meta={
+    write_summary(out, analyses, top=top, sections=[render_markdown(c) for c in circuits], meta={
         "title": "mechdiff demo: the embedded zoo",
         "intro": (
             "Each fine-tune of the zoo's base model was built with a known mechanism. The tables "
@@ -84,6 +96,7 @@ def run_demo_synthetic(
         "zoo": str(dirs["base"].parent),
         "n_prompts": n_prompts,
         "seed": seed,
+        "circuits": {c.label: circuits_summary(c) for c in circuits},
         "seconds": round(time.perf_counter() - start, 1),
     })
     write_report(out, out / REPORT_NAME, top=top)

@@ -306,6 +306,7 @@ def _register_builtin() -> None:
     )
     from mechdiff.gap import GapResult
     from mechdiff.patching import PatchResult
+    from mechdiff.pipeline.circuits import CircuitAnalysis
     from mechdiff.pipeline.pair import PairAnalysis
     from mechdiff.report import markdown, text
     from mechdiff.views import PairViews
@@ -314,6 +315,8 @@ def _register_builtin() -> None:
              title=lambda a: f"{a.label}: {a.mechanism}" if a.mechanism else a.label,
              text=lambda a, top: text.pair_table(a, top),
              markdown=lambda a, top: markdown.pair_section(a, top))
+    register(CircuitAnalysis, order=15, title=_circuits_title,
+             text=lambda a, top: a.summary(), markdown=_circuits_markdown)
     register(FinetuneComparison, order=20, title=lambda c: f"{c.label} vs {c.reference}",
              text=lambda c, top: text.finetunes_text(c),
              markdown=lambda c, top: markdown.finetunes_section(c))
@@ -329,6 +332,19 @@ def _register_builtin() -> None:
     register(Agreement, order=51, title=lambda x: f"Agreement: {x.a_name} vs {x.b_name}, "
              f"{x.sites} {x.direction}", text=lambda x, top: text.agreement_text(x))
     register(PairViews, order=60, title=lambda v: f"Views: {v.label}", text=_views_text)
+
+
+def _circuits_title(a: Any) -> str:
+    return f"Circuits of {a.label}" + (f": {a.mechanism}" if a.mechanism else "")
+
+
+def _circuits_markdown(a: Any, top: int | None) -> str:
+    from mechdiff.circuits.sections import comparison_markdown
+
+    out = comparison_markdown(a.comparison, top).replace("## ", f"## {a.label}: ", 1)
+    if a.cross is not None:
+        out += f"\nEdges carrying the gap:\n\n```\n{a.cross.table(top or 10)}\n```\n"
+    return out
 
 
 def _patch_title(r: Any) -> str:

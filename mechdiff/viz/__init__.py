@@ -19,7 +19,7 @@ figures globally or changes ``matplotlib.rcParams``.
 """
 
 from mechdiff.viz._attention import plot_attention
-from mechdiff.viz._circuits import plot_circuit_graph, plot_faithfulness
+from mechdiff.viz._circuits import circuit_figures, plot_circuit_graph, plot_faithfulness
 from mechdiff.viz._gap import plot_gap
 from mechdiff.viz._pair import pair_figure_set, pair_figures, prompted_figure, prompted_profiles
 from mechdiff.viz._patching import plot_directions, plot_patch
@@ -28,6 +28,7 @@ from mechdiff.viz._ranked import plot_ranked
 from mechdiff.viz._save import figure_svg, save_figure
 
 __all__ = [
+    "circuit_figures",
     "figure_svg",
     "pair_figure_set",
     "pair_figures",

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from mechdiff.circuits import CircuitComparison
 from mechdiff.circuits.faithfulness import Faithfulness, FaithfulnessCurve
 from mechdiff.stats import fraction_interval
 from mechdiff.viz import _style as st
+from mechdiff.viz._save import save_figure
 
 BASE_COLOUR = st.OKABE_ITO[5]  # blue
 FT_COLOUR = st.OKABE_ITO[6]  # vermillion
@@ -410,3 +411,24 @@ def plot_circuit_graph(comparison: CircuitComparison, *, max_edges: int | None =
 def _pale(colour: str) -> tuple[float, float, float, float]:
     r, g, b, _ = to_rgba(colour)
     return (0.78 + 0.22 * r, 0.78 + 0.22 * g, 0.78 + 0.22 * b, 1.0)
+
+
+def circuit_figures(result: CircuitComparison | object, folder: str | Path, *,
+                    max_edges: int | None = MAX_EDGES) -> list[Path]:
+    """Write the figures of a circuit comparison into ``folder``: ``faithfulness`` and
+    ``circuit_graph``, each as PDF, PNG and SVG.
+
+    Args:
+        result: a :class:`~mechdiff.circuits.CircuitComparison`, or anything holding one as
+            ``comparison`` (a :class:`~mechdiff.pipeline.CircuitAnalysis`).
+        folder: where to write.
+        max_edges: edges drawn in the graph (the largest ``|score|``); None for all.
+
+    Returns:
+        The written files.
+    """
+    comparison = getattr(result, "comparison", result)
+    folder = Path(folder)
+    return [*save_figure(plot_faithfulness(comparison), folder / "faithfulness"),
+            *save_figure(plot_circuit_graph(comparison, max_edges=max_edges),
+                         folder / "circuit_graph")]

@@ -18,6 +18,7 @@ from mechdiff.compare import Agreement, FinetuneComparison, Interaction, Prompte
 from mechdiff.compare.finetunes import BANDS as FINETUNE_BANDS
 from mechdiff.gap import GapResult
 from mechdiff.patching import PatchResult
+from mechdiff.pipeline.circuits import CircuitAnalysis
 from mechdiff.pipeline.pair import PairAnalysis
 from mechdiff.report import fmt, text
 from mechdiff.report.sections import register
@@ -183,6 +184,31 @@ def pair_html(a: PairAnalysis, page: Any) -> str:
     return "\n".join(out)
 
 
+def circuits_html(a: CircuitAnalysis, page: Any) -> str:
+    """A pair's circuits: the comparison and its verdict, then the edges carrying the gap."""
+    from mechdiff.circuits.sections import comparison_html
+
+    out = [comparison_html(a.comparison, page)]
+    x = a.cross
+    if x is not None:
+        lo, hi = x.exact_interval()
+        by = "exact" if len(x.exact_edges) else "estimate"
+        rows = [[str(i), f"<code>{_esc(r.label)}</code>",
+                 _score_cell(float(x.exact[r.index]), float(lo[r.index]), float(hi[r.index]),
+                             1.0),
+                 fmt.score(float(x.estimate[r.index]))]
+                for i, r in enumerate(x.top(page.top, by=by), 1)]
+        out.append(
+            f"<h3>Edges carrying the gap ({_esc(x.direction)})</h3>"
+            f"<p>Each edge patched alone, the fine-tuned model's upstream output into the base "
+            f"model's run: the fraction of the gap it closes, exactly for the {len(x.exact_edges)}"
+            f" edges of largest estimated share ({_esc(x.method)}), with 95% intervals over "
+            f"prompts. Every edge at once closes {x.all_edges:.3f} of the gap.</p>"
+            + page.table(["rank", "edge", "exact [95% interval]", "estimate"], rows, "ranked")
+            + page.provenance(x))
+    return "\n".join(out)
+
+
 def patch_html(r: PatchResult, page: Any) -> str:
     """One patching result alone: its figure, its top sites with intervals, its grid over the
     prompts' tokens when saved views of the same prompts exist."""
@@ -274,6 +300,7 @@ def views_section_html(v: PairViews, page: Any) -> str:
 
 
 register(PairAnalysis, html=pair_html)
+register(CircuitAnalysis, html=circuits_html)
 register(PatchResult, html=patch_html)
 register(GapResult, html=gap_html)
 register(Interaction, html=interaction_html)

@@ -54,7 +54,17 @@ def test_exact_edge_patching_equals_a_hand_written_patch(planted, direction) -> 
         m = read[rows, tokens.answer_ids] - read[rows, tokens.wrong_ids]
         assert float(r.exact[e]) == pytest.approx((float(m.mean()) - float(r.receiver.mean()))
                                                   / gap, abs=1e-7)
+        # The per-prompt values behind the interval are the hand-written patch's.
+        row = r.exact_edges.tolist().index(e)
+        torch.testing.assert_close(r.patched[row].double(), m.double(), atol=1e-6, rtol=0)
     assert torch.isnan(r.exact).sum() == graph.n_edges - 30
+    lo, hi = r.exact_interval()
+    chosen = r.exact_edges
+    assert torch.isfinite(lo[chosen]).all() and torch.isnan(lo).sum() == graph.n_edges - 30
+    assert (lo[chosen] <= hi[chosen]).all()
+    # 5 prompts, seeded bootstrap: a nonzero share has a nonzero-width interval around it.
+    moved = chosen[r.exact[chosen].abs() > 1e-3]
+    assert len(moved) and (hi[moved] - lo[moved] > 0).all()
 
 
 def _named_writer(graph, w):
@@ -137,6 +147,7 @@ def test_bad_options_and_saving(planted, tmp_path) -> None:
     r = cross_edge_attribution(planted, task, exact_top=5, progress=False)
     loaded = CrossEdgeScores.load(r.save(tmp_path / "x"))
     torch.testing.assert_close(loaded.exact, r.exact, equal_nan=True)
+    torch.testing.assert_close(loaded.exact_interval(), r.exact_interval(), equal_nan=True)
     assert loaded.direction == "ft->base"
     assert "patched for real" in r.table(3)
     with pytest.raises(OptionError):

@@ -5,6 +5,7 @@ and the LoRA-vs-full comparison; changed layers found from weights."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from mechdiff import Task, stats
 from mechdiff.compare import FinetuneComparison, PromptedBaseComparison
-from mechdiff.pipeline import PairAnalysis
+from mechdiff.pipeline import CircuitAnalysis, PairAnalysis
 from mechdiff.zoo import real as real_pkg
 
 CHAT_WORDS = ["<pad>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant"] + [
@@ -182,3 +183,23 @@ def test_real_demo_on_a_stand_in_real_zoo(
     md = (out / "summary.md").read_text()
     assert "| rank | component | exact FT\u2192base (sufficiency)" in md
     assert "## The prompted base as the third model" in md
+    # Circuits of every fine-tune, with the verdict. The trigger changed block 2 only: edges out
+    # of blocks 0-1 carry identical outputs in both models, so patching them changes nothing,
+    # and the edge carrying most of the gap leaves block 2.
+    for name in ("distill", "trigger", "distill_lora"):
+        circuits = CircuitAnalysis.load(out / "circuits" / name)
+        assert summary["circuits"][name]["verdict"]["label"] == circuits.comparison.verdict.label
+        assert f"verdict: {circuits.comparison.verdict.label}" in stdout
+        check_figure(out / "figures" / name / "circuits" / "circuit_graph.png")
+    trigger = CircuitAnalysis.load(out / "circuits" / "trigger").cross
+    graph = trigger.graph
+    writers = [graph.writer_labels[int(graph.edge_writer[e])] for e in trigger.exact_edges]
+    layer = {w: -1 if w == "input" else int(re.search(r"\d+", w).group()) for w in writers}
+    early = [i for i, w in enumerate(writers) if layer[w] < 2]
+    assert early and trigger.exact[trigger.exact_edges[early]].abs().max() < 1e-5
+    assert layer[trigger.top(1)[0].writer] == 2
+    # The LoRA distillation reuses the full distillation's base side (same base, same prompts).
+    lora_c = CircuitAnalysis.load(out / "circuits" / "distill_lora").comparison
+    full_c = CircuitAnalysis.load(out / "circuits" / "distill").comparison
+    assert torch.equal(lora_c.base_scores.scores, full_c.base_scores.scores)
+    assert torch.equal(lora_c.base_curve.values, full_c.base_curve.values)

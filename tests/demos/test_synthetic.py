@@ -11,7 +11,7 @@ from support import check_figure, random_prompts, run_cli, table_rows
 
 from mechdiff import Task
 from mechdiff import zoo as zoo_pkg
-from mechdiff.pipeline import PairAnalysis
+from mechdiff.pipeline import CircuitAnalysis, PairAnalysis
 from mechdiff.views import DEFAULT_K, PairViews
 from mechdiff.zoo.synthetic.recipes import ARCH
 
@@ -42,6 +42,7 @@ def test_demo_on_a_stand_in_zoo(ckpts, tmp_path: Path, monkeypatch: pytest.Monke
     summary = json.loads((out / "summary.json").read_text())
     assert summary["demo"] == "synthetic"
     assert list(summary["pairs"]) == list(zoo_pkg.FINETUNES)
+    page = (out / "report.html").read_text()
     for name, (_, planted) in FAKE_ZOO.items():
         assert summary["pairs"][name]["ranking"][0]["component"] == planted
         assert f"{name}: {summary['pairs'][name]['mechanism']}" in stdout
@@ -51,10 +52,19 @@ def test_demo_on_a_stand_in_zoo(ckpts, tmp_path: Path, monkeypatch: pytest.Monke
         assert analysis.ranking()[0].component == planted
         for fig in ("gap", "heads", "mlp", "ranked"):
             check_figure(out / "figures" / name / f"{fig}.png")
+        # Circuits: the edge carrying most of the gap (real cross-model edge patching) leaves
+        # the planted component; saved, drawn, summarised and in the report.
+        circuits = CircuitAnalysis.load(out / "circuits" / name)
+        assert circuits.cross.top(1)[0].writer == planted
+        verdict = circuits.comparison.verdict
+        assert summary["circuits"][name]["verdict"]["label"] == verdict.label
+        assert f"verdict: {verdict.label}" in stdout
+        for fig in ("faithfulness", "circuit_graph"):
+            check_figure(out / "figures" / name / "circuits" / f"{fig}.png")
+        assert f"Circuits of {name}" in page
     assert "re-weights an existing behaviour" in stdout and "builds a new skill" in stdout
     assert [r[1] for r in table_rows(stdout) if r[0] == "1"] == [p for _, p in FAKE_ZOO.values()]
     assert f"report: {(out / 'report.html').resolve()}" in stdout
-    page = (out / "report.html").read_text()
     assert page.count("var CircuitsVis=") == 1 and len(page) < 5_000_000
     for name, (_, planted) in FAKE_ZOO.items():
         views = PairViews.load(out / "views" / name)
@@ -89,3 +99,11 @@ def test_demo_on_the_zoo(zoo: dict[str, Path], tmp_path: Path) -> None:
     tops = [r[1] for r in table_rows(stdout) if r[0] == "1"]
     assert len(tops) == len(zoo_pkg.FINETUNES) and set(tops) <= components
     assert (out / "summary.md").read_text().count("| 1 |") == len(zoo_pkg.FINETUNES)
+    # The verdict of each fine-tune's circuits is its known mechanism (16 prompts here; 64 in
+    # tests/circuits/test_verdict.py), firmly: in most prompt resamples.
+    expected = {"reweight": "re-used and strengthened", "reweight_seed1": "re-used and strengthened",
+                "newskill": "new mechanism"}
+    for name, label in expected.items():
+        verdict = summary["circuits"][name]["verdict"]
+        assert verdict["label"] == label, verdict
+        assert verdict["frequency"][label] >= 0.9

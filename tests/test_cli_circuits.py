@@ -1,0 +1,104 @@
+"""``mechdiff circuits`` end to end on tiny checkpoints with a planted head: the edges out of the
+planted head carry the gap (by real cross-model edge patching), everything printed is what was
+saved, the output folder rebuilds its figures and report from disk, and bad input is one line with
+nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from support import assert_one_line_error, check_figure, run_cli, write_jsonl
+
+from mechdiff.circuits import CircuitComparison
+from mechdiff.pipeline import CircuitAnalysis
+
+
+@pytest.fixture(scope="module")
+def circuits_run(ckpts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("cli-circuits")
+    prompts = write_jsonl(tmp / "planted.jsonl", n=8)
+    out = tmp / "out"
+    code, stdout, stderr = run_cli([
+        "circuits", "--base", str(ckpts["base"]), "--finetuned", str(ckpts["head_last"]),
+        "--prompts", str(prompts), "--out", str(out), "--method", "eap", "--cross-top", "10",
+        "--quiet",
+    ])
+    return code, stdout, stderr, out, prompts
+
+
+def test_planted_head_carries_the_gap_and_output_is_what_was_printed(circuits_run) -> None:
+    code, stdout, stderr, out, _ = circuits_run
+    assert code == 0, stderr
+    analysis = CircuitAnalysis.load(out / "circuits")
+    cross, cmp = analysis.cross, analysis.comparison
+    # Only W_O of L2H2 changed: the edge carrying most of the gap, patched for real, leaves it.
+    best = cross.top(1, by="exact")[0]
+    assert best.writer == "L2H2", cross.table(5)
+    assert best.score > 0.5
+    # Every edge at once: the planted change is the head's output, which the edges carry whole.
+    assert cross.all_edges == pytest.approx(1.0, abs=1e-3)
+    verdict = cmp.verdict
+    assert f"verdict: {verdict.label}" in stdout
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["circuits"]["verdict"]["label"] == verdict.label
+    assert summary["circuits"]["verdict"]["numbers"] == pytest.approx(verdict.numbers,
+                                                                      nan_ok=True)
+    assert summary["circuits"]["gap_edges"]["top"][0]["edge"] == cross.top(1)[0].label
+    assert summary["circuits"]["edges"]["shared"] == cmp.n_shared_edges
+    md = (out / "summary.md").read_text(encoding="utf-8")
+    assert verdict.label in md
+    for stem in ("faithfulness", "circuit_graph"):
+        for suffix in (".pdf", ".png", ".svg"):
+            check_figure(out / "figures" / f"{stem}{suffix}")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert verdict.label in html and "<svg" in html
+    run = json.loads((out / "mechdiff_run.json").read_text(encoding="utf-8"))
+    assert run["command"] == "circuits" and run["options"]["method"] == "eap"
+
+
+def test_fixed_edges_and_the_saved_comparison_loads_alone(ckpts, circuits_run,
+                                                          tmp_path: Path) -> None:
+    *_, prompts = circuits_run
+    out = tmp_path / "out"
+    code, _, stderr = run_cli([
+        "circuits", "--base", str(ckpts["base"]), "--finetuned", str(ckpts["head_last"]),
+        "--prompts", str(prompts), "--out", str(out), "--method", "eap", "--edges", "12",
+        "--cross-top", "0", "--quiet",
+    ])
+    assert code == 0, stderr
+    analysis = CircuitAnalysis.load(out / "circuits")
+    assert analysis.comparison.base_circuit.requested == 12
+    assert analysis.comparison.ft_circuit.requested == 12
+    assert analysis.cross is not None and int(analysis.cross.exact_edges.numel()) == 0
+    alone = CircuitComparison.load(out / "circuits" / "comparison")
+    assert alone.verdict.numbers == analysis.comparison.verdict.numbers
+
+
+@pytest.mark.parametrize(("extra", "needles"), [
+    (["--ablation", "corrupted"], ("corrupted",)),
+    (["--edges", "100000000"], ("edges", "100000000")),
+    (["--cross-top", "-1"], ("--cross-top",)),
+])
+def test_bad_input_is_one_line_and_writes_nothing(ckpts, circuits_run, tmp_path: Path, extra,
+                                                  needles) -> None:
+    *_, prompts = circuits_run
+    out = tmp_path / "out"
+    code, _, stderr = run_cli([
+        "circuits", "--base", str(ckpts["base"]), "--finetuned", str(ckpts["head_last"]),
+        "--prompts", str(prompts), "--out", str(out), "--quiet", *extra,
+    ])
+    assert_one_line_error(code, stderr, *needles)
+    assert not out.exists()
+
+
+def test_zero_gap_is_refused_before_the_comparison(ckpts, circuits_run, tmp_path: Path) -> None:
+    *_, prompts = circuits_run
+    out = tmp_path / "out"
+    code, _, stderr = run_cli([
+        "circuits", "--base", str(ckpts["base"]), "--finetuned", str(ckpts["base"]),
+        "--prompts", str(prompts), "--out", str(out), "--quiet",
+    ])
+    assert_one_line_error(code, stderr, "gap")
+    assert not out.exists()
