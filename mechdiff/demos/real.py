@@ -149,7 +149,7 @@ def run_demo_real(
             analysis = analyse_pair(
                 pair, task, label=step, progress=progress, sites=REAL_SITES,
                 methods=("exact", "attribution") if exact else ("attribution",),
-                exact_top=REAL_EXACT_TOP if exact else None,
+                exact_top={"heads": REAL_EXACT_TOP} if exact else None,
                 mechanism=zoo.MECHANISMS.get(exp.mechanism, exp.mechanism),
                 description=real.FINETUNES[exp.finetuned].description,
             )

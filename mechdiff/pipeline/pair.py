@@ -10,7 +10,7 @@ A zero behaviour gap is reported (:class:`~mechdiff.errors.ZeroGapError`) before
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -146,7 +146,7 @@ def analyse_pair(
     progress: bool = True,
     mechanism: str | None = None,
     description: str | None = None,
-    exact_top: int | None = None,
+    exact_top: int | Mapping[str, int] | None = None,
 ) -> PairAnalysis:
     """Behaviour gap, then patching of every site kind in every direction by every method.
 
@@ -166,7 +166,9 @@ def analyse_pair(
         description: a longer statement of the fine-tune, if any.
         exact_top: with both methods, patch exactly only the ``exact_top`` sites of each kind
             and direction that attribution estimates strongest (kinds with more sites than
-            that; the others score NaN in the exact result). ``None``: every site.
+            that; the others score NaN in the exact result). A mapping limits only the kinds
+            it names (``{"heads": 20}``: the 20 strongest heads, every attention layer and
+            MLP). ``None``: every site.
 
     Raises:
         ZeroGapError: the two models behave the same on the task (before any patching).
@@ -184,8 +186,16 @@ def analyse_pair(
         raise OptionError(f"methods must be among {PAIR_METHODS}, got {bad}")
     check_positions(positions)
     positive(batch_size=batch_size, prompt_batch_size=prompt_batch_size)
-    if exact_top is not None:
-        positive(exact_top=exact_top)
+    tops = dict.fromkeys(sites, exact_top) if not isinstance(exact_top, Mapping) else {
+        k: exact_top.get(k) for k in sites}
+    if isinstance(exact_top, Mapping):
+        for kind in exact_top:
+            family(kind)  # a kind that does not exist is a SiteError, not ignored
+    for kind, k in tops.items():
+        if k is not None:
+            positive(**{f"exact_top[{kind!r}]" if isinstance(exact_top, Mapping)
+                        else "exact_top": k})
+    if any(k is not None for k in tops.values()):
         if set(methods) != set(PAIR_METHODS):
             raise OptionError("exact_top picks exact patching's sites from attribution's "
                               "estimates: give methods=('exact', 'attribution')")
@@ -209,8 +219,9 @@ def analyse_pair(
                 est = estimates.get(key)
                 n_sites = 0 if est is None else est.scores.numel() // (
                     est.scores.shape[-1] if "pos" in est.dims else 1)
-                if exact_top is not None and est is not None and n_sites > exact_top:
-                    only = _strongest(est, exact_top)
+                top = tops[kind]
+                if top is not None and est is not None and n_sites > top:
+                    only = _strongest(est, top)
                 exact[key] = cross_patch(pair, task, sites=kind, direction=direction,
                                          positions=positions, batch_size=batch_size,
                                          prompt_batch_size=prompt_batch_size, progress=progress,
@@ -218,7 +229,8 @@ def analyse_pair(
     changed = changed_blocks(pair)
     agreements = {key: agreement(estimates[key], exact[key], a_name="attribution",
                                  b_name="exact", layers=changed)
-                  for key in exact if key in estimates}
+                  for key in exact if key in estimates
+                  and int(torch.isfinite(exact[key].scores).sum()) >= 2}  # a rank needs two
     complete = {k: r for k, r in exact.items() if bool(torch.isfinite(r.scores).all())}
     both = {r.sites for r in complete.values() if r.direction == "ft->base"} & {
         r.sites for r in complete.values() if r.direction == "base->ft"} & set(SUMMABLE)

@@ -70,6 +70,30 @@ def test_exact_top_patches_the_strongest_estimates_only(planted) -> None:
         analyse_pair(planted, _task(), label="x", exact_top=3, progress=False)
 
 
+def test_exact_top_per_kind_limits_only_the_kinds_it_names(planted) -> None:
+    """``exact_top={"mlp": 1}``: one MLP exactly (the strongest estimate), every head exactly,
+    and the series index over the complete kind only; a kind that does not exist is refused."""
+    from mechdiff.errors import SiteError
+
+    a = analyse_pair(planted, _task(), label="planted", methods=("exact", "attribution"),
+                     exact_top={"mlp": 1}, progress=False)
+    for direction in ("ft_to_base", "base_to_ft"):
+        assert torch.isfinite(a.exact[f"heads_{direction}"].scores).all()
+        mlp = a.exact[f"mlp_{direction}"]
+        assert int(torch.isfinite(mlp.scores).sum()) == 1
+        est = a.estimates[f"mlp_{direction}"].scores.abs()
+        assert torch.isfinite(mlp.scores[est.argmax()])
+    assert a.interaction is not None and a.interaction.sites == ("heads",)
+    # One exactly patched MLP: no rank agreement to measure (it needs two sites), no crash.
+    assert "mlp_ft_to_base" not in a.agreements and "heads_ft_to_base" in a.agreements
+    with pytest.raises(SiteError):
+        analyse_pair(planted, _task(), label="x", methods=("exact", "attribution"),
+                     exact_top={"head": 3}, progress=False)
+    with pytest.raises(OptionError, match="exact_top"):
+        analyse_pair(planted, _task(), label="x", methods=("exact", "attribution"),
+                     exact_top={"heads": 0}, progress=False)
+
+
 def test_residual_stream_alone_has_no_series_index(planted) -> None:
     """The series index never sums the residual stream: patching only ``resid`` in both
     directions analyses the pair and leaves the index out (the CLI's ``--sites resid``)."""
