@@ -49,7 +49,15 @@ from mechdiff.circuits.faithfulness import (
 )
 from mechdiff.circuits.graph import Graph, GraphError
 from mechdiff.circuits.results import OnGraph
-from mechdiff.circuits.verdict import LABELS, NUMBERS, THRESHOLDS, Verdict, decide, sensitivity
+from mechdiff.circuits.verdict import (
+    LABELS,
+    NUMBERS,
+    THRESHOLDS,
+    Verdict,
+    decide,
+    sensitivity,
+    undetermined,
+)
 from mechdiff.errors import OptionError
 from mechdiff.loading import ModelPair, model_provenance
 from mechdiff.results import Provenance, SavableResult
@@ -422,7 +430,7 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
         x = x[torch.isfinite(x)]
         intervals[k] = ((float(x.quantile(0.025)), float(x.quantile(0.975))) if len(x)
                         else (math.nan, math.nan))
-    notes = sensitivity(numbers, intervals, t)
+    notes = sensitivity(numbers, intervals, t) + undetermined(numbers, intervals)
     if size >= 1.0 and fixed:
         notes.append("the base circuit is the whole graph (edges= asked for every edge), so "
                      "base_in_ft and carried are 1 by construction")

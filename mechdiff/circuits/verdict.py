@@ -188,3 +188,23 @@ def sensitivity(numbers: dict[str, float], intervals: dict[str, tuple[float, flo
                 notes.append(f"{key}'s 95% interval [{lo:.2f}, {hi:.2f}] contains {name} = "
                              f"{th:g}: more prompts would settle it")
     return notes
+
+
+RATIOS: tuple[str, ...] = ("base_in_ft", "ft_in_base", "carried")
+"""The numbers that are ratios to a difference of means (a gap, a full-vs-empty difference)."""
+
+
+def undetermined(numbers: dict[str, float], intervals: dict[str, tuple[float, float]]
+                 ) -> list[str]:
+    """Notes for ratios whose full-sample value lies outside their own bootstrap interval: the
+    denominator nears 0 on some resamples, so the ratio is not determined by these prompts."""
+    notes = []
+    for key in RATIOS:
+        value = numbers.get(key, math.nan)
+        lo, hi = intervals.get(key, (math.nan, math.nan))
+        if math.isfinite(value) and math.isfinite(lo) and math.isfinite(hi) \
+                and not lo <= value <= hi:
+            notes.append(f"{key} = {value:.3g} lies outside its own 95% interval [{lo:.2f}, "
+                         f"{hi:.2f}]: a ratio whose denominator nears 0 on some resamples; "
+                         "read it as undetermined")
+    return notes

@@ -179,3 +179,16 @@ def test_base_side_reused_across_fine_tunes_gives_the_same_comparison(constructe
     with pytest.raises(OptionError, match="base_curve"):
         compare_circuits(pair, task, base_scores=first.ft_scores, base_curve=first.base_curve,
                          **kw)
+
+
+def test_a_ratio_outside_its_own_interval_is_read_as_undetermined() -> None:
+    """A ratio to a near-zero gap can fall outside its own percentile interval (seen on a random
+    tiny pair: carried +26.6, interval [-12.3, +7.6]); the verdict then says it is undetermined,
+    and says nothing of ratios inside their intervals or of numbers that are not ratios."""
+    from mechdiff.circuits.verdict import undetermined
+
+    numbers = _numbers(carried=26.6, base_in_ft=0.9, edge_iou=5.0)
+    intervals = {"carried": (-12.3, 7.6), "base_in_ft": (0.8, 1.0), "edge_iou": (0.1, 0.2)}
+    notes = undetermined(numbers, intervals)
+    assert len(notes) == 1 and notes[0].startswith("carried = 26.6") and "undetermined" in notes[0]
+    assert undetermined(_numbers(carried=float("nan")), {"carried": (0.0, 1.0)}) == []
