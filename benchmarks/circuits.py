@@ -112,17 +112,7 @@ def tl_edges(model, clean: torch.Tensor, corrupt: torch.Tensor, answers, wrong, 
             res = attribution_patch(model, clean[i:i + 1], corrupt[i:i + 1], metric,
                                     EdgeAttributionConfig(granularity="edge"))
             for (w, r), v in res.edge_scores.items():
-                wi = {"embed": 0}.get(w.kind)
-                if wi is None:
-                    wi = graph.head(w.layer, w.head) if w.kind == "attn_head_out" else \
-                        graph.mlp(w.layer)
-                if r.kind == "logits":
-                    ri = graph.logits_reader
-                elif r.kind == "mlp_in":
-                    ri = graph.reader(r.layer, "mlp")
-                else:
-                    ri = graph.reader(r.layer, r.kind[0], r.head)
-                out[graph.edge(wi, ri)] += v / clean.shape[0]
+                out[graph.tl_edge(w, r)] += v / clean.shape[0]
     finally:
         for p in params:
             p.requires_grad_(False)

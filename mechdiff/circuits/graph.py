@@ -217,6 +217,23 @@ class Graph:
             raise GraphError(f"writer {writer} does not feed reader {reader}")
         return int(self.offsets[reader]) + writer
 
+    def tl_edge(self, writer: Any, reader: Any) -> int:
+        """Flat index of an edge keyed as TransformerLens 4.3's edge attribution keys it
+        (``attribution_patch(..., EdgeAttributionConfig(granularity="edge")).edge_scores``:
+        writer kinds ``embed`` / ``attn_head_out`` / ``mlp_out``, reader kinds ``q_in`` /
+        ``k_in`` / ``v_in`` / ``mlp_in`` / ``logits``, each with ``layer`` and ``head``)."""
+        writers = {"embed": lambda: 0, "attn_head_out": lambda: self.head(writer.layer, writer.head),
+                   "mlp_out": lambda: self.mlp(writer.layer)}
+        if writer.kind not in writers:
+            raise GraphError(f"unknown TransformerLens writer kind {writer.kind!r}")
+        if reader.kind == "logits":
+            r = self.logits_reader
+        elif reader.kind == "mlp_in":
+            r = self.reader(reader.layer, "mlp")
+        else:
+            r = self.reader(reader.layer, reader.kind[0], reader.head)
+        return self.edge(writers[writer.kind](), r)
+
     def writer_layer(self, writer: int) -> int:
         """Block of a writer (``-1`` for the input)."""
         return -1 if writer == 0 else (writer - 1) // self.per_layer_writers

@@ -38,15 +38,20 @@ def induction_batch(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def _llama_config(*, hidden: int, mlp: int, n_layers: int) -> LlamaConfig:
+    """4 query heads sharing 2 key-value heads, untied embeddings, the tests' vocabulary."""
+    return LlamaConfig(
+        vocab_size=len(VOCAB), hidden_size=hidden, intermediate_size=mlp,
+        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=32, bos_token_id=len(VOCAB) - 1, eos_token_id=len(VOCAB) - 1,
+        pad_token_id=len(VOCAB) - 2, tie_word_embeddings=False,
+    )
+
+
 def induction_model(steps: int = 800, seed: int = 0, *, lr: float = 3e-3) -> LlamaForCausalLM:
     """A 2-layer LLaMA (4 query heads sharing 2 key-value heads, d_model 32, rotary positions)
     trained on :func:`induction_batch` until it does induction (about 90% of repeats right)."""
-    cfg = LlamaConfig(
-        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-        bos_token_id=len(VOCAB) - 1, eos_token_id=len(VOCAB) - 1, pad_token_id=len(VOCAB) - 2,
-        tie_word_embeddings=False,
-    )
+    cfg = _llama_config(hidden=32, mlp=64, n_layers=2)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
@@ -84,12 +89,7 @@ def induction_task(n: int = 16, seed: int = 0, *, length: int = 6, query: int = 
 
 
 def llama(seed: int, *, n_layers: int = 3, std: float = 0.15) -> LlamaForCausalLM:
-    cfg = LlamaConfig(
-        vocab_size=len(VOCAB), hidden_size=64, intermediate_size=96, num_hidden_layers=n_layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-        bos_token_id=len(VOCAB) - 1, eos_token_id=len(VOCAB) - 1, pad_token_id=len(VOCAB) - 2,
-        tie_word_embeddings=False,
-    )
+    cfg = _llama_config(hidden=64, mlp=96, n_layers=n_layers)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)

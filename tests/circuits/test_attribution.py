@@ -169,24 +169,12 @@ def test_parity_with_transformer_lens_edge_attribution(tiny) -> None:
                                     tokens.corrupted_tokens[i:i + 1], metric,
                                     EdgeAttributionConfig(granularity="edge"))
             for (w, r), v in res.edge_scores.items():
-                tl[_tl_index(graph, w, r)] += v / tokens.n
+                tl[graph.tl_edge(w, r)] += v / tokens.n
     finally:
         for p in params:
             p.requires_grad_(False)
     assert float(tl.abs().max()) > 1e-2
     torch.testing.assert_close(ours.scores, tl, atol=2e-5, rtol=1e-4)
-
-
-def _tl_index(graph, w, r) -> int:
-    wi = {"embed": lambda: 0, "attn_head_out": lambda: graph.head(w.layer, w.head),
-          "mlp_out": lambda: graph.mlp(w.layer)}[w.kind]()
-    if r.kind == "logits":
-        ri = graph.logits_reader
-    elif r.kind == "mlp_in":
-        ri = graph.reader(r.layer, "mlp")
-    else:
-        ri = graph.reader(r.layer, r.kind[0], r.head)
-    return graph.edge(wi, ri)
 
 
 def test_prompts_of_unequal_length_and_batches(tiny) -> None:
