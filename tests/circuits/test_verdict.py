@@ -176,9 +176,14 @@ def test_base_side_reused_across_fine_tunes_gives_the_same_comparison(constructe
     torch.testing.assert_close(reused.base_curve.values, fresh.base_curve.values)
     with pytest.raises(OptionError, match="base_curve"):
         compare_circuits(pair, task, base_curve=first.base_curve, **kw)  # without its scores
-    with pytest.raises(OptionError, match="base_curve"):
+    with pytest.raises(OptionError, match="must come from this model"):  # another model's
         compare_circuits(pair, task, base_scores=first.ft_scores, base_curve=first.base_curve,
                          **kw)
+    scores = first.base_scores
+    other = type(scores)(**{**{f: getattr(scores, f) for f in scores.__dataclass_fields__},
+                            "scores": scores.scores.flip(0)})  # the same model, other scores
+    with pytest.raises(OptionError, match="base_curve's circuits"):
+        compare_circuits(pair, task, base_scores=other, base_curve=first.base_curve, **kw)
 
 
 def test_a_ratio_outside_its_own_interval_is_read_as_undetermined() -> None:
