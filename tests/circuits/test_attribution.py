@@ -88,10 +88,10 @@ def test_eap_ig_is_complete_on_the_input(tiny, name, ablation) -> None:
     """Integrated gradients on the input embedding: the scores of the input's edges sum to the
     effect of ablating the input, M(input ablated) - M(clean) (the corrupted run, or the run on
     the mean embedding), as the steps grow (measured: LLaMA, mean ablation, 40 steps 0.6% off,
-    160 steps 0.04%)."""
+    160 steps 0.04%; 80 steps here, held to 0.4%)."""
     model = _model(tiny, name, torch.float64)
     task = random_task(6, seed=7)
-    scores = edge_attribution(model, task, method="eap_ig", steps=160, ablation=ablation,
+    scores = edge_attribution(model, task, method="eap_ig", steps=80, ablation=ablation,
                               progress=False)
     graph, tokens = _prep.prepare(model, task, ablation)
     from mechdiff.circuits.ablation import mean_outputs
@@ -106,7 +106,7 @@ def test_eap_ig_is_complete_on_the_input(tiny, name, ablation) -> None:
     effect = float((_logit_diff(tokens)(ablated.read) - _logit_diff(tokens)(clean.read)).mean())
     total = float(scores.scores[graph.edge_writer == 0].sum())
     assert abs(effect) > 0.03
-    assert total == pytest.approx(effect, rel=2e-3)
+    assert total == pytest.approx(effect, rel=4e-3)
 
 
 def _exact_single_edges(model, task, ablation):
