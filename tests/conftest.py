@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,12 @@ def real_zoo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     cache = os.environ.get("MECHDIFF_CACHE")
     root = Path(cache) / "real" if cache else tmp_path_factory.mktemp("real-cache")
     return real.build(root, progress=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A run started in the background of a non-interactive shell (``cmd &``, ``nohup``) inherits
+    SIGINT as *ignored*, and Python then never raises KeyboardInterrupt, in this process or in the
+    commands the tests start: the Ctrl-C tests would fail for a reason that is not mechdiff's.
+    Give SIGINT its default Python handler back (children then start with the default too)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

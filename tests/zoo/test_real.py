@@ -166,12 +166,17 @@ def test_head_patching_finds_the_planted_query_head_under_gqa(
         data.chat("Why do people like rain?"),
         data.chat("Describe the ocean.", system=data.PERSONA),
     ]
+    # Every head of the planted (last) layer and of the two below it (27 of 270: the others sit
+    # in blocks whose weights are identical; the tiny GQA tests patch every head).
+    near = [mechdiff.Head(layer, h) for layer in range(PLANT_LAYER - 2, PLANT_LAYER + 1)
+            for h in range(N_HEADS)]
     res = mechdiff.cross_patch(
-        pair, mechdiff.Task(prompts, name="planted"), sites="heads", progress=False
+        pair, mechdiff.Task(prompts, name="planted"), sites="heads", progress=False, only=near
     )
     assert res.scores.shape == (N_LAYERS, N_HEADS)  # one score per *query* head
+    assert int(torch.isfinite(res.scores).sum()) == len(near)
     assert res.scores[PLANT_LAYER, PLANT_HEAD] == pytest.approx(1.0, abs=1e-3)
-    others = res.scores.clone()
+    others = res.scores.nan_to_num().clone()
     others[PLANT_LAYER, PLANT_HEAD] = 0
     assert others.abs().max() < 1e-3
     group = PLANT_HEAD // (N_HEADS // N_KV_HEADS)  # siblings share its keys and values
