@@ -65,7 +65,7 @@ whole, so the series index sums over them."""
 REAL_CIRCUIT_METHOD = "eap"
 """Edge attribution of the real demo's circuits: EAP (two forwards and a backward per model for
 all 70,651 edges); ``mechdiff circuits`` defaults to EAP-IG, about ``steps`` times that."""
-REAL_CROSS_TOP = 20
+REAL_CROSS_TOP = 10
 """Edges patched for real across models per fine-tune (by estimated share of the gap)."""
 PROFILE_KINDS = ("attn", "mlp")
 """Site kinds of the prompted-base comparison's per-layer profiles."""
