@@ -31,10 +31,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mechdiff demo --out mechdiff_out
 
-# Build (or check) both zoos into the test cache at once, then run every test against them.
+# Build (or check) both zoos into the test cache at once, then run every test against them, in
+# two worker processes (one torch thread each; a test file's tests stay in one worker).
 test: $(STAMP)
 	MECHDIFF_CACHE=$(TEST_CACHE) $(BIN)/python -m mechdiff.zoo all --quiet
-	MECHDIFF_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q
+	MECHDIFF_CACHE=$(TEST_CACHE) $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 zoo: $(STAMP)
 	$(BIN)/python -m mechdiff.zoo all

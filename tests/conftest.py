@@ -62,3 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
     Give SIGINT its default Python handler back (children then start with the default too)."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one torch thread per worker: no oversubscription
+        import torch
+
+        torch.set_num_threads(1)
