@@ -72,6 +72,11 @@ def test_fixed_edges_and_the_saved_comparison_loads_alone(ckpts, circuits_run,
     assert analysis.comparison.base_circuit.requested == 12
     assert analysis.comparison.ft_circuit.requested == 12
     assert analysis.cross is not None and int(analysis.cross.exact_edges.numel()) == 0
+    # Nothing patched for real: the summary ranks the edges by their estimates, not by nothing.
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    top = summary["circuits"]["gap_edges"]["top"]
+    assert len(top) == 10 and all(row["exact"] is None for row in top)
+    assert top[0]["edge"] == analysis.cross.top(1, by="estimate")[0].label
     alone = CircuitComparison.load(out / "circuits" / "comparison")
     assert alone.verdict.numbers == analysis.comparison.verdict.numbers
 

@@ -117,6 +117,11 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
         k = min(k, len(self.exact_edges)) if by == "exact" else k
         return self._ranked(values, k, absolute)
 
+    @property
+    def ranked_by(self) -> str:
+        """``"exact"`` when edges were patched for real, else ``"estimate"``: how tables rank."""
+        return "exact" if len(self.exact_edges) else "estimate"
+
     def exact_interval(self) -> tuple[Tensor, Tensor]:
         """95% bootstrap interval over prompts of each exact share ``[edge]`` (NaN where not
         patched, or for results saved without per-prompt values)."""
@@ -139,9 +144,8 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
             f"{self.all_edges:.3f} of the gap",
             f"{'rank':>4}  {'edge':<24} {'exact':>9} {'95% interval':>16} {'estimate':>9}",
         ]
-        by = "exact" if len(self.exact_edges) else "estimate"
         lo, hi = self.exact_interval()
-        for r, row in enumerate(self.top(k, by=by), 1):
+        for r, row in enumerate(self.top(k, by=self.ranked_by), 1):
             i = row.index
             span = (f"[{float(lo[i]):+.2f}, {float(hi[i]):+.2f}]"
                     if math.isfinite(float(lo[i])) else "")

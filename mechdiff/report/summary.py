@@ -100,7 +100,7 @@ def circuits_summary(a: CircuitAnalysis) -> dict[str, Any]:
             "direction": a.cross.direction, "all_edges": a.cross.all_edges,
             "top": [{"edge": r.label, "estimate": float(a.cross.estimate[r.index]),
                      "exact": _finite(float(a.cross.exact[r.index]))}
-                    for r in a.cross.top(10)]}
+                    for r in a.cross.top(10, by=a.cross.ranked_by)]}
     return summary
 
 

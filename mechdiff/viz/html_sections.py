@@ -192,12 +192,11 @@ def circuits_html(a: CircuitAnalysis, page: Any) -> str:
     x = a.cross
     if x is not None:
         lo, hi = x.exact_interval()
-        by = "exact" if len(x.exact_edges) else "estimate"
         rows = [[str(i), f"<code>{_esc(r.label)}</code>",
                  _score_cell(float(x.exact[r.index]), float(lo[r.index]), float(hi[r.index]),
                              1.0),
                  fmt.score(float(x.estimate[r.index]))]
-                for i, r in enumerate(x.top(page.top, by=by), 1)]
+                for i, r in enumerate(x.top(page.top, by=x.ranked_by), 1)]
         out.append(
             f"<h3>Edges carrying the gap ({_esc(x.direction)})</h3>"
             f"<p>Each edge patched alone, the fine-tuned model's upstream output into the base "
