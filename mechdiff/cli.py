@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mechdiff",
         description="What did fine-tuning change inside this model? Cross-model activation "
-        "patching of a base and a fine-tuned model.",
+        "patching of a base and a fine-tuned model, and the circuit of a behaviour in both.",
     )
     sub = parser.add_subparsers(dest="command", metavar="{demo,patch,circuits,report}")
 
