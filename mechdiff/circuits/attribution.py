@@ -222,8 +222,7 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
     check_finite(vals, "the clean run")
     con.set_delta(blocks, out.writers)
     if method == "eap":
-        values = _prep.metric(task, out.read, sub, ref)
-        torch.autograd.grad(values.sum(), [out.leaf])
+        con.backward(_prep.metric(task, out.read, sub, ref), out.leaf)
         bar.update(1)
     else:
         clean_in, base_in = out.writers[0][:, :, 0], blocks[0][:, :, 0]
@@ -231,8 +230,7 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
             alpha = (k + 0.5) / steps
             embed = (base_in + alpha * (clean_in - base_in)).expand_as(clean_in)
             run = _run.forward(model, graph, ids, read_pos, embed=embed, on_grad=con.on_grad)
-            values = _prep.metric(task, run.read, sub, ref)
-            torch.autograd.grad(values.sum(), [run.leaf])
+            con.backward(_prep.metric(task, run.read, sub, ref), run.leaf)
             bar.update(1)
     empty = _prep.metric(task, empty_logits(model, graph, blocks, read_pos, b), sub, ref)
     pos = None

@@ -264,7 +264,7 @@ def _estimate(recv, donor, graph, task, sub, method, steps, *, check, bar):
             _prep.checked(recv, graph, out, sub)
         recv_vals = _prep.metric(task, out.read.detach(), sub, ref)
         con.set_delta(dn.writers, out.writers)
-        torch.autograd.grad(_prep.metric(task, out.read, sub, ref).sum(), [out.leaf])
+        con.backward(_prep.metric(task, out.read, sub, ref), out.leaf)
         bar.update(1)
     else:
         base = _run.forward(recv, graph, ids, read_pos, capture=True, record=record)
@@ -277,7 +277,7 @@ def _estimate(recv, donor, graph, task, sub, method, steps, *, check, bar):
             run = _run.forward(recv, graph, ids, read_pos, replace=dn.writers,
                                coef=(alpha * full)[None], capture=True, on_grad=con.on_grad)
             con.set_delta(dn.writers, run.writers)
-            torch.autograd.grad(_prep.metric(task, run.read, sub, ref).sum(), [run.leaf])
+            con.backward(_prep.metric(task, run.read, sub, ref), run.leaf)
             bar.update(1)
     check_finite(recv_vals, "the receiving model")
     check_finite(donor_vals, "the donor model")
