@@ -15,18 +15,25 @@ accumulator. Memory: the buffer, never every reader's gradient.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 BUFFER_BYTES = 256 * 2**20
 """Reader gradients buffered before a contraction (at least one group is always taken)."""
+MIN_ROWS = 48
+"""Readers per matrix product when a buffer is contracted (products of fewer rows are slower
+per row; of more rows, do more work on pairs that are not edges)."""
 
 
 class Contraction:
     """Accumulates ``weight * (D_w . g_r)`` for one prompt batch.
 
-    Use :meth:`backward` (or call :meth:`flush` after a backward pass that fed :meth:`on_grad`)
-    before reading the accumulators.
+    Reader gradients are written into a preallocated buffer ``[batch, rows, pos * d_model]``,
+    either copied by :meth:`on_grad` or computed in place by the caller into a :meth:`slot`.
+    Use :meth:`backward` (or call :meth:`flush` after a backward pass) before reading the
+    accumulators.
 
     Attributes:
         acc: ``[batch, reader, writer]`` per-prompt sums over positions.
@@ -41,51 +48,83 @@ class Contraction:
         self.delta: Tensor | None = None  # [batch, writer, pos * d_model]
         self.width = width
         self.weight = 1.0
-        self._pending: list[tuple[int, int, int, Tensor]] = []  # (first row, rows, n_up, grads)
-        self._bytes = 0
+        self._buf: Tensor | None = None
+        self._shape = (0, 0)  # (pos, d_model) of the buffered gradients
+        self._fill = 0
+        self._pending: list[tuple[int, int, int, int]] = []  # (first row, rows, n_up, at)
 
     def set_delta(self, replace: list[Tensor], writers: list[Tensor]) -> None:
         """Upstream differences ``A_w - a_w`` from replacement and current writer blocks
         (``[batch or 1, pos, n, d_model]`` each)."""
         self.flush()
-        parts = [(a.to(c.dtype) - c).permute(0, 2, 1, 3) for a, c in zip(replace, writers,
-                                                                          strict=True)]
-        b = max(p.shape[0] for p in parts)
-        d = torch.cat([p.expand(b, *p.shape[1:]) for p in parts], dim=1)  # [batch, W, pos, d]
-        self.delta = d.reshape(b, d.shape[1], -1)
+        c0 = writers[0]
+        b = max(max(a.shape[0], c.shape[0]) for a, c in zip(replace, writers, strict=True))
+        n_w = sum(c.shape[2] for c in writers)
+        d = torch.empty(b, n_w, c0.shape[1], c0.shape[3], dtype=c0.dtype, device=c0.device)
+        at = 0
+        for a, c in zip(replace, writers, strict=True):  # one pass each, no concatenation
+            n = c.shape[2]
+            torch.sub(a.to(c.dtype).permute(0, 2, 1, 3), c.permute(0, 2, 1, 3),
+                      out=d[:, at:at + n])
+            at += n
+        self.delta = d.view(b, n_w, -1)  # [batch, W, pos * d_model]
+
+    def slot(self, rows: list[int], n_up: int, pos: int, d_model: int) -> Tensor:
+        """A ``[len(rows), batch, pos, d_model]`` view of the buffer to write the gradients of
+        readers ``rows`` (each reading the first ``n_up`` writers) into."""
+        b, r = self.acc.shape[0], len(rows)
+        size = self.acc.element_size() * b * pos * d_model
+        if self._buf is None or self._shape != (pos, d_model) or self._buf.shape[1] < r:
+            self.flush()
+            cap = min(max(r, BUFFER_BYTES // size), self.acc.shape[1])
+            self._buf = torch.empty(b, cap, pos * d_model, dtype=self.acc.dtype,
+                                    device=self.acc.device)
+            self._shape = (pos, d_model)
+        elif self._fill + r > self._buf.shape[1]:
+            self.flush()
+        at, self._fill = self._fill, self._fill + r
+        self._pending.append((rows[0], r, n_up, at))
+        return self._buf[:, at:at + r].view(b, r, pos, d_model).permute(1, 0, 2, 3)
 
     def on_grad(self, rows: list[int], n_up: int, g: Tensor) -> None:
         """Take one reader group's gradient ``[batch, pos, len(rows), d_model]``."""
-        b, s, r, d = g.shape
-        if self.acc_pos is not None:
-            up = self.delta[:, :n_up].to(g.dtype).reshape(b, n_up, s, d)
-            per = torch.einsum("bsrd,bwsd->rws", g, up)
-            self.acc_pos[rows[0]:rows[0] + r, :n_up, :s] += self.weight * per.to(
-                self.acc_pos.dtype)
-        gp = g.permute(0, 2, 1, 3).reshape(b, r, s * d)
-        if gp.data_ptr() == g.data_ptr():  # a view: autograd may reuse the buffer once we return
-            gp = gp.clone()
-        self._pending.append((rows[0], r, n_up, gp))
-        self._bytes += gp.numel() * gp.element_size()
-        if self._bytes >= BUFFER_BYTES:
-            self.flush()
+        _, s, _, d = g.shape
+        self.slot(rows, n_up, s, d).copy_(g.permute(2, 0, 1, 3))
 
     def flush(self) -> None:
-        """Contract the buffered gradients into :attr:`acc`."""
+        """Contract the buffered gradients into :attr:`acc` (and :attr:`acc_pos`)."""
         if not self._pending:
             return
-        pending, self._pending, self._bytes = self._pending, [], 0
-        n_up = max(p[2] for p in pending)
-        g = pending[0][3] if len(pending) == 1 else torch.cat([p[3] for p in pending], dim=1)
-        up = self.delta[:, :n_up].to(g.dtype)
-        prod = torch.bmm(g, up.transpose(1, 2))  # [batch, rows, n_up]
-        at = 0
-        for lo, r, k, _ in pending:
-            self.acc[:, lo:lo + r, :k] += self.weight * prod[:, at:at + r, :k].to(self.acc.dtype)
-            at += r
+        pending, self._pending, self._fill = self._pending, [], 0
+        # Consecutive groups (similar upstream counts) in products of at least MIN_ROWS rows,
+        # each against its own widest upstream prefix: little work on pairs that are not edges.
+        parts: list[list[tuple[int, int, int, int]]] = [[]]
+        for p in pending:
+            if sum(q[1] for q in parts[-1]) >= MIN_ROWS:
+                parts.append([])
+            parts[-1].append(p)
+        s, d = self._shape
+        for part in parts:
+            n_up = max(p[2] for p in part)
+            lo_at, hi_at = min(p[3] for p in part), max(p[3] + p[1] for p in part)
+            g = self._buf[:, lo_at:hi_at]
+            up = self.delta[:, :n_up].to(g.dtype)
+            prod = torch.bmm(g, up.transpose(1, 2))  # [batch, rows, n_up]
+            per = None
+            if self.acc_pos is not None:
+                b = g.shape[0]
+                per = torch.einsum("brsd,bwsd->rws", g.view(b, -1, s, d), up.view(b, n_up, s, d))
+            for lo, r, k, at in part:
+                rows = slice(at - lo_at, at - lo_at + r)
+                self.acc[:, lo:lo + r, :k] += self.weight * prod[:, rows, :k].to(self.acc.dtype)
+                if per is not None:
+                    self.acc_pos[lo:lo + r, :k, :s] += self.weight * per[rows, :k].to(
+                        self.acc_pos.dtype)
 
-    def backward(self, values: Tensor, leaf: Tensor) -> None:
-        """Differentiate the summed metric ``values`` down to ``leaf`` (the run's input), feeding
-        :meth:`on_grad`, then contract what is left in the buffer."""
-        torch.autograd.grad(values.sum(), [leaf])
+    def backward(self, values: Tensor, out: Any) -> None:
+        """Differentiate the summed metric ``values`` down to the input of the run ``out``
+        (a :class:`mechdiff.circuits._run.Out` whose readers feed :meth:`on_grad`), then
+        contract what is left in the buffer."""
+        torch.autograd.grad(values.sum(), [out.leaf])
+        out.finish()
         self.flush()

@@ -16,6 +16,7 @@ from mechdiff.circuits.graph import (
     check_exact,
     check_hooks,
     graph_of,
+    ln1_in_hook,
     logits_in_hook,
     mlp_in_hook,
     qkv_in_hook,
@@ -67,7 +68,7 @@ def batches(tokens: Tokens, size: int) -> Iterator[tuple[int, int, Tokens]]:
 
 def check_records(graph: Graph) -> tuple[str, ...]:
     """Hooks recorded on a first batch to check the decomposition (:func:`checked`)."""
-    names = [qkv_in_hook(0, "q"), logits_in_hook(graph.n_layers)]
+    names = [qkv_in_hook(0, "q"), ln1_in_hook(0), logits_in_hook(graph.n_layers)]
     for layer in range(graph.n_layers):
         names += [resid_pre_hook(layer), mlp_in_hook(layer)]
     return tuple(names)

@@ -17,9 +17,23 @@ where ``cur_w`` is writer ``w``'s output *in this run* (so an ablated edge carri
 happened upstream of ``w``, as EAP-IG's ``evaluate`` does). ``c = 1`` on the edges outside a circuit
 ablates them all in one forward; ``c = alpha`` everywhere interpolates every edge at once.
 
-**Reader gradients.** With ``on_grad``, a tensor hook on each (intervened) reader input hands the
-gradient ``dM/dx_r`` to the caller during the backward pass, reader group by reader group, so the
-caller contracts it at once and no gradient is kept (memory bounded by one layer's readers).
+**Reader gradients.** With ``on_grad``, the gradient ``dM/dx_r`` of every reader input is handed to
+the caller during the backward pass, reader group by reader group (memory bounded by one layer's
+readers). MLP inputs and the logits: a tensor hook on the input. Query, key and value inputs: in a
+run with edge interventions, a tensor hook on each per-head fork of the residual (the bridge's
+``use_split_qkv_input``). In a run without interventions (EAP, EAP-IG) the fork is not needed and
+not built: the bridge runs its ordinary forward, and the gradient of the per-head input is
+assembled from the gradient at the q/k/v projection outputs (``attn.{q,k,v}.hook_out``, before
+rotary embeddings), which is exactly what the fork's copy ``j`` receives::
+
+    dM/dx_j = VJP of ln1 at x, applied to  g_j W_j      (g_j: gradient of head j's projection,
+                                                          W_j: its ``[d_head, d_model]`` slice)
+
+with ``ln1`` the same raw layer-norm module the fork applies and ``x`` its input
+(``ln1.hook_in``). It is computed when the three projections of a layer have their gradients, as
+one small autograd call over the layer's ``H + 2G`` copies. This saves the fork's ``H + 2G``
+layer norms and per-head projections in the forward and backward pass (SmolLM2-135M, 16
+prompts: forward + backward 2.3 s -> 1.5 s); equality with the forked gradient is tested.
 
 Hooks are always removed and the bridge's flags restored, also when an exception is raised.
 """
@@ -39,10 +53,12 @@ from mechdiff.circuits.graph import (
     INPUT_HOOK,
     Graph,
     head_out_hook,
+    ln1_in_hook,
     logits_in_hook,
     mlp_in_hook,
     mlp_out_hook,
     qkv_in_hook,
+    qkv_out_hook,
     split_inputs,
 )
 
@@ -80,6 +96,8 @@ class Out:
     writers: list[Tensor] | None
     acts: dict[str, Tensor]
     leaf: Tensor | None
+    finish: Callable[[], None] = lambda: None
+    """Call after the backward pass: checks that every reader group's gradient was handed over."""
 
 
 def _reader_groups(graph: Graph) -> list[tuple[str, list[int], int, int]]:
@@ -179,6 +197,162 @@ def _groups(graph: Graph) -> list[tuple[int, int]]:
     return [*out, (graph.logits_reader, 1)]
 
 
+def projection_gradients(model: TransformerBridge) -> bool:
+    """Whether q/k/v input gradients can be taken from the projections (module docstring):
+    every attention layer applies a raw ``ln1`` module to a captured pre-norm residual, and its
+    q/k/v projections are plain linear maps with readable weights."""
+    points = model.hook_dict  # a property that walks every module: once
+    for layer, block in enumerate(model.blocks):
+        attn = getattr(block, "attn", None)
+        if getattr(attn, "_ln1_module", None) is None:
+            return False
+        for which in "qkv":
+            comp = getattr(getattr(attn, which, None), "original_component", None)
+            weight = getattr(comp, "weight", None)
+            if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.is_meta:
+                return False
+            if qkv_out_hook(layer, which) not in points:
+                return False
+        if ln1_in_hook(layer) not in points:
+            return False
+    return True
+
+
+def _norm_form(ln: torch.nn.Module) -> tuple[str, Tensor | None, float] | None:
+    """``(kind, weight, eps)`` of a layer norm whose VJP has a closed form: ``"layer"``
+    (centred, ``torch.nn.LayerNorm`` and look-alikes) or ``"rms"``; None for anything else.
+    The form is a guess from the module; :class:`_ProjectionGrads` checks it on its first
+    layer against autograd and falls back to autograd if it differs (e.g. Gemma's ``1 + w``)."""
+    eps = getattr(ln, "eps", None)
+    eps = getattr(ln, "variance_epsilon", None) if eps is None else eps
+    if not isinstance(eps, float):
+        return None
+    weight = getattr(ln, "weight", None)
+    weight = weight if isinstance(weight, Tensor) else None
+    name = type(ln).__name__.lower()
+    if isinstance(ln, torch.nn.LayerNorm) or name.endswith("layernorm"):
+        return "layer", weight, eps
+    if "rmsnorm" in name:
+        return "rms", weight, eps
+    return None
+
+
+def _closed_vjp(form: tuple[str, Tensor | None, float], x: Tensor, g: Tensor, w: Tensor,
+                out: Tensor) -> None:
+    """Input gradients of ``n`` copies of ``x`` ``[batch, pos, d_model]`` through the norm and
+    projection ``j``'s weights ``w[j]`` ``[d_head, d_model]``, given the projections' output
+    gradients ``g`` ``[n, batch * pos, d_head]``, written into ``out`` ``[n, batch, pos,
+    d_model]``. With ``xh`` the normalized ``x`` and ``rs`` one over its scale::
+
+        v = rs (g_j w_j) * weight;  [layer norm: v -= mean(v), by centring w's rows]
+        dx = v - xh * mean(v * xh)
+    """
+    kind, weight, eps = form
+    n, b, s, d = out.shape
+    xc = x - x.mean(-1, keepdim=True) if kind == "layer" else x
+    rs = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)  # [batch, pos, 1]
+    xh = xc * rs
+    if weight is not None:
+        w = w * weight.to(w.dtype)
+    if kind == "layer":
+        w = w - w.mean(-1, keepdim=True)
+    v = torch.bmm(g * rs.reshape(1, b * s, 1), w)  # [n, batch*pos, d_model]
+    c = torch.bmm(v.transpose(0, 1), xh.reshape(b * s, d, 1)).div_(d)  # [batch*pos, n, 1]
+    torch.addcmul(v.view(n, b, s, d), xh[None], c.view(b, s, n).permute(2, 0, 1)[..., None],
+                  value=-1, out=out)
+
+
+def _autograd_vjp(ln: torch.nn.Module, x: Tensor, g: Tensor, w: Tensor, out: Tensor) -> None:
+    """:func:`_closed_vjp` by autograd through the norm module itself, for any norm."""
+    n, b, s, d = out.shape
+    u = torch.bmm(g, w).view(n, b, s, d)
+    with torch.enable_grad():
+        xr = x[None].expand(n, b, s, d).reshape(-1, d).detach().requires_grad_(True)
+        y = ln(xr)
+        (gx,) = torch.autograd.grad(y, xr, u.reshape(-1, d).to(y.dtype))
+    out.copy_(gx.view(n, b, s, d))
+
+
+class _ProjectionGrads:
+    """Assembles each layer's q/k/v input gradients from its projection gradients."""
+
+    def __init__(self, model: TransformerBridge, graph: Graph, on_grad: GradFn) -> None:
+        self.model, self.graph, self.on_grad = model, graph, on_grad
+        self.x: dict[int, Tensor] = {}  # layer -> ln1 input (detached)
+        self.grads: dict[int, dict[str, Tensor]] = {}
+        self.counts = {"q": graph.n_heads, "k": graph.n_kv_heads, "v": graph.n_kv_heads}
+        self.closed: bool | None = None  # closed-form norm VJP: unchecked / checked / refused
+
+    def ln_in(self, layer: int) -> Callable[[Tensor], Tensor]:
+        def fn(x: Tensor) -> Tensor:
+            self.x[layer] = x.detach()
+            return x
+
+        return fn
+
+    def proj_out(self, layer: int, which: str) -> Callable[[Tensor], Tensor]:
+        def fn(x: Tensor) -> Tensor:
+            if not x.requires_grad:
+                return x
+            # A new view: the bridge hands hooks a [batch, pos, heads, d_head] view and continues
+            # with its own tensor unless the hook returns a different one.
+            x = x.view_as(x)
+            x.register_hook(lambda g: self.got(layer, which, g))
+            return x
+
+        return fn
+
+    def got(self, layer: int, which: str, g: Tensor) -> None:
+        grads = self.grads.setdefault(layer, {})
+        grads[which] = g
+        if len(grads) == 3:
+            del self.grads[layer]
+            self.hand_over(layer, grads)
+
+    def hand_over(self, layer: int, grads: dict[str, Tensor]) -> None:
+        attn = self.model.blocks[layer].attn
+        ln = attn._ln1_module
+        x = self.x.pop(layer)
+        b, s, d = x.shape
+        rows = list(range(layer * self.graph.per_layer_readers,
+                          layer * self.graph.per_layer_readers + self.graph.n_heads
+                          + 2 * self.graph.n_kv_heads))
+        n_up = 1 + layer * self.graph.per_layer_writers
+        slot = getattr(getattr(self.on_grad, "__self__", None), "slot", None)
+        out = (slot(rows, n_up, s, d) if slot is not None
+               else torch.empty(len(rows), b, s, d, dtype=torch.promote_types(x.dtype,
+                                                                              torch.float32),
+                                device=x.device))
+        dtype = out.dtype
+        g = torch.cat([grads[w].reshape(b * s, self.counts[w], -1) for w in "qkv"], dim=1)
+        g = g.transpose(0, 1).to(dtype)  # [H + 2G, batch*pos, d_head]
+        w = torch.cat([getattr(attn, w).original_component.weight for w in "qkv"])
+        w = w.view(len(rows), -1, d).to(dtype)  # [H + 2G, d_head, d_model]
+        form = _norm_form(ln) if self.closed is not False else None
+        if form is None:
+            _autograd_vjp(ln, x, g, w, out)
+        else:
+            _closed_vjp(form, x.to(dtype), g, w, out)
+            if self.closed is None:  # first layer of this run: check against autograd
+                ref = torch.empty_like(out)
+                _autograd_vjp(ln, x, g, w, ref)
+                scale = float(ref.abs().max()) or 1.0
+                self.closed = float((out - ref).abs().max()) <= 1e-4 * scale
+                if not self.closed:
+                    out.copy_(ref)
+        if slot is None:
+            self.on_grad(rows, n_up, out.permute(1, 2, 0, 3))
+
+    def finish(self) -> None:
+        if self.grads:
+            layers = sorted(self.grads)
+            self.grads.clear()
+            raise RuntimeError(
+                f"the backward pass reached only some q/k/v projections of layers {layers}; "
+                "their input gradients are incomplete"
+            )
+
+
 def forward(
     model: TransformerBridge,
     graph: Graph,
@@ -192,6 +366,7 @@ def forward(
     record: tuple[str, ...] = (),
     embed: Tensor | None = None,
     on_grad: GradFn | None = None,
+    fork: bool | None = None,
 ) -> Out:
     """Run ``copies`` stacked copies of ``ids`` with edge interventions.
 
@@ -205,10 +380,13 @@ def forward(
         coef: ``[copies, reader, writer]`` edge coefficients (0 = edge untouched); needs
             ``replace``.
         capture: return this run's writer blocks (detached).
-        record: hook names whose activations to return (detached).
+        record: hook names whose activations to return (detached); per-head q/k/v input hooks
+            are recorded only in a run that forks them.
         embed: replaces the input writer's output (``hook_embed``), ``[batch, pos, d_model]``.
         on_grad: build the autograd graph and call ``on_grad`` with each reader group's
-            gradient during the caller's backward pass.
+            gradient during the caller's backward pass (then call ``Out.finish``).
+        fork: build the per-head q/k/v fork; default: only where edges are intervened on, or
+            where the projections cannot give the gradients (:func:`projection_gradients`).
     """
     batch = ids.shape[0]
     rows_all = copies * batch
@@ -221,6 +399,11 @@ def forward(
         if replace is None:
             raise ValueError("edge coefficients need replacement outputs")
         edits = _Edits(graph, coef, replace, copies, batch)
+    if fork is None:
+        fork = edits is not None or (grad and not projection_gradients(model))
+    if edits is not None and not fork:
+        raise ValueError("edge interventions need the per-head q/k/v fork")
+    proj = _ProjectionGrads(model, graph, on_grad) if grad and not fork else None
     per_layer = graph.per_layer_readers
     n_attn = graph.n_heads + 2 * graph.n_kv_heads
 
@@ -283,7 +466,16 @@ def forward(
         hooks[head_out_hook(layer)] = writer_fn(1 + 2 * layer)
         hooks[mlp_out_hook(layer)] = writer_fn(2 + 2 * layer)
     for name, rows, _up, before in _reader_groups(graph):
-        hooks[name] = reader_fn(rows, before, per_head=".attn." in name)
+        per_head = ".attn." in name
+        if per_head and not fork:
+            continue
+        if per_head or edits is not None or grad:
+            hooks[name] = reader_fn(rows, before, per_head=per_head)
+    if proj is not None:
+        for layer in range(graph.n_layers):
+            hooks[ln1_in_hook(layer)] = proj.ln_in(layer)
+            for which in "qkv":
+                hooks[qkv_out_hook(layer, which)] = proj.proj_out(layer, which)
 
     def recorder(name: str, inner: Callable[[Tensor], Tensor] | None) -> Callable:
         def fn(x: Tensor) -> Tensor:
@@ -294,6 +486,8 @@ def forward(
         return fn
 
     for name in record:
+        if not fork and name.startswith("blocks.") and name.endswith(("_input",)):
+            continue  # the per-head q/k/v fork is not built in this run
         hooks[name] = recorder(name, hooks.get(name))
     sliced = read_pos is not None and _engine.UNEMBED_IN in model.hook_dict
     if sliced:
@@ -303,7 +497,7 @@ def forward(
 
     ids_all = ids.repeat(copies, 1) if copies > 1 else ids
     ctx = torch.enable_grad() if grad else torch.no_grad()
-    with ctx, split_inputs(model), _engine.forward_hooks(model, hooks):
+    with ctx, split_inputs(model, split=fork), _engine.forward_hooks(model, hooks):
         logits = model(ids_all, use_cache=False)
     if read_pos is None:
         read = logits
@@ -313,4 +507,5 @@ def forward(
         read = logits[torch.arange(rows_all, device=ids.device), read_pos.repeat(copies)]
     read = read if read.dtype == torch.float64 else read.float()
     writers = [c.detach() for c in cur] if capture else None
-    return Out(read=read, writers=writers, acts=acts, leaf=leaf[0] if leaf else None)
+    return Out(read=read, writers=writers, acts=acts, leaf=leaf[0] if leaf else None,
+               finish=proj.finish if proj is not None else (lambda: None))

@@ -59,27 +59,42 @@ class Replacements:
         return out.writers
 
 
+class MeanSum:
+    """Running per-position sums of every writer's output over prompts (padding excluded)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.sums: list[Tensor] | None = None
+        self.counts: Tensor | None = None
+
+    def add(self, writers: list[Tensor], sub: Tokens) -> None:
+        """Add one prompt batch's writer blocks ``[batch, pos, n, d_model]``."""
+        w = int(sub.tokens.shape[1])
+        mask = sub.position_mask().to(writers[0].dtype)[:, :, None, None]
+        batch_sums = [(b * mask).sum(0) for b in writers]  # [w, n, d]
+        if self.sums is None:
+            self.sums = [torch.zeros(self.width, *s.shape[1:], dtype=torch.float32,
+                                     device=s.device) for s in batch_sums]
+            self.counts = torch.zeros(self.width, device=batch_sums[0].device)
+        for total, s in zip(self.sums, batch_sums, strict=True):
+            total[:w] += s.float()
+        self.counts[:w] += mask[:, :, 0, 0].sum(0).to(self.counts.device)
+
+    def means(self, dtype: torch.dtype) -> list[Tensor]:
+        """The mean blocks ``[1, width, n, d_model]`` in ``dtype``."""
+        return [(s / self.counts.clamp_min(1)[:, None, None])[None].to(dtype) for s in self.sums]
+
+
 def mean_outputs(model: TransformerBridge, graph: Graph, tokens: Tokens, batch_size: int,
                  progress: bool = False) -> list[Tensor]:
-    """Per-position mean of every writer's output over the prompts (see module docstring)."""
-    width = int(tokens.tokens.shape[1])
-    sums: list[Tensor] | None = None
-    counts = torch.zeros(width, device=tokens.tokens.device)
+    """Per-position mean of every writer's output over the prompts (see module docstring).
+    One forward pass over the prompts, without the per-head q/k/v fork (only writers are read)."""
+    acc = MeanSum(int(tokens.tokens.shape[1]))
     starts = range(0, tokens.n, batch_size)
     for start in progress_iter(starts, desc="mean outputs", enabled=progress, leave=False):
         sub = tokens.select(start, min(start + batch_size, tokens.n))
-        w = int(sub.tokens.shape[1])
-        out = _run.forward(model, graph, sub.tokens, sub.read_pos, capture=True)
-        mask = sub.position_mask().to(out.writers[0].dtype)[:, :, None, None]
-        batch_sums = [(b * mask).sum(0) for b in out.writers]  # [w, n, d]
-        if sums is None:
-            sums = [torch.zeros(width, *s.shape[1:], dtype=torch.float32, device=s.device)
-                    for s in batch_sums]
-        for total, s in zip(sums, batch_sums, strict=True):
-            total[:w] += s.float()
-        counts[:w] += mask[:, :, 0, 0].sum(0)
-    dtype = next(model.parameters()).dtype
-    return [(s / counts.clamp_min(1)[:, None, None])[None].to(dtype) for s in sums]
+        acc.add(_run.forward(model, graph, sub.tokens, sub.read_pos, capture=True).writers, sub)
+    return acc.means(next(model.parameters()).dtype)
 
 
 def empty_logits(model: TransformerBridge, graph: Graph, blocks: list[Tensor],

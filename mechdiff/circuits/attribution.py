@@ -13,10 +13,13 @@ clean run. **Sign convention** (EAP-IG's): ``score`` estimates ``M(edge ablated)
 edge that supports the behaviour has a negative score. **Scaling**: the estimate of the change of
 the *mean* metric over prompts, so numbers do not depend on the batch size (EAP-IG's code divides by
 the number of prompts a second time, after a metric that already averages over the batch).
-Circuits rank edges by ``|score|``. Cost: the ablated values (one forward of the corrupted prompts,
-or one forward over all prompts for the means) and one forward and one backward of the clean
-prompts, for all edges; the gradient of each reader group is contracted with the upstream
-differences as the backward pass reaches it, so memory holds one layer's reader gradients.
+Circuits rank edges by ``|score|``. Cost, for all edges: the ablated values (one forward of the
+corrupted prompts; for the means one forward over all prompts, none when the prompts fit in one
+batch, whose clean run gives them) and one forward and one backward of the clean prompts, without
+the per-head q/k/v fork (:mod:`mechdiff.circuits._run`); the reader gradients are contracted with
+the upstream differences as the backward pass reaches them, several layers per matrix product
+(:mod:`mechdiff.circuits._contract`), so memory holds a bounded buffer of reader gradients.
+Measured in ``benchmarks/circuits.py``.
 
 **EAP-IG** (Hanna, Pezzelle & Belinkov 2024, "Have Faith in Faithfulness", integrated gradients
 on the inputs, their "EAP-IG-inputs") averages the gradient along a path from the ablated input
@@ -50,7 +53,13 @@ from transformer_lens.model_bridge import TransformerBridge
 from mechdiff._progress import make_bar
 from mechdiff.circuits import _prep, _run
 from mechdiff.circuits._contract import Contraction
-from mechdiff.circuits.ablation import Ablation, Replacements, empty_logits, mean_outputs
+from mechdiff.circuits.ablation import (
+    Ablation,
+    MeanSum,
+    Replacements,
+    empty_logits,
+    mean_outputs,
+)
 from mechdiff.circuits.graph import Graph
 from mechdiff.circuits.results import OnGraph, RankedEdge
 from mechdiff.loading import model_provenance
@@ -167,8 +176,9 @@ def attribute_edges(model: TransformerBridge, graph: Graph, task: Task, tokens: 
     computed here unless given, so callers can share them)."""
     steps = steps if method == "eap_ig" else 1
     n, width = tokens.n, int(tokens.tokens.shape[1])
-    if repl.kind == "mean" and repl.means is None:
+    if repl.kind == "mean" and repl.means is None and n > prompt_batch_size:
         repl.means = mean_outputs(model, graph, tokens, prompt_batch_size, progress)
+    # (with one prompt batch, the means come from its clean run: no forward pass of their own)
     dtype = _prep.result_dtype(model)
     per_prompt = torch.zeros(n, graph.n_edges, dtype=dtype)
     per_pos = torch.zeros(graph.n_edges, width, dtype=dtype) if positions == "each" else None
@@ -205,7 +215,6 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
     (if ``keep_pos``) ``[edge, pos]`` sums over the batch."""
     ids, read_pos = sub.tokens, None if task.reads_all_positions else sub.read_pos
     b, width = sub.n, int(ids.shape[1])
-    blocks = repl.blocks(model, graph, sub)
     con = Contraction(b, graph.n_readers, graph.n_writers, width,
                       dtype=_prep.result_dtype(model), device=ids.device, per_position=keep_pos)
     con.weight = 1.0 / steps
@@ -217,12 +226,17 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
         out = _run.forward(model, graph, ids, read_pos, capture=True, record=record)
     if check:
         _prep.checked(model, graph, out, sub)
+    if repl.kind == "mean" and repl.means is None:  # the only batch: its own clean run
+        acc = MeanSum(width)
+        acc.add(out.writers, sub)
+        repl.means = acc.means(next(model.parameters()).dtype)
+    blocks = repl.blocks(model, graph, sub)
     ref = _prep.reference(task, out.read)
     vals = _prep.metric(task, out.read.detach(), sub, ref)
     check_finite(vals, "the clean run")
     con.set_delta(blocks, out.writers)
     if method == "eap":
-        con.backward(_prep.metric(task, out.read, sub, ref), out.leaf)
+        con.backward(_prep.metric(task, out.read, sub, ref), out)
         bar.update(1)
     else:
         clean_in, base_in = out.writers[0][:, :, 0], blocks[0][:, :, 0]
@@ -230,7 +244,7 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
             alpha = (k + 0.5) / steps
             embed = (base_in + alpha * (clean_in - base_in)).expand_as(clean_in)
             run = _run.forward(model, graph, ids, read_pos, embed=embed, on_grad=con.on_grad)
-            con.backward(_prep.metric(task, run.read, sub, ref), run.leaf)
+            con.backward(_prep.metric(task, run.read, sub, ref), run)
             bar.update(1)
     empty = _prep.metric(task, empty_logits(model, graph, blocks, read_pos, b), sub, ref)
     pos = None

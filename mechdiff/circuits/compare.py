@@ -334,7 +334,8 @@ def _patch_circuit(pair: ModelPair, graph: Graph, task: Task, tokens, circuit: C
     model's upstream output (cross-model edge patching, ft->base)."""
     def donor_blocks(sub):
         read_pos = None if task.reads_all_positions else sub.read_pos
-        out = _run.forward(pair.finetuned, graph, sub.tokens, read_pos, capture=True)
+        out = _run.forward(pair.finetuned, graph, sub.tokens, read_pos, capture=True,
+                           fork=True)  # computed as the patched runs are
         return out.writers, out.read
 
     coef = graph.dense(circuit.edges.float())[None]

@@ -225,7 +225,8 @@ def cross_edge_attribution(
     coefs[k] = graph.valid.float()  # every edge at once
 
     def donor_blocks(sub):
-        out = _run.forward(donor, graph, sub.tokens, _read_pos(task, sub), capture=True)
+        out = _run.forward(donor, graph, sub.tokens, _read_pos(task, sub), capture=True,
+                           fork=True)  # computed as the patched runs are
         return out.writers, out.read
 
     _, _, vals = evaluate(recv, graph, task, tokens, Replacements("mean"), coefs,
@@ -264,7 +265,7 @@ def _estimate(recv, donor, graph, task, sub, method, steps, *, check, bar):
             _prep.checked(recv, graph, out, sub)
         recv_vals = _prep.metric(task, out.read.detach(), sub, ref)
         con.set_delta(dn.writers, out.writers)
-        con.backward(_prep.metric(task, out.read, sub, ref), out.leaf)
+        con.backward(_prep.metric(task, out.read, sub, ref), out)
         bar.update(1)
     else:
         base = _run.forward(recv, graph, ids, read_pos, capture=True, record=record)
@@ -277,7 +278,7 @@ def _estimate(recv, donor, graph, task, sub, method, steps, *, check, bar):
             run = _run.forward(recv, graph, ids, read_pos, replace=dn.writers,
                                coef=(alpha * full)[None], capture=True, on_grad=con.on_grad)
             con.set_delta(dn.writers, run.writers)
-            con.backward(_prep.metric(task, run.read, sub, ref), run.leaf)
+            con.backward(_prep.metric(task, run.read, sub, ref), run)
             bar.update(1)
     check_finite(recv_vals, "the receiving model")
     check_finite(donor_vals, "the donor model")

@@ -319,7 +319,10 @@ def evaluate(
         for i, (start, stop, sub) in enumerate(_prep.batches(tokens, prompt_batch_size)):
             read_pos = None if task.reads_all_positions else sub.read_pos
             record = _prep.check_records(graph) if i == 0 else ()
-            out = _run.forward(model, graph, sub.tokens, read_pos, capture=i == 0, record=record)
+            # fork=True: the same computation as the intervened runs, so the full circuit's
+            # metric equals this one exactly (f = 1)
+            out = _run.forward(model, graph, sub.tokens, read_pos, capture=i == 0, record=record,
+                               fork=True)
             if i == 0:
                 _prep.checked(model, graph, out, sub)
             bar.update(1)

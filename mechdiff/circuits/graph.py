@@ -81,6 +81,16 @@ def qkv_in_hook(layer: int, which: str) -> str:
     return f"blocks.{layer}.attn.hook_{which}_input"
 
 
+def qkv_out_hook(layer: int, which: str) -> str:
+    """The q/k/v projection's output (before rotary embeddings), in split and unsplit runs."""
+    return f"blocks.{layer}.attn.{which}.hook_out"
+
+
+def ln1_in_hook(layer: int) -> str:
+    """The attention layer norm's input: the residual the split fork copies per head."""
+    return f"blocks.{layer}.ln1.hook_in"
+
+
 def mlp_in_hook(layer: int) -> str:
     return f"blocks.{layer}.hook_mlp_in"
 
@@ -318,9 +328,11 @@ def graph_of(model: TransformerBridge) -> Graph:
 
 
 @contextlib.contextmanager
-def split_inputs(model: TransformerBridge) -> Iterator[None]:
-    """Turn on the bridge flags that expose per-head results and per-head q/k/v inputs, and the
-    MLP input hook; the caller's flags are restored on exit, also after an exception."""
+def split_inputs(model: TransformerBridge, split: bool = True) -> Iterator[None]:
+    """Turn on the bridge flags that expose per-head results and (``split``) per-head q/k/v
+    inputs, and the MLP input hook; the caller's flags are restored on exit, also after an
+    exception. ``split=False`` turns the per-head q/k/v fork off (runs that only read writers, or
+    take the q/k/v input gradients from the projections, :mod:`mechdiff.circuits._run`)."""
     cfg = model.cfg
     saved = (cfg.use_attn_result, cfg.use_split_qkv_input, cfg.use_hook_mlp_in,
              bool(getattr(cfg, "use_attn_in", False)))
@@ -328,7 +340,7 @@ def split_inputs(model: TransformerBridge) -> Iterator[None]:
         if saved[3]:
             model.set_use_attn_in(False)
         model.set_use_attn_result(True)
-        model.set_use_split_qkv_input(True)
+        model.set_use_split_qkv_input(split)
         model.set_use_hook_mlp_in(True)
         yield
     finally:
@@ -364,7 +376,8 @@ def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
         model: the bridge (for the constants).
         graph: its graph.
         acts: the run's ``hook_resid_pre`` of every block, each block's ``hook_mlp_in``, the
-            logits reader input, and block 0's ``hook_q_input`` / ``hook_k_input``.
+            logits reader input, and block 0's ``hook_q_input`` (a split run) or ``ln1.hook_in``
+            (an unsplit run: what the fork would copy).
         writers: the run's writer blocks (see :mod:`mechdiff.circuits._run`).
         mask: ``[batch, pos]`` real positions.
         tol: largest error allowed, relative to the residual's largest absolute value.
@@ -396,6 +409,9 @@ def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
     first = acts.get(qkv_in_hook(0, "q"))
     if first is not None:  # the per-head fork must carry the residual before the layer norm
         compare("blocks.0 query input", first[:, :, 0], acts[resid_pre_hook(0)].float())
+    ln_in = acts.get(ln1_in_hook(0))
+    if ln_in is not None:  # so must the layer norm input the q/k/v gradients are taken at
+        compare("blocks.0 attention layer norm input", ln_in, acts[resid_pre_hook(0)].float())
     for layer in range(graph.n_layers):
         compare(resid_pre_hook(layer), acts[resid_pre_hook(layer)], total + consts[layer])
         total = total + writers[1 + 2 * layer].float().sum(2)
@@ -412,7 +428,8 @@ def check_hooks(model: TransformerBridge, graph: Graph) -> None:
     for layer in range(graph.n_layers):
         names += [head_out_hook(layer), mlp_out_hook(layer), mlp_in_hook(layer),
                   resid_pre_hook(layer)] + [qkv_in_hook(layer, x) for x in "qkv"]
-    missing = [n for n in names if n not in model.hook_dict]
+    points = model.hook_dict  # a property that walks every module: once
+    missing = [n for n in names if n not in points]
     if missing:
         raise GraphError(
             f"the bridge has no hook point {missing[0]!r} (and {len(missing) - 1} more missing): "

@@ -238,3 +238,56 @@ def test_a_float64_model_gives_float64_scores(tmp_path) -> None:
     model = mechdiff.load_pair(d, d, device="cpu", dtype=torch.float64).base
     r = edge_attribution(model, random_task(2), method="eap", progress=False)
     assert r.scores.dtype == torch.float64
+
+
+def _reader_grads(model, task, *, fork: bool):
+    """Per-prompt EAP sums ``[batch, reader, writer]`` from one clean run and its backward."""
+    from mechdiff.circuits._contract import Contraction
+
+    graph, tokens = _prep.prepare(model, task, "mean")
+    means = Replacements("mean")
+    from mechdiff.circuits.ablation import mean_outputs
+
+    means.means = mean_outputs(model, graph, tokens, 16)
+    con = Contraction(tokens.n, graph.n_readers, graph.n_writers, int(tokens.tokens.shape[1]),
+                      dtype=torch.float64, device=tokens.tokens.device, per_position=True)
+    out = _run.forward(model, graph, tokens.tokens, tokens.read_pos, capture=True,
+                       on_grad=con.on_grad, fork=fork)
+    con.set_delta(means.blocks(model, graph, tokens), out.writers)
+    con.backward(_logit_diff(tokens)(out.read), out)
+    return con.acc, con.acc_pos
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("norm", ["closed", "wrong_form", "autograd"])
+def test_projection_gradients_equal_the_forked_inputs_gradients(tiny, name, norm,
+                                                               monkeypatch) -> None:
+    """EAP takes q/k/v input gradients from the projections (no per-head fork): the same numbers
+    as differentiating the bridge's per-head fork, for a closed-form norm VJP (LayerNorm for
+    GPT-2, RMSNorm for LLaMA with GQA), for a wrong guess of the norm's form (caught on the
+    first layer, then autograd through the module) and for autograd throughout."""
+    model = _model(tiny, name, torch.float64)
+    task = random_task(5, seed=4)
+    forked, forked_pos = _reader_grads(model, task, fork=True)
+    if norm == "wrong_form":
+        real = _run._norm_form
+
+        def wrong(ln):  # a norm weight the module does not apply (as Gemma's 1 + w)
+            kind, weight, eps = real(ln)
+            return kind, 2 * (weight if weight is not None else torch.ones(1)), eps
+
+        monkeypatch.setattr(_run, "_norm_form", wrong)
+    elif norm == "autograd":
+        monkeypatch.setattr(_run, "_norm_form", lambda ln: None)
+    calls = []
+    real_closed = _run._closed_vjp
+    monkeypatch.setattr(_run, "_closed_vjp", lambda *a: (calls.append(1), real_closed(*a)))
+    proj, proj_pos = _reader_grads(model, task, fork=False)
+    scale = float(forked.abs().max())
+    assert scale > 0
+    # LLaMA's RMSNorm computes in float32 even in a float64 model (the fork's reference too)
+    tol = 1e-10 if name == "gpt2" else 1e-6
+    assert float((proj - forked).abs().max()) <= tol * scale
+    assert float((proj_pos - forked_pos).abs().max()) <= tol * scale
+    n_layers = graph_of(model).n_layers
+    assert len(calls) == {"closed": n_layers, "wrong_form": 1, "autograd": 0}[norm]
