@@ -40,6 +40,7 @@ Hooks are always removed and the bridge's flags restored, also when an exception
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,7 @@ from mechdiff.circuits.graph import (
     qkv_in_hook,
     qkv_out_hook,
     split_inputs,
+    z_hook,
 )
 
 GradFn = Callable[[list[int], int, Tensor], None]
@@ -213,9 +215,48 @@ def projection_gradients(model: TransformerBridge) -> bool:
                 return False
             if qkv_out_hook(layer, which) not in points:
                 return False
-        if ln1_in_hook(layer) not in points:
+        if ln1_in_hook(layer) not in points or z_hook(layer) not in points:
+            return False
+        try:
+            if _out_weight(attn, int(model.cfg.n_heads), int(model.cfg.d_head)) is None:
+                return False
+        except RuntimeError:  # a W_O that does not split into the configured heads
             return False
     return True
+
+
+def unforked(model: TransformerBridge) -> bool:
+    """Whether runs without edge interventions can skip the bridge's per-head fork and
+    per-head results (see :func:`projection_gradients`); cached per model."""
+    ok = _UNFORKED.get(model)
+    if ok is None:
+        ok = _UNFORKED[model] = projection_gradients(model)
+    return ok
+
+
+def _out_weight(attn: Any, n_heads: int, d_head: int) -> Tensor | None:
+    """``W_O`` as ``[n_heads, d_head, d_model]``, read as the bridge's per-head result reads it
+    (``_compute_per_head_result``: HF ``Conv1D`` stores ``[in, out]``, ``nn.Linear``
+    ``[out, in]``); None where the bridge scales head outputs or the weight is not readable."""
+    if getattr(attn, "_result_contribution_scale", 1.0) != 1.0:
+        return None
+    o = getattr(getattr(attn, "o", None), "original_component", None)
+    weight = getattr(o, "weight", None)
+    if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.is_meta:
+        return None
+    if type(o).__name__ == "Conv1D":
+        return weight.view(n_heads, d_head, -1)
+    return weight.view(weight.shape[0], n_heads, d_head).permute(1, 2, 0)
+
+
+def head_outputs(model: TransformerBridge, layer: int, z: Tensor) -> Tensor:
+    """Per-head outputs ``z_h W_O[h]`` ``[batch, pos, head, d_model]`` (without ``b_O``) from
+    ``hook_z`` ``[batch, pos, head, d_head]``: what ``hook_result`` carries in a forked run."""
+    w = _out_weight(model.blocks[layer].attn, z.shape[2], z.shape[3])
+    return torch.einsum("bshe,hed->bshd", z, w.to(z.dtype))
+
+
+_UNFORKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _norm_form(ln: torch.nn.Module) -> tuple[str, Tensor | None, float] | None:
@@ -273,6 +314,10 @@ def _autograd_vjp(ln: torch.nn.Module, x: Tensor, g: Tensor, w: Tensor, out: Ten
     out.copy_(gx.view(n, b, s, d))
 
 
+_CLOSED_FORM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per model: whether its norms' closed-form VJP matched autograd (checked on its first run)."""
+
+
 class _ProjectionGrads:
     """Assembles each layer's q/k/v input gradients from its projection gradients."""
 
@@ -281,7 +326,8 @@ class _ProjectionGrads:
         self.x: dict[int, Tensor] = {}  # layer -> ln1 input (detached)
         self.grads: dict[int, dict[str, Tensor]] = {}
         self.counts = {"q": graph.n_heads, "k": graph.n_kv_heads, "v": graph.n_kv_heads}
-        self.closed: bool | None = None  # closed-form norm VJP: unchecked / checked / refused
+        # closed-form norm VJP: unchecked (None) / checked (True) / refused (False), per model
+        self.closed: bool | None = _CLOSED_FORM.get(model)
 
     def ln_in(self, layer: int) -> Callable[[Tensor], Tensor]:
         def fn(x: Tensor) -> Tensor:
@@ -333,11 +379,12 @@ class _ProjectionGrads:
             _autograd_vjp(ln, x, g, w, out)
         else:
             _closed_vjp(form, x.to(dtype), g, w, out)
-            if self.closed is None:  # first layer of this run: check against autograd
+            if self.closed is None:  # first layer this model runs: check against autograd
                 ref = torch.empty_like(out)
                 _autograd_vjp(ln, x, g, w, ref)
                 scale = float(ref.abs().max()) or 1.0
                 self.closed = float((out - ref).abs().max()) <= 1e-4 * scale
+                _CLOSED_FORM[self.model] = self.closed
                 if not self.closed:
                     out.copy_(ref)
         if slot is None:
@@ -400,7 +447,7 @@ def forward(
             raise ValueError("edge coefficients need replacement outputs")
         edits = _Edits(graph, coef, replace, copies, batch)
     if fork is None:
-        fork = edits is not None or (grad and not projection_gradients(model))
+        fork = edits is not None or not unforked(model)
     if edits is not None and not fork:
         raise ValueError("edge interventions need the per-head q/k/v fork")
     proj = _ProjectionGrads(model, graph, on_grad) if grad and not fork else None
@@ -461,9 +508,21 @@ def forward(
             block_starts(graph)[before - 1] + block_sizes(graph)[before - 1])
         return fn
 
+    zs: dict[int, Tensor] = {}
+
+    def z_fn(layer: int) -> Callable[[Tensor], Tensor]:
+        def fn(z: Tensor) -> Tensor:
+            zs[layer] = z.detach()
+            return z
+
+        return fn
+
     hooks: dict[str, Any] = {INPUT_HOOK: writer_fn(0)}
     for layer in range(graph.n_layers):
-        hooks[head_out_hook(layer)] = writer_fn(1 + 2 * layer)
+        if fork:
+            hooks[head_out_hook(layer)] = writer_fn(1 + 2 * layer)
+        elif capture:  # head outputs from z after the run, outside the autograd graph
+            hooks[z_hook(layer)] = z_fn(layer)
         hooks[mlp_out_hook(layer)] = writer_fn(2 + 2 * layer)
     for name, rows, _up, before in _reader_groups(graph):
         per_head = ".attn." in name
@@ -506,6 +565,10 @@ def forward(
     else:
         read = logits[torch.arange(rows_all, device=ids.device), read_pos.repeat(copies)]
     read = read if read.dtype == torch.float64 else read.float()
+    if capture and not fork:
+        with torch.no_grad():
+            for layer, z in zs.items():
+                cur[1 + 2 * layer] = head_outputs(model, layer, z)
     writers = [c.detach() for c in cur] if capture else None
     return Out(read=read, writers=writers, acts=acts, leaf=leaf[0] if leaf else None,
                finish=proj.finish if proj is not None else (lambda: None))

@@ -86,6 +86,11 @@ def qkv_out_hook(layer: int, which: str) -> str:
     return f"blocks.{layer}.attn.{which}.hook_out"
 
 
+def z_hook(layer: int) -> str:
+    """The heads' mixed values before the output projection, ``[batch, pos, head, d_head]``."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
 def ln1_in_hook(layer: int) -> str:
     """The attention layer norm's input: the residual the split fork copies per head."""
     return f"blocks.{layer}.ln1.hook_in"
@@ -329,17 +334,18 @@ def graph_of(model: TransformerBridge) -> Graph:
 
 @contextlib.contextmanager
 def split_inputs(model: TransformerBridge, split: bool = True) -> Iterator[None]:
-    """Turn on the bridge flags that expose per-head results and (``split``) per-head q/k/v
+    """Turn on the bridge flags that expose (``split``) per-head results and per-head q/k/v
     inputs, and the MLP input hook; the caller's flags are restored on exit, also after an
-    exception. ``split=False`` turns the per-head q/k/v fork off (runs that only read writers, or
-    take the q/k/v input gradients from the projections, :mod:`mechdiff.circuits._run`)."""
+    exception. ``split=False`` runs the bridge's ordinary attention (runs that only read writers,
+    whose head outputs are computed from ``hook_z``, or take the q/k/v input gradients from the
+    projections, :mod:`mechdiff.circuits._run`)."""
     cfg = model.cfg
     saved = (cfg.use_attn_result, cfg.use_split_qkv_input, cfg.use_hook_mlp_in,
              bool(getattr(cfg, "use_attn_in", False)))
     try:
         if saved[3]:
             model.set_use_attn_in(False)
-        model.set_use_attn_result(True)
+        model.set_use_attn_result(split)
         model.set_use_split_qkv_input(split)
         model.set_use_hook_mlp_in(True)
         yield

@@ -291,3 +291,20 @@ def test_projection_gradients_equal_the_forked_inputs_gradients(tiny, name, norm
     assert float((proj_pos - forked_pos).abs().max()) <= tol * scale
     n_layers = graph_of(model).n_layers
     assert len(calls) == {"closed": n_layers, "wrong_form": 1, "autograd": 0}[norm]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_unforked_runs_capture_the_same_head_outputs(tiny, name) -> None:
+    """A run without interventions reads each head's output as ``z_h W_O[h]`` from ``hook_z``
+    (no per-head result inside the bridge): the same writer blocks, head by head, as the
+    bridge's ``hook_result`` in a forked run (GPT-2's Conv1D and LLaMA's Linear layouts)."""
+    model = _model(tiny, name, torch.float64)
+    graph, tokens = _prep.prepare(model, random_task(3, seed=5), "mean")
+    assert _run.unforked(model)
+    forked = _run.forward(model, graph, tokens.tokens, tokens.read_pos, capture=True, fork=True)
+    plain = _run.forward(model, graph, tokens.tokens, tokens.read_pos, capture=True)
+    assert len(forked.writers) == len(plain.writers) == 2 * graph.n_layers + 1
+    for a, b in zip(forked.writers, plain.writers, strict=True):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(forked.read, plain.read, rtol=1e-9, atol=1e-12)
