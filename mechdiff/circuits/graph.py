@@ -375,7 +375,7 @@ def constants(model: TransformerBridge, width: int) -> list[Tensor]:
 
 
 def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
-                writers: list[Tensor], mask: Tensor, *, tol: float = 1e-4) -> float:
+                writers: list[Tensor], mask: Tensor, *, tol: float | None = None) -> float:
     """Check that every reader's input is the sum of its upstream writers plus constants.
 
     Args:
@@ -386,7 +386,9 @@ def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
             (an unsplit run: what the fork would copy).
         writers: the run's writer blocks (see :mod:`mechdiff.circuits._run`).
         mask: ``[batch, pos]`` real positions.
-        tol: largest error allowed, relative to the residual's largest absolute value.
+        tol: largest error allowed, relative to the residual's largest absolute value; default
+            ``1e-4``, or 8 rounding units of a half-precision model's dtype (bfloat16: 0.0625,
+            float16: 0.0078), whose own sums cannot be checked more finely.
 
     Returns:
         The largest relative error found.
@@ -394,6 +396,9 @@ def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
     Raises:
         GraphError: the error exceeds ``tol``.
     """
+    if tol is None:
+        dtype = writers[0].dtype
+        tol = max(1e-4, 8 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-4
     width = mask.shape[1]
     consts = constants(model, width)
     total = writers[0][:, :, 0].float()

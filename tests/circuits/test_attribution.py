@@ -308,3 +308,16 @@ def test_unforked_runs_capture_the_same_head_outputs(tiny, name) -> None:
         assert a.shape == b.shape
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
     assert torch.allclose(forked.read, plain.read, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_a_bfloat16_model_gives_the_float32_ranking(tiny, name) -> None:
+    """Half precision: the decomposition check allows the dtype's own rounding (it refused every
+    bfloat16 model at 1e-4), and EAP's scores (float32 accumulators) keep the float32 model's."""
+    task = random_task(6, seed=1)
+    ref = edge_attribution(_model(tiny, name), task, method="eap", progress=False).scores
+    half = edge_attribution(_model(tiny, name, torch.bfloat16), task, method="eap",
+                            progress=False)
+    assert half.scores.dtype == torch.float32 and bool(torch.isfinite(half.scores).all())
+    assert float(torch.corrcoef(torch.stack([ref, half.scores]))[0, 1]) >= 0.99
+    assert spearman(ref.abs(), half.scores.abs()) >= 0.95
