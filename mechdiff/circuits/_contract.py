@@ -99,10 +99,13 @@ class Contraction:
         # Consecutive groups (similar upstream counts) in products of at least MIN_ROWS rows,
         # each against its own widest upstream prefix: little work on pairs that are not edges.
         parts: list[list[tuple[int, int, int, int]]] = [[]]
+        rows_in_part = 0
         for p in pending:
-            if sum(q[1] for q in parts[-1]) >= MIN_ROWS:
+            if rows_in_part >= MIN_ROWS:
                 parts.append([])
+                rows_in_part = 0
             parts[-1].append(p)
+            rows_in_part += p[1]
         s, d = self._shape
         for part in parts:
             n_up = max(p[2] for p in part)

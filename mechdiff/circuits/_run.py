@@ -30,10 +30,14 @@ rotary embeddings), which is exactly what the fork's copy ``j`` receives::
                                                           W_j: its ``[d_head, d_model]`` slice)
 
 with ``ln1`` the same raw layer-norm module the fork applies and ``x`` its input
-(``ln1.hook_in``). It is computed when the three projections of a layer have their gradients, as
-one small autograd call over the layer's ``H + 2G`` copies. This saves the fork's ``H + 2G``
-layer norms and per-head projections in the forward and backward pass (SmolLM2-135M, 16
-prompts: forward + backward 2.3 s -> 1.5 s); equality with the forked gradient is tested.
+(``ln1.hook_in``). It is computed when the three projections of a layer have their gradients, in
+closed form for LayerNorm / RMSNorm (checked once per model against autograd through ``ln1``,
+which is the fallback). Such runs also read each head's output as ``z_h W_O[h]`` from ``hook_z``
+after the run instead of the bridge's per-head results. This saves the fork's ``H + 2G`` layer
+norms and per-head projections in the forward and backward pass (SmolLM2-135M, 16 prompts:
+forward + backward 2.3 s -> 1.5 s); equality with the forked gradients and head outputs is
+tested. Runs compared with intervened runs (clean and donor runs of faithfulness and patching)
+pass ``fork=True`` so that their numbers are computed the same way.
 
 Hooks are always removed and the bridge's flags restored, also when an exception is raised.
 """
@@ -60,6 +64,7 @@ from mechdiff.circuits.graph import (
     mlp_out_hook,
     qkv_in_hook,
     qkv_out_hook,
+    rounding_tol,
     split_inputs,
     z_hook,
 )
@@ -209,9 +214,7 @@ def projection_gradients(model: TransformerBridge) -> bool:
         if getattr(attn, "_ln1_module", None) is None:
             return False
         for which in "qkv":
-            comp = getattr(getattr(attn, which, None), "original_component", None)
-            weight = getattr(comp, "weight", None)
-            if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.is_meta:
+            if _weight(getattr(attn, which, None)) is None:
                 return False
             if qkv_out_hook(layer, which) not in points:
                 return False
@@ -234,17 +237,24 @@ def unforked(model: TransformerBridge) -> bool:
     return ok
 
 
+def _weight(linear: Any) -> Tensor | None:
+    """The readable 2-D weight of a bridge's linear component (None if it has none)."""
+    weight = getattr(getattr(linear, "original_component", None), "weight", None)
+    if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.is_meta:
+        return None
+    return weight
+
+
 def _out_weight(attn: Any, n_heads: int, d_head: int) -> Tensor | None:
     """``W_O`` as ``[n_heads, d_head, d_model]``, read as the bridge's per-head result reads it
     (``_compute_per_head_result``: HF ``Conv1D`` stores ``[in, out]``, ``nn.Linear``
     ``[out, in]``); None where the bridge scales head outputs or the weight is not readable."""
     if getattr(attn, "_result_contribution_scale", 1.0) != 1.0:
         return None
-    o = getattr(getattr(attn, "o", None), "original_component", None)
-    weight = getattr(o, "weight", None)
-    if not isinstance(weight, Tensor) or weight.ndim != 2 or weight.is_meta:
+    weight = _weight(getattr(attn, "o", None))
+    if weight is None:
         return None
-    if type(o).__name__ == "Conv1D":
+    if type(attn.o.original_component).__name__ == "Conv1D":
         return weight.view(n_heads, d_head, -1)
     return weight.view(weight.shape[0], n_heads, d_head).permute(1, 2, 0)
 
@@ -383,8 +393,7 @@ class _ProjectionGrads:
                 ref = torch.empty_like(out)
                 _autograd_vjp(ln, x, g, w, ref)
                 scale = float(ref.abs().max()) or 1.0
-                tol = max(1e-4, 8 * torch.finfo(x.dtype).eps)  # a half-precision norm's own
-                self.closed = float((out - ref).abs().max()) <= tol * scale
+                self.closed = float((out - ref).abs().max()) <= rounding_tol(x.dtype) * scale
                 _CLOSED_FORM[self.model] = self.closed
                 if not self.closed:
                     out.copy_(ref)
@@ -433,8 +442,9 @@ def forward(
         embed: replaces the input writer's output (``hook_embed``), ``[batch, pos, d_model]``.
         on_grad: build the autograd graph and call ``on_grad`` with each reader group's
             gradient during the caller's backward pass (then call ``Out.finish``).
-        fork: build the per-head q/k/v fork; default: only where edges are intervened on, or
-            where the projections cannot give the gradients (:func:`projection_gradients`).
+        fork: build the per-head q/k/v fork and per-head results; default: only where edges
+            are intervened on, or where the model does not allow unforked runs
+            (:func:`unforked`).
     """
     batch = ids.shape[0]
     rows_all = copies * batch
@@ -546,7 +556,7 @@ def forward(
         return fn
 
     for name in record:
-        if not fork and name.startswith("blocks.") and name.endswith(("_input",)):
+        if not fork and name.startswith("blocks.") and name.endswith("_input"):
             continue  # the per-head q/k/v fork is not built in this run
         hooks[name] = recorder(name, hooks.get(name))
     sliced = read_pos is not None and _engine.UNEMBED_IN in model.hook_dict

@@ -374,6 +374,13 @@ def constants(model: TransformerBridge, width: int) -> list[Tensor]:
     return out
 
 
+def rounding_tol(dtype: torch.dtype) -> float:
+    """Relative tolerance of a check on values computed in ``dtype``: ``1e-4``, or 8 rounding
+    units of a half-precision dtype (bfloat16: 0.0625, float16: 0.0078), which cannot be checked
+    more finely."""
+    return max(1e-4, 8 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-4
+
+
 def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
                 writers: list[Tensor], mask: Tensor, *, tol: float | None = None) -> float:
     """Check that every reader's input is the sum of its upstream writers plus constants.
@@ -387,8 +394,7 @@ def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
         writers: the run's writer blocks (see :mod:`mechdiff.circuits._run`).
         mask: ``[batch, pos]`` real positions.
         tol: largest error allowed, relative to the residual's largest absolute value; default
-            ``1e-4``, or 8 rounding units of a half-precision model's dtype (bfloat16: 0.0625,
-            float16: 0.0078), whose own sums cannot be checked more finely.
+            :func:`rounding_tol` of the writers' dtype.
 
     Returns:
         The largest relative error found.
@@ -396,9 +402,7 @@ def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
     Raises:
         GraphError: the error exceeds ``tol``.
     """
-    if tol is None:
-        dtype = writers[0].dtype
-        tol = max(1e-4, 8 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-4
+    tol = rounding_tol(writers[0].dtype) if tol is None else tol
     width = mask.shape[1]
     consts = constants(model, width)
     total = writers[0][:, :, 0].float()
