@@ -1,7 +1,8 @@
 """Edge scores from reader gradients: ``sum over positions of (A_u - a_u) . dM/dx_v``.
 
 During a backward pass, :mod:`mechdiff.circuits._run` hands each reader group's gradient
-``[batch, pos, readers, d_model]`` to :meth:`Contraction.on_grad`. The gradients of consecutive
+``[batch, pos, readers, d_model]`` to :meth:`Contraction.on_grad`, or computes it in place into a
+:meth:`Contraction.slot`. The gradients of consecutive
 groups (the backward pass visits the layers from the top down) are buffered up to
 :data:`BUFFER_BYTES` and contracted together with the upstream differences of every writer feeding
 them, one batched matrix product over ``pos * d_model`` per buffer: one group at a time would read
@@ -30,9 +31,11 @@ per row; of more rows, do more work on pairs that are not edges)."""
 class Contraction:
     """Accumulates ``weight * (D_w . g_r)`` for one prompt batch.
 
-    Reader gradients are written into a preallocated buffer ``[batch, rows, pos * d_model]``,
+    Reader gradients are written into a preallocated buffer ``[rows, batch, pos * d_model]``,
     either copied by :meth:`on_grad` or computed in place by the caller into a :meth:`slot`.
-    Use :meth:`backward` (or call :meth:`flush` after a backward pass) before reading the
+    Upstream differences are ``[writer, batch, pos * d_model]``, so that a block of writers (a
+    layer's heads) is one contiguous ``[n, batch * pos, d_model]`` matrix a product can write
+    into. Use :meth:`backward` (or call :meth:`flush` after a backward pass) before reading the
     accumulators.
 
     Attributes:
@@ -45,7 +48,7 @@ class Contraction:
         self.acc = torch.zeros(batch, n_readers, n_writers, dtype=dtype, device=device)
         self.acc_pos = (torch.zeros(n_readers, n_writers, width, dtype=dtype, device=device)
                         if per_position else None)
-        self.delta: Tensor | None = None  # [batch, writer, pos * d_model]
+        self.delta: Tensor | None = None  # [writer, batch, pos * d_model]
         self.width = width
         self.weight = 1.0
         self._buf: Tensor | None = None
@@ -53,38 +56,50 @@ class Contraction:
         self._fill = 0
         self._pending: list[tuple[int, int, int, int]] = []  # (first row, rows, n_up, at)
 
-    def set_delta(self, replace: list[Tensor], writers: list[Tensor]) -> None:
+    def set_delta(self, replace: list[Tensor], writers: list[Tensor], *,
+                  stacked: Tensor | None = None) -> None:
         """Upstream differences ``A_w - a_w`` from replacement and current writer blocks
-        (``[batch or 1, pos, n, d_model]`` each)."""
+        (``[batch or 1, pos, n, d_model]`` each).
+
+        With ``stacked``, the ``[writer, batch, pos, d_model]`` tensor that ``writers`` are views
+        of (:attr:`mechdiff.circuits._run.Out.stacked`), the differences are written over it: no
+        new memory (on the CPU, fresh pages cost about as much as writing them twice), and
+        ``writers`` hold ``A - a`` afterwards.
+        """
         self.flush()
         c0 = writers[0]
-        b = max(max(a.shape[0], c.shape[0]) for a, c in zip(replace, writers, strict=True))
-        n_w = sum(c.shape[2] for c in writers)
-        d = torch.empty(b, n_w, c0.shape[1], c0.shape[3], dtype=c0.dtype, device=c0.device)
+        if stacked is not None:
+            d = stacked
+        else:
+            b = max(max(a.shape[0], c.shape[0]) for a, c in zip(replace, writers, strict=True))
+            n_w = sum(c.shape[2] for c in writers)
+            d = torch.empty(n_w, b, c0.shape[1], c0.shape[3], dtype=c0.dtype, device=c0.device)
         at = 0
         for a, c in zip(replace, writers, strict=True):  # one pass each, no concatenation
             n = c.shape[2]
-            torch.sub(a.to(c.dtype).permute(0, 2, 1, 3), c.permute(0, 2, 1, 3),
-                      out=d[:, at:at + n])
+            torch.sub(a.to(c.dtype).permute(2, 0, 1, 3), c.permute(2, 0, 1, 3),
+                      out=d[at:at + n])
             at += n
-        self.delta = d.view(b, n_w, -1)  # [batch, W, pos * d_model]
+        if at != d.shape[0]:
+            raise ValueError(f"{at} writers for a stacked tensor of {d.shape[0]}")
+        self.delta = d.view(d.shape[0], d.shape[1], -1)  # [W, batch, pos * d_model]
 
     def slot(self, rows: list[int], n_up: int, pos: int, d_model: int) -> Tensor:
-        """A ``[len(rows), batch, pos, d_model]`` view of the buffer to write the gradients of
-        readers ``rows`` (each reading the first ``n_up`` writers) into."""
+        """A contiguous ``[len(rows), batch, pos, d_model]`` view of the buffer to write the
+        gradients of readers ``rows`` (each reading the first ``n_up`` writers) into."""
         b, r = self.acc.shape[0], len(rows)
         size = self.acc.element_size() * b * pos * d_model
-        if self._buf is None or self._shape != (pos, d_model) or self._buf.shape[1] < r:
+        if self._buf is None or self._shape != (pos, d_model) or self._buf.shape[0] < r:
             self.flush()
             cap = min(max(r, BUFFER_BYTES // size), self.acc.shape[1])
-            self._buf = torch.empty(b, cap, pos * d_model, dtype=self.acc.dtype,
+            self._buf = torch.empty(cap, b, pos * d_model, dtype=self.acc.dtype,
                                     device=self.acc.device)
             self._shape = (pos, d_model)
-        elif self._fill + r > self._buf.shape[1]:
+        elif self._fill + r > self._buf.shape[0]:
             self.flush()
         at, self._fill = self._fill, self._fill + r
         self._pending.append((rows[0], r, n_up, at))
-        return self._buf[:, at:at + r].view(b, r, pos, d_model).permute(1, 0, 2, 3)
+        return self._buf[at:at + r].view(r, b, pos, d_model)
 
     def on_grad(self, rows: list[int], n_up: int, g: Tensor) -> None:
         """Take one reader group's gradient ``[batch, pos, len(rows), d_model]``."""
@@ -110,13 +125,14 @@ class Contraction:
         for part in parts:
             n_up = max(p[2] for p in part)
             lo_at, hi_at = min(p[3] for p in part), max(p[3] + p[1] for p in part)
-            g = self._buf[:, lo_at:hi_at]
-            up = self.delta[:, :n_up].to(g.dtype)
-            prod = torch.bmm(g, up.transpose(1, 2))  # [batch, rows, n_up]
+            g = self._buf[lo_at:hi_at]  # [rows, batch, pos * d_model]
+            up = self.delta[:n_up].to(g.dtype)  # [n_up, batch, pos * d_model]
+            # strided batches (batch is the middle dimension): the same speed as contiguous ones
+            prod = torch.bmm(g.transpose(0, 1), up.permute(1, 2, 0))  # [batch, rows, n_up]
             per = None
             if self.acc_pos is not None:
-                b = g.shape[0]
-                per = torch.einsum("brsd,bwsd->rws", g.view(b, -1, s, d), up.view(b, n_up, s, d))
+                b = g.shape[1]
+                per = torch.einsum("rbsd,wbsd->rws", g.view(-1, b, s, d), up.view(n_up, b, s, d))
             for lo, r, k, at in part:
                 rows = slice(at - lo_at, at - lo_at + r)
                 self.acc[:, lo:lo + r, :k] += self.weight * prod[:, rows, :k].to(self.acc.dtype)

@@ -95,6 +95,10 @@ class Out:
             ``[copies*batch, pos, d_vocab]``, when ``read_pos`` is None), float32 (float64 for a
             float64 model).
         writers: the writer blocks of this run (detached), if asked for.
+        stacked: in a run without the per-head fork, the ``[writer, batch, pos, d_model]``
+            tensor every writer block is a view of (``writers[b]`` is
+            ``stacked[start:start + n].permute(1, 2, 0, 3)``); None in forked runs, whose
+            blocks are the bridge's own tensors.
         acts: activations recorded at the hooks asked for (detached).
         leaf: the input tensor gradients can be taken with respect to (with ``grad``).
     """
@@ -105,6 +109,7 @@ class Out:
     leaf: Tensor | None
     finish: Callable[[], None] = lambda: None
     """Call after the backward pass: checks that every reader group's gradient was handed over."""
+    stacked: Tensor | None = None
 
 
 def _reader_groups(graph: Graph) -> list[tuple[str, list[int], int, int]]:
@@ -259,11 +264,14 @@ def _out_weight(attn: Any, n_heads: int, d_head: int) -> Tensor | None:
     return weight.view(weight.shape[0], n_heads, d_head).permute(1, 2, 0)
 
 
-def head_outputs(model: TransformerBridge, layer: int, z: Tensor) -> Tensor:
-    """Per-head outputs ``z_h W_O[h]`` ``[batch, pos, head, d_model]`` (without ``b_O``) from
-    ``hook_z`` ``[batch, pos, head, d_head]``: what ``hook_result`` carries in a forked run."""
-    w = _out_weight(model.blocks[layer].attn, z.shape[2], z.shape[3])
-    return torch.einsum("bshe,hed->bshd", z, w.to(z.dtype))
+def head_outputs(model: TransformerBridge, layer: int, z: Tensor, out: Tensor) -> None:
+    """Per-head outputs ``z_h W_O[h]`` (without ``b_O``) from ``hook_z`` ``[batch, pos, head,
+    d_head]``, what ``hook_result`` carries in a forked run, written into ``out`` ``[head,
+    batch, pos, d_model]`` (contiguous)."""
+    b, s, h, e = z.shape
+    w = _out_weight(model.blocks[layer].attn, h, e)
+    torch.bmm(z.permute(2, 0, 1, 3).reshape(h, b * s, e), w.to(z.dtype),
+              out=out.view(h, b * s, -1))
 
 
 _UNFORKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -288,35 +296,62 @@ def _norm_form(ln: torch.nn.Module) -> tuple[str, Tensor | None, float] | None:
     return None
 
 
-def _closed_vjp(form: tuple[str, Tensor | None, float], x: Tensor, g: Tensor, w: Tensor,
+Parts = list[tuple[Tensor, Tensor]]
+"""One layer's ``(g, W)`` per projection (q, k, v): ``g`` the gradient at the projection's
+output ``[batch, pos, n, d_head]``, ``W`` its ``nn.Linear`` weight ``[n * d_head, d_model]``."""
+
+
+def _project(parts: Parts, out: Tensor, scale: Tensor | None = None,
+             weight: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """``out[j] = (scale * g_j) W_j`` for every head ``j`` of every part, as
+    ``[heads, batch * pos, d_model]`` (a view of ``out`` ``[heads, batch, pos, d_model]``,
+    contiguous); ``weight`` transforms each part's ``[n, d_head, d_model]`` weights first."""
+    n, b, s, d = out.shape
+    flat = out.view(n, b * s, d)
+    at = 0
+    for g, w in parts:
+        k, e = g.shape[2], g.shape[3]
+        g = g.reshape(b * s, k, e).transpose(0, 1).to(out.dtype)  # [k, batch*pos, d_head]
+        g = g * scale.reshape(1, b * s, 1) if scale is not None else g
+        w = w.to(out.dtype).view(k, e, d)
+        torch.bmm(g, weight(w) if weight is not None else w, out=flat[at:at + k])
+        at += k
+    return flat
+
+
+def _closed_vjp(form: tuple[str, Tensor | None, float], x: Tensor, parts: Parts,
                 out: Tensor) -> None:
     """Input gradients of ``n`` copies of ``x`` ``[batch, pos, d_model]`` through the norm and
-    projection ``j``'s weights ``w[j]`` ``[d_head, d_model]``, given the projections' output
-    gradients ``g`` ``[n, batch * pos, d_head]``, written into ``out`` ``[n, batch, pos,
-    d_model]``. With ``xh`` the normalized ``x`` and ``rs`` one over its scale::
+    each head's projection weights ``W_j`` ``[d_head, d_model]``, given the projections'
+    output gradients ``g_j`` (:data:`Parts`), written into ``out`` ``[n, batch, pos, d_model]``
+    (contiguous, e.g. a :meth:`~mechdiff.circuits._contract.Contraction.slot`; no other memory of
+    that size). With ``xh`` the normalized ``x`` and ``rs`` one over its scale::
 
-        v = rs (g_j w_j) * weight;  [layer norm: v -= mean(v), by centring w's rows]
+        v = rs (g_j W_j) * weight;  [layer norm: v -= mean(v), by centring W's rows]
         dx = v - xh * mean(v * xh)
     """
-    kind, weight, eps = form
+    kind, norm_w, eps = form
     n, b, s, d = out.shape
     xc = x - x.mean(-1, keepdim=True) if kind == "layer" else x
     rs = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)  # [batch, pos, 1]
-    xh = xc * rs
-    if weight is not None:
-        w = w * weight.to(w.dtype)
-    if kind == "layer":
-        w = w - w.mean(-1, keepdim=True)
-    v = torch.bmm(g * rs.reshape(1, b * s, 1), w)  # [n, batch*pos, d_model]
-    c = torch.bmm(v.transpose(0, 1), xh.reshape(b * s, d, 1)).div_(d)  # [batch*pos, n, 1]
-    torch.addcmul(v.view(n, b, s, d), xh[None], c.view(b, s, n).permute(2, 0, 1)[..., None],
-                  value=-1, out=out)
+    xh = xc.mul_(rs) if kind == "layer" else xc * rs
+
+    def weight(w: Tensor) -> Tensor:
+        if norm_w is not None:
+            w = w * norm_w.to(w.dtype)
+            return w.sub_(w.mean(-1, keepdim=True)) if kind == "layer" else w
+        return w - w.mean(-1, keepdim=True) if kind == "layer" else w
+
+    flat = _project(parts, out, rs, weight)  # v, [n, batch*pos, d_model]
+    xh = xh.reshape(b * s, d)
+    c = torch.bmm(flat.transpose(0, 1), xh[:, :, None]).div_(d)  # [batch*pos, n, 1]
+    flat.addcmul_(xh[None], c.transpose(0, 1), value=-1)
 
 
-def _autograd_vjp(ln: torch.nn.Module, x: Tensor, g: Tensor, w: Tensor, out: Tensor) -> None:
+def _autograd_vjp(ln: torch.nn.Module, x: Tensor, parts: Parts, out: Tensor) -> None:
     """:func:`_closed_vjp` by autograd through the norm module itself, for any norm."""
     n, b, s, d = out.shape
-    u = torch.bmm(g, w).view(n, b, s, d)
+    u = _project(parts, torch.empty_like(out))
     with torch.enable_grad():
         xr = x[None].expand(n, b, s, d).reshape(-1, d).detach().requires_grad_(True)
         y = ln(xr)
@@ -379,19 +414,15 @@ class _ProjectionGrads:
                else torch.empty(len(rows), b, s, d, dtype=torch.promote_types(x.dtype,
                                                                               torch.float32),
                                 device=x.device))
-        dtype = out.dtype
-        g = torch.cat([grads[w].reshape(b * s, self.counts[w], -1) for w in "qkv"], dim=1)
-        g = g.transpose(0, 1).to(dtype)  # [H + 2G, batch*pos, d_head]
-        w = torch.cat([getattr(attn, w).original_component.weight for w in "qkv"])
-        w = w.view(len(rows), -1, d).to(dtype)  # [H + 2G, d_head, d_model]
+        parts = [(grads[w], getattr(attn, w).original_component.weight) for w in "qkv"]
         form = _norm_form(ln) if self.closed is not False else None
         if form is None:
-            _autograd_vjp(ln, x, g, w, out)
+            _autograd_vjp(ln, x, parts, out)
         else:
-            _closed_vjp(form, x.to(dtype), g, w, out)
+            _closed_vjp(form, x.to(out.dtype), parts, out)
             if self.closed is None:  # first layer this model runs: check against autograd
                 ref = torch.empty_like(out)
-                _autograd_vjp(ln, x, g, w, ref)
+                _autograd_vjp(ln, x, parts, ref)
                 scale = float(ref.abs().max()) or 1.0
                 self.closed = float((out - ref).abs().max()) <= rounding_tol(x.dtype) * scale
                 _CLOSED_FORM[self.model] = self.closed
@@ -464,6 +495,23 @@ def forward(
     proj = _ProjectionGrads(model, graph, on_grad) if grad and not fork else None
     per_layer = graph.per_layer_readers
     n_attn = graph.n_heads + 2 * graph.n_kv_heads
+    starts = block_starts(graph)
+    # Unforked capture: every writer's output goes into one [writer, batch, pos, d_model] tensor
+    # (head outputs are computed into it after the run), so that edge attribution can overwrite
+    # it with the upstream differences instead of allocating them.
+    stack: list[Tensor] = []
+
+    def keep(b: int, block: Tensor) -> None:
+        if fork:
+            cur[b] = block
+            return
+        if not stack:
+            stack.append(torch.empty(graph.n_writers, block.shape[0], block.shape[1],
+                                     block.shape[3], dtype=block.dtype, device=block.device))
+        n = block.shape[2]
+        part = stack[0][starts[b]:starts[b] + n]
+        part.copy_(block.detach().permute(2, 0, 1, 3))
+        cur[b] = part.permute(1, 2, 0, 3)
 
     def writer_fn(b: int) -> Callable[[Tensor], Tensor]:
         def fn(x: Tensor) -> Tensor:
@@ -475,7 +523,7 @@ def forward(
                     leaf.append(x)
             block = x if x.ndim == 4 else x[:, :, None]
             if capture:
-                cur[b] = block
+                keep(b, block)
             if edits is not None:
                 edits.add(b, block)
             return x
@@ -579,7 +627,11 @@ def forward(
     if capture and not fork:
         with torch.no_grad():
             for layer, z in zs.items():
-                cur[1 + 2 * layer] = head_outputs(model, layer, z)
+                b = 1 + 2 * layer
+                part = stack[0][starts[b]:starts[b] + graph.n_heads]
+                head_outputs(model, layer, z, part)
+                cur[b] = part.permute(1, 2, 0, 3)
     writers = [c.detach() for c in cur] if capture else None
     return Out(read=read, writers=writers, acts=acts, leaf=leaf[0] if leaf else None,
-               finish=proj.finish if proj is not None else (lambda: None))
+               finish=proj.finish if proj is not None else (lambda: None),
+               stacked=stack[0] if stack and capture else None)

@@ -70,15 +70,22 @@ class MeanSum:
     def add(self, writers: list[Tensor], sub: Tokens) -> None:
         """Add one prompt batch's writer blocks ``[batch, pos, n, d_model]``."""
         w = int(sub.tokens.shape[1])
-        mask = sub.position_mask().to(writers[0].dtype)[:, :, None, None]
-        batch_sums = [(b * mask).sum(0) for b in writers]  # [w, n, d]
+        mask = sub.position_mask()
+        # prompts shorter than the batch, and their lengths (padding is on the right)
+        pad = [(i, int(n)) for i, n in enumerate(sub.lengths.tolist()) if n < w]
+        batch_sums = []
+        for b in writers:  # sums over prompts, minus the padding: no copy of a whole block
+            total = b.sum(0)  # [w, n, d]
+            for i, n in pad:
+                total[n:] -= b[i, n:]
+            batch_sums.append(total)
         if self.sums is None:
             self.sums = [torch.zeros(self.width, *s.shape[1:], dtype=torch.float32,
                                      device=s.device) for s in batch_sums]
             self.counts = torch.zeros(self.width, device=batch_sums[0].device)
         for total, s in zip(self.sums, batch_sums, strict=True):
             total[:w] += s.float()
-        self.counts[:w] += mask[:, :, 0, 0].sum(0).to(self.counts.device)
+        self.counts[:w] += mask.sum(0).to(self.counts.device)
 
     def means(self, dtype: torch.dtype) -> list[Tensor]:
         """The mean blocks ``[1, width, n, d_model]`` in ``dtype``."""

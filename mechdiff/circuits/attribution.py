@@ -234,12 +234,13 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
     ref = _prep.reference(task, out.read)
     vals = _prep.metric(task, out.read.detach(), sub, ref)
     check_finite(vals, "the clean run")
-    con.set_delta(blocks, out.writers)
+    clean_in = out.writers[0][:, :, 0].clone() if method == "eap_ig" else None
+    con.set_delta(blocks, out.writers, stacked=out.stacked)  # out.writers: A - a from here on
     if method == "eap":
         con.backward(_prep.metric(task, out.read, sub, ref), out)
         bar.update(1)
     else:
-        clean_in, base_in = out.writers[0][:, :, 0], blocks[0][:, :, 0]
+        base_in = blocks[0][:, :, 0]
         for k in range(steps):
             alpha = (k + 0.5) / steps
             embed = (base_in + alpha * (clean_in - base_in)).expand_as(clean_in)

@@ -264,7 +264,7 @@ def _estimate(recv, donor, graph, task, sub, method, steps, *, check, bar):
         if check:
             _prep.checked(recv, graph, out, sub)
         recv_vals = _prep.metric(task, out.read.detach(), sub, ref)
-        con.set_delta(dn.writers, out.writers)
+        con.set_delta(dn.writers, out.writers, stacked=out.stacked)
         con.backward(_prep.metric(task, out.read, sub, ref), out)
         bar.update(1)
     else:
