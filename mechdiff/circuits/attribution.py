@@ -57,7 +57,6 @@ from mechdiff.circuits.ablation import (
     Ablation,
     MeanSum,
     Replacements,
-    empty_logits,
     mean_outputs,
 )
 from mechdiff.circuits.graph import Graph
@@ -247,7 +246,7 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
             run = _run.forward(model, graph, ids, read_pos, embed=embed, on_grad=con.on_grad)
             con.backward(_prep.metric(task, run.read, sub, ref), run)
             bar.update(1)
-    empty = _prep.metric(task, empty_logits(model, graph, blocks, read_pos, b), sub, ref)
+    empty = _prep.metric(task, repl.empty_logits(model, graph, blocks, read_pos, b), sub, ref)
     pos = None
     if con.acc_pos is not None:
         pos = graph.flat(con.acc_pos.permute(2, 0, 1)).T.cpu()

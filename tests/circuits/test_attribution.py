@@ -321,3 +321,17 @@ def test_a_bfloat16_model_gives_the_float32_ranking(tiny, name) -> None:
     assert half.scores.dtype == torch.float32 and bool(torch.isfinite(half.scores).all())
     assert float(torch.corrcoef(torch.stack([ref, half.scores]))[0, 1]) >= 0.99
     assert spearman(ref.abs(), half.scores.abs()) >= 0.95
+
+
+@pytest.mark.parametrize("ablation", ["corrupted", "mean"])
+def test_the_ablated_value_is_the_empty_circuit_run(tiny, ablation) -> None:
+    """``EdgeScores.ablated`` (the corrupted run's own logits, or the closed form for means)
+    equals the metric with every edge ablated by the real intervention machinery."""
+    model = _model(tiny, "llama", torch.float64)
+    task = random_task(5, seed=2)
+    scores = edge_attribution(model, task, method="eap", ablation=ablation, progress=False)
+    graph, tokens = _prep.prepare(model, task, ablation)
+    _, empty, _ = evaluate(model, graph, task, tokens, Replacements(ablation),
+                           torch.zeros(0, graph.n_readers, graph.n_writers, dtype=torch.float64))
+    assert float((scores.ablated - scores.clean).abs().max()) > 0.05
+    torch.testing.assert_close(scores.ablated, empty, atol=1e-5, rtol=1e-5)
