@@ -359,6 +359,9 @@ def _autograd_vjp(ln: torch.nn.Module, x: Tensor, parts: Parts, out: Tensor) -> 
     out.copy_(gx.view(n, b, s, d))
 
 
+CHECK_POSITIONS = 8
+"""Positions of the first prompt on which the closed-form norm VJP is checked against autograd."""
+
 _CLOSED_FORM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per model: whether its norms' closed-form VJP matched autograd (checked on its first run)."""
 
@@ -414,22 +417,31 @@ class _ProjectionGrads:
                else torch.empty(len(rows), b, s, d, dtype=torch.promote_types(x.dtype,
                                                                               torch.float32),
                                 device=x.device))
-        parts = [(grads[w], getattr(attn, w).original_component.weight) for w in "qkv"]
+        parts = [(grads[w].reshape(b, s, self.counts[w], -1),
+                  getattr(attn, w).original_component.weight) for w in "qkv"]
         form = _norm_form(ln) if self.closed is not False else None
         if form is None:
             _autograd_vjp(ln, x, parts, out)
         else:
             _closed_vjp(form, x.to(out.dtype), parts, out)
             if self.closed is None:  # first layer this model runs: check against autograd
-                ref = torch.empty_like(out)
-                _autograd_vjp(ln, x, parts, ref)
-                scale = float(ref.abs().max()) or 1.0
-                self.closed = float((out - ref).abs().max()) <= rounding_tol(x.dtype) * scale
+                self.closed = self._check(ln, x, parts, out)
                 _CLOSED_FORM[self.model] = self.closed
                 if not self.closed:
-                    out.copy_(ref)
+                    _autograd_vjp(ln, x, parts, out)
         if slot is None:
             self.on_grad(rows, n_up, out.permute(1, 2, 0, 3))
+
+    @staticmethod
+    def _check(ln: torch.nn.Module, x: Tensor, parts: Parts, out: Tensor) -> bool:
+        """Whether the closed form ``out`` matches autograd through ``ln`` on the first prompt's
+        first :data:`CHECK_POSITIONS` positions (the norm's form is the same at every position;
+        the whole layer, by autograd inside the backward pass, took 0.25 s on SmolLM2)."""
+        k = min(CHECK_POSITIONS, x.shape[1])
+        ref = torch.empty(out.shape[0], 1, k, out.shape[3], dtype=out.dtype, device=out.device)
+        _autograd_vjp(ln, x[:1, :k], [(g[:1, :k], w) for g, w in parts], ref)
+        scale = float(ref.abs().max()) or 1.0
+        return float((out[:, :1, :k] - ref).abs().max()) <= rounding_tol(x.dtype) * scale
 
     def finish(self) -> None:
         if self.grads:
