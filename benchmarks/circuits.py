@@ -28,9 +28,6 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-# what `import mechdiff` sets when it comes before torch (see mechdiff/__init__.py); this
-# script imports torch first, and the peers run in the same process with the same allocator
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse
 import json

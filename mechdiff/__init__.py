@@ -10,18 +10,6 @@ cross-model activation patching. A first analysis::
     print(result.table())
 """
 
-import os as _os
-
-# PyTorch's CPU allocator backs allocations of 2 MiB and more with transparent huge pages when
-# THP_MEM_ALLOC_ENABLE is set before torch allocates anything (it is read once, while torch is
-# imported). mechdiff's analyses write large buffers once per call (edge attribution: every
-# writer's output and the reader gradients, hundreds of MB); with 4 KiB pages each first write
-# pays a page fault, which costs as much as the write itself (measured: SmolLM2-135M EAP on
-# 16 prompts 2.36 s -> 2.22 s). It has an effect only where ``import mechdiff`` comes before
-# ``import torch``, and none where the kernel has transparent huge pages off. Opt out: set
-# THP_MEM_ALLOC_ENABLE=0 before importing mechdiff.
-_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 from mechdiff import errors
 from mechdiff.gap import GapResult, behaviour_gap
 from mechdiff.loading import ModelPair, load_pair
