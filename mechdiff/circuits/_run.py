@@ -73,6 +73,10 @@ GradFn = Callable[[list[int], int, Tensor], None]
 """``on_grad(reader_rows, n_upstream_writers, grad)``: ``grad`` is ``[copies*batch, pos, len(rows),
 d_model]``, the gradient of the summed metric at those readers' inputs."""
 
+SlotFn = Callable[[list[int], int, int, int], Tensor]
+"""``slot(reader_rows, n_upstream_writers, pos, d_model)``: a contiguous ``[len(rows), batch, pos,
+d_model]`` tensor the caller takes those readers' gradients from (``Contraction.slot``)."""
+
 
 def block_starts(graph: Graph) -> list[int]:
     """First writer index of each writer block."""
@@ -369,8 +373,9 @@ _CLOSED_FORM: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 class _ProjectionGrads:
     """Assembles each layer's q/k/v input gradients from its projection gradients."""
 
-    def __init__(self, model: TransformerBridge, graph: Graph, on_grad: GradFn) -> None:
-        self.model, self.graph, self.on_grad = model, graph, on_grad
+    def __init__(self, model: TransformerBridge, graph: Graph, on_grad: GradFn,
+                 slot: SlotFn | None) -> None:
+        self.model, self.graph, self.on_grad, self.slot = model, graph, on_grad, slot
         self.x: dict[int, Tensor] = {}  # layer -> ln1 input (detached)
         self.grads: dict[int, dict[str, Tensor]] = {}
         self.counts = {"q": graph.n_heads, "k": graph.n_kv_heads, "v": graph.n_kv_heads}
@@ -412,8 +417,7 @@ class _ProjectionGrads:
                           layer * self.graph.per_layer_readers + self.graph.n_heads
                           + 2 * self.graph.n_kv_heads))
         n_up = 1 + layer * self.graph.per_layer_writers
-        slot = getattr(getattr(self.on_grad, "__self__", None), "slot", None)
-        out = (slot(rows, n_up, s, d) if slot is not None
+        out = (self.slot(rows, n_up, s, d) if self.slot is not None
                else torch.empty(len(rows), b, s, d, dtype=torch.promote_types(x.dtype,
                                                                               torch.float32),
                                 device=x.device))
@@ -429,7 +433,7 @@ class _ProjectionGrads:
                 _CLOSED_FORM[self.model] = self.closed
                 if not self.closed:
                     _autograd_vjp(ln, x, parts, out)
-        if slot is None:
+        if self.slot is None:
             self.on_grad(rows, n_up, out.permute(1, 2, 0, 3))
 
     @staticmethod
@@ -466,6 +470,7 @@ def forward(
     record: tuple[str, ...] = (),
     embed: Tensor | None = None,
     on_grad: GradFn | None = None,
+    slot: SlotFn | None = None,
     fork: bool | None = None,
 ) -> Out:
     """Run ``copies`` stacked copies of ``ids`` with edge interventions.
@@ -485,6 +490,9 @@ def forward(
         embed: replaces the input writer's output (``hook_embed``), ``[batch, pos, d_model]``.
         on_grad: build the autograd graph and call ``on_grad`` with each reader group's
             gradient during the caller's backward pass (then call ``Out.finish``).
+        slot: with ``on_grad``, in a run without the fork: the q/k/v input gradients are
+            computed in place into ``slot(...)`` instead of being allocated and handed to
+            ``on_grad`` (MLP and logits readers still go to ``on_grad``).
         fork: build the per-head q/k/v fork and per-head results; default: only where edges
             are intervened on, or where the model does not allow unforked runs
             (:func:`unforked`).
@@ -504,7 +512,7 @@ def forward(
         fork = edits is not None or not unforked(model)
     if edits is not None and not fork:
         raise ValueError("edge interventions need the per-head q/k/v fork")
-    proj = _ProjectionGrads(model, graph, on_grad) if grad and not fork else None
+    proj = _ProjectionGrads(model, graph, on_grad, slot) if grad and not fork else None
     per_layer = graph.per_layer_readers
     n_attn = graph.n_heads + 2 * graph.n_kv_heads
     starts = block_starts(graph)

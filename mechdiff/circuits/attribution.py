@@ -220,7 +220,7 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
     record = _prep.check_records(graph) if check else ()
     if method == "eap":  # one forward with grad: capture the clean outputs and differentiate
         out = _run.forward(model, graph, ids, read_pos, capture=True, record=record,
-                           on_grad=con.on_grad)
+                           on_grad=con.on_grad, slot=con.slot)
     else:
         out = _run.forward(model, graph, ids, read_pos, capture=True, record=record)
     if check:
@@ -243,7 +243,8 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
         for k in range(steps):
             alpha = (k + 0.5) / steps
             embed = (base_in + alpha * (clean_in - base_in)).expand_as(clean_in)
-            run = _run.forward(model, graph, ids, read_pos, embed=embed, on_grad=con.on_grad)
+            run = _run.forward(model, graph, ids, read_pos, embed=embed, on_grad=con.on_grad,
+                               slot=con.slot)
             con.backward(_prep.metric(task, run.read, sub, ref), run)
             bar.update(1)
     empty = _prep.metric(task, repl.empty_logits(model, graph, blocks, read_pos, b), sub, ref)

@@ -260,7 +260,7 @@ def _estimate(recv, donor, graph, task, sub, method, steps, *, check, bar):
     record = _prep.check_records(graph) if check else ()
     if method == "eap":
         out = _run.forward(recv, graph, ids, read_pos, capture=True, record=record,
-                           on_grad=con.on_grad)
+                           on_grad=con.on_grad, slot=con.slot)
         if check:
             _prep.checked(recv, graph, out, sub)
         recv_vals = _prep.metric(task, out.read.detach(), sub, ref)

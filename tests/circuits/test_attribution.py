@@ -252,7 +252,7 @@ def _reader_grads(model, task, *, fork: bool):
     con = Contraction(tokens.n, graph.n_readers, graph.n_writers, int(tokens.tokens.shape[1]),
                       dtype=torch.float64, device=tokens.tokens.device, per_position=True)
     out = _run.forward(model, graph, tokens.tokens, tokens.read_pos, capture=True,
-                       on_grad=con.on_grad, fork=fork)
+                       on_grad=con.on_grad, slot=con.slot, fork=fork)
     con.set_delta(means.blocks(model, graph, tokens), out.writers)
     con.backward(_logit_diff(tokens)(out.read), out)
     return con.acc, con.acc_pos
