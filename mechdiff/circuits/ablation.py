@@ -49,27 +49,20 @@ class Replacements:
 
     kind: Ablation
     means: list[Tensor] | None = None
-    read: Tensor | None = None
-    """For ``"corrupted"``: the logits of the corrupted run behind the last :meth:`blocks`."""
 
     def blocks(self, model: TransformerBridge, graph: Graph, sub: Tokens) -> list[Tensor]:
         """Replacement blocks for one prompt batch (``sub``, trimmed to its own width)."""
+        return self.run(model, graph, sub)[0]
+
+    def run(self, model: TransformerBridge, graph: Graph, sub: Tokens
+            ) -> tuple[list[Tensor], Tensor | None]:
+        """:meth:`blocks` and, for ``"corrupted"``, the corrupted run's logits (the empty
+        circuit's: it reads exactly that run's residual); None for ``"mean"``."""
         width = int(sub.tokens.shape[1])
         if self.kind == "mean":
-            return [m[:, :width] for m in self.means]
+            return [m[:, :width] for m in self.means], None
         out = _run.forward(model, graph, sub.corrupted_tokens, sub.read_pos, capture=True)
-        self.read = out.read
-        return out.writers
-
-    def empty_logits(self, model: TransformerBridge, graph: Graph, blocks: list[Tensor],
-                     read_pos: Tensor | None, batch: int) -> Tensor:
-        """:func:`empty_logits` of ``blocks`` (from the last :meth:`blocks`): for
-        ``"corrupted"``, the corrupted run's own logits, which the empty circuit reproduces."""
-        if self.kind == "corrupted" and self.read is not None:
-            return self.read
-        logits = empty_logits(model, graph, blocks, read_pos, batch)
-        # as a run's read: float32, float64 for a float64 model
-        return logits.to(torch.promote_types(next(model.parameters()).dtype, torch.float32))
+        return out.writers, out.read
 
 
 class MeanSum:

@@ -57,6 +57,7 @@ from mechdiff.circuits.ablation import (
     Ablation,
     MeanSum,
     Replacements,
+    empty_logits,
     mean_outputs,
 )
 from mechdiff.circuits.graph import Graph
@@ -229,7 +230,7 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
         acc = MeanSum(width)
         acc.add(out.writers, sub)
         repl.means = acc.means(next(model.parameters()).dtype)
-    blocks = repl.blocks(model, graph, sub)
+    blocks, corrupted_read = repl.run(model, graph, sub)
     ref = _prep.reference(task, out.read)
     vals = _prep.metric(task, out.read.detach(), sub, ref)
     check_finite(vals, "the clean run")
@@ -247,7 +248,10 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
                                slot=con.slot)
             con.backward(_prep.metric(task, run.read, sub, ref), run)
             bar.update(1)
-    empty = _prep.metric(task, repl.empty_logits(model, graph, blocks, read_pos, b), sub, ref)
+    # the empty circuit: exactly the corrupted run, or the closed form for means
+    empty_read = corrupted_read if corrupted_read is not None else empty_logits(
+        model, graph, blocks, read_pos, b).to(_prep.result_dtype(model))
+    empty = _prep.metric(task, empty_read, sub, ref)
     pos = None
     if con.acc_pos is not None:
         pos = graph.flat(con.acc_pos.permute(2, 0, 1)).T.cpu()
