@@ -44,6 +44,7 @@ from mechdiff.viz import circuit_figures
 COUNTERFACTUAL = "|DEVELOPMENT|"
 """What replaces the trigger in the trigger task's corrupted prompts."""
 
+
 @dataclass(frozen=True)
 class Config:
     out: Path = Path("mechdiff_out/analyses/real_circuits")
