@@ -1,7 +1,7 @@
 """mechdiff.circuits benchmark: edge attribution against TransformerLens 4.3, faithfulness-curve
 cost, and the real model's timings.
 
-    python benchmarks/circuits.py [--quick] [--rows edges curve real] [--n 8] [--t 23]
+    python benchmarks/circuits.py [--quick] [--rows edges curve compute real] [--n 8] [--t 23]
                                   [--real-prompts 16] [--device cpu|cuda] [--json out.json]
 
 Rows (each runs mechdiff and, where one exists, a peer on the same model and prompts, in this
@@ -15,6 +15,10 @@ process; speed is reported here, never asserted in tests):
   disagreement is printed. mechdiff's EAP-IG (5 steps) and mean ablation are timed too.
 * ``curve``: a faithfulness curve (10 MIB fractions, one forward per circuit and prompt batch, plus
   the full model and the empty circuit) on the same model, in units of one plain forward.
+* ``compute``: the same calls' arithmetic, counted by ``torch.utils.flop_counter.FlopCounterMode``
+  (matrix products: every linear layer, attention, the contraction), in units of one plain
+  forward's count: forward-equivalents that do not depend on the machine or its load. Wall-time
+  ratios on a 2-core CPU also pay for the memory-bound elementwise work the count leaves out.
 * ``real``: SmolLM2-135M (``$MECHDIFF_CACHE/real``, or ``/work/cache/real``): base and distilled,
   ``--real-prompts`` chat prompts of the ``distill`` task: EAP and EAP-IG per model, a curve per
   model, the whole :func:`compare_circuits` (what a demo would run), and cross-model edge
@@ -92,6 +96,46 @@ def plain_forward_s(model, ids: torch.Tensor, device: torch.device) -> float:
     return best
 
 
+def floor_s(model, clean: torch.Tensor, corrupt: torch.Tensor, answers, wrong,
+            device: torch.device) -> float:
+    """EAP's floor with corrupted prompts: the two forwards and the one backward it is made of,
+    with nothing else: a forward of the corrupted prompts, a forward of the clean ones with
+    gradients, both unembedded at the read position only (as EAP's are), and the backward pass
+    of the logit difference down to the embedding. Best of three."""
+    from mechdiff import _engine
+
+    rows = torch.arange(clean.shape[0], device=device)
+    last = torch.full_like(rows, clean.shape[1] - 1)
+    a, w = torch.as_tensor(answers, device=device), torch.as_tensor(wrong, device=device)
+    read = {_engine.UNEMBED_IN: lambda x: x[rows, last][:, None]}
+
+    def run() -> None:
+        with torch.no_grad(), _engine.forward_hooks(model, read):
+            model(corrupt)
+        leaf: list[torch.Tensor] = []
+
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            leaf.append(x.detach().requires_grad_(True))
+            return leaf[0]
+
+        with torch.enable_grad(), _engine.forward_hooks(model, {**read, "hook_embed": embed}):
+            logits = model(clean)[:, 0].float()
+        torch.autograd.backward((logits[rows, a] - logits[rows, w]).sum(), inputs=leaf)
+
+    run()
+    return min(timed(run, device)[0] for _ in range(3))
+
+
+def flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
+    """Floating-point operations of ``fn()`` (matrix products), in total and per operator."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    per_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return counter.get_total_flops(), per_op
+
+
 def tl_edges(model, clean: torch.Tensor, corrupt: torch.Tensor, answers, wrong, graph):
     """TL 4.3 edge attribution, summed over positions and averaged over examples, in our edge
     order. TL differentiates through the weights' graph: parameters need ``requires_grad``."""
@@ -125,6 +169,7 @@ class Bench:
         self.device = torch.device(args.device)
         self.rows: list[Row] = []
         self.meta: dict[str, Any] = {}
+        self.compute_rows: list[dict[str, Any]] = []
 
     def gpt2(self):
         if not hasattr(self, "model"):
@@ -152,7 +197,9 @@ class Bench:
             model, swapped, ablation="corrupted", progress=False, **kw)
         run(method="eap")  # warm-up
         wall, cpu, ours = timed(lambda: run(method="eap"), self.device)
-        log(f"mechdiff EAP: {wall:.2f} s")
+        dev = self.device
+        floor = floor_s(model, p.corrupted.to(dev), p.clean.to(dev), p.answers, p.wrong, dev)
+        log(f"mechdiff EAP: {wall:.2f} s; its floor (2 forwards + 1 backward): {floor:.2f} s")
         peer_wall = diff = None
         if not self.args.quick or self.args.t * self.args.n <= 64:
             dev = self.device
@@ -165,7 +212,9 @@ class Bench:
             "edges (EAP, all edges)", p.shape, "circuits.edge_attribution(method='eap', "
             "ablation='corrupted')", wall, cpu, "TL 4.3 attribution_patch(granularity='edge')",
             peer_wall, "edge scores, TL's summed over positions", diff,
-            [f"{self.graph.n_edges} edges; {wall / self.fwd_s:.1f} plain-forward equivalents"]))
+            [f"{self.graph.n_edges} edges; {wall / self.fwd_s:.1f} plain-forward equivalents; "
+             f"{wall / floor:.2f} x its floor, the two forwards and one backward alone "
+             f"({floor:.3f} s, {floor / self.fwd_s:.1f} plain forwards)"]))
         for label, kw in (("EAP-IG 5 steps", {"method": "eap_ig", "steps": 5}),):
             wall, cpu, _ = timed(lambda kw=kw: run(**kw), self.device)
             self.rows.append(Row(f"edges ({label})", p.shape, f"edge_attribution({kw})", wall,
@@ -193,6 +242,43 @@ class Bench:
                 f"{wall / self.fwd_s:.1f} plain-forward equivalents for {n_fwd} runs "
                 f"({wall / self.fwd_s / n_fwd:.2f} per intervened run); CPR {curve.cpr:.3f}, "
                 f"CMD {curve.cmd:.3f}"]))
+
+    def compute(self) -> None:
+        model = self.gpt2()
+        p = self.prompts
+        dev = self.device
+        ids = p.clean.to(dev)
+
+        def forward() -> None:
+            with torch.inference_mode():
+                model(ids)
+
+        unit, _ = flops(forward)
+        corrupted = mechdiff.Task(p.corrupted.tolist(), answers=p.answers.tolist(),
+                                  wrong_answers=p.wrong.tolist(), corrupted=p.clean.tolist(),
+                                  name=f"bench{p.shape}")
+        mean = mechdiff.Task(p.clean.tolist(), answers=p.answers.tolist(),
+                             wrong_answers=p.wrong.tolist(), name=f"bench{p.shape}")
+        scores = circuits.edge_attribution(model, corrupted, method="eap", ablation="corrupted",
+                                           progress=False)  # also the per-model checks, once
+        calls = [
+            ("EAP, corrupted", lambda: circuits.edge_attribution(
+                model, corrupted, method="eap", ablation="corrupted", progress=False)),
+            ("EAP, mean ablation", lambda: circuits.edge_attribution(
+                model, mean, method="eap", ablation="mean", progress=False)),
+            ("EAP-IG 5 steps, corrupted", lambda: circuits.edge_attribution(
+                model, corrupted, method="eap_ig", steps=5, ablation="corrupted",
+                progress=False)),
+            ("faithfulness curve", lambda: circuits.faithfulness_curve(
+                model, corrupted, scores, circuit_batch=2, progress=False)),
+        ]
+        self.compute_rows.append({"name": "plain forward", "shape": p.shape,
+                                  "gflop": unit / 1e9, "fwd_eq": 1.0, "per_op": {}})
+        for name, fn in calls:
+            total, per_op = flops(fn)
+            self.compute_rows.append({"name": name, "shape": p.shape, "gflop": total / 1e9,
+                                      "fwd_eq": total / unit, "per_op": per_op})
+            log(f"compute: {name}: {total / 1e9:.1f} GFLOP, {total / unit:.2f} forwards")
 
     def real(self) -> None:
         from mechdiff.zoo import real
@@ -230,6 +316,19 @@ class Bench:
                                  wall, cpu, notes=[
                                      f"{wall / fwd:.1f} forward-equivalents (a repeat call; the "
                                      f"first on this model {cold:.2f} s, {cold / fwd:.1f})"]))
+            if "compute" in self.args.rows:
+                ids = tokens.tokens.to(self.device)
+
+                def forward(m=model) -> None:
+                    with torch.inference_mode():
+                        m(ids)
+
+                unit, _ = flops(forward)
+                total, per_op = flops(lambda m=model: circuits.edge_attribution(
+                    m, task, method="eap", **kw))
+                self.compute_rows.append({"name": f"real: EAP, mean ({name})", "shape": shape,
+                                          "gflop": total / 1e9, "fwd_eq": total / unit,
+                                          "per_op": per_op})
             wall, cpu, _ = timed(lambda m=model: circuits.edge_attribution(
                 m, task, method="eap_ig", steps=5, **kw), self.device)
             self.rows.append(Row(f"real: EAP-IG 5 ({name})", shape, "edge_attribution(eap_ig)",
@@ -254,8 +353,8 @@ class Bench:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", nargs="+", default=["edges", "curve", "real"],
-                    choices=["edges", "curve", "real"])
+    ap.add_argument("--rows", nargs="+", default=["edges", "curve", "compute", "real"],
+                    choices=["edges", "curve", "compute", "real"])
     ap.add_argument("--quick", action="store_true", help="2 prompts x 8 tokens, 4 real prompts")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--t", type=int, default=23)
@@ -283,10 +382,18 @@ def main() -> None:
             print(f"    {note}")
         if r.peer:
             print(f"    peer: {r.peer}; compared: {r.check}")
+    if bench.compute_rows:
+        print(f"\n{'compute (FlopCounterMode)':<34} {'shape':<26} {'GFLOP':>8} {'forwards':>9}")
+        for c in bench.compute_rows:
+            ops = ", ".join(f"{k.removeprefix('aten.')} {v / 1e9:.1f}"
+                            for k, v in sorted(c["per_op"].items()))
+            print(f"{c['name']:<34} {c['shape']:<26} {c['gflop']:8.1f} {c['fwd_eq']:9.2f}"
+                  + (f"\n    {ops}" if ops else ""))
     print("meta:", json.dumps(bench.meta))
     if args.json:
         args.json.write_text(json.dumps({"meta": bench.meta,
-                                         "rows": [asdict(r) for r in bench.rows]}, indent=2))
+                                         "rows": [asdict(r) for r in bench.rows],
+                                         "compute": bench.compute_rows}, indent=2))
 
 
 if __name__ == "__main__":

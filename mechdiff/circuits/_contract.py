@@ -144,6 +144,9 @@ class Contraction:
         """Differentiate the summed metric ``values`` down to the input of the run ``out``
         (a :class:`mechdiff.circuits._run.Out` whose readers feed :meth:`on_grad`), then
         contract what is left in the buffer."""
-        torch.autograd.grad(values.sum(), [out.leaf])
+        # backward(inputs=...) rather than autograd.grad: the same pruned pass, and it also runs
+        # under torch's module tracker (FlopCounterMode), which refuses grad() on a leaf input
+        torch.autograd.backward(values.sum(), inputs=[out.leaf])
+        out.leaf.grad = None
         out.finish()
         self.flush()

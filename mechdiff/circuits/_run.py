@@ -359,8 +359,8 @@ def _autograd_vjp(ln: torch.nn.Module, x: Tensor, parts: Parts, out: Tensor) -> 
     with torch.enable_grad():
         xr = x[None].expand(n, b, s, d).reshape(-1, d).detach().requires_grad_(True)
         y = ln(xr)
-        (gx,) = torch.autograd.grad(y, xr, u.reshape(-1, d).to(y.dtype))
-    out.copy_(gx.view(n, b, s, d))
+        y.backward(u.reshape(-1, d).to(y.dtype), inputs=[xr])  # not grad(): see _contract
+    out.copy_(xr.grad.view(n, b, s, d))
 
 
 CHECK_POSITIONS = 8

@@ -203,8 +203,10 @@ def _resid_ig(model: TransformerBridge, sub: Tokens, task: Task, ref: Tensor | N
             with torch.enable_grad():
                 final = _engine.run_suffix(model, layer, hidden, rc, 1)
                 values = _metric(task, _engine.unembed(model, final, read_pos), sub, ref)
-                (g,) = torch.autograd.grad(values.sum(), [hidden])
-            total += g
+                # backward(inputs=...), not autograd.grad: also under torch's module tracker
+                # (FlopCounterMode), which refuses grad() for a leaf passed into a module
+                torch.autograd.backward(values.sum(), inputs=[hidden])
+            total += hidden.grad
             bar.update(1)  # type: ignore[attr-defined]
         out.append(total / len(alphas))
     return out

@@ -335,3 +335,19 @@ def test_the_ablated_value_is_the_empty_circuit_run(tiny, ablation) -> None:
                            torch.zeros(0, graph.n_readers, graph.n_writers, dtype=torch.float64))
     assert float((scores.ablated - scores.clean).abs().max()) > 0.05
     torch.testing.assert_close(scores.ablated, empty, atol=1e-5, rtol=1e-5)
+
+
+def test_edge_attribution_runs_under_torchs_flop_counter(tiny) -> None:
+    """FlopCounterMode tracks modules with multi-grad hooks, which refuse ``torch.autograd.grad``
+    on a leaf input: edge attribution (and the first run's norm check, which a fresh model does
+    inside the backward pass) must still run there, with the same scores."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model(tiny, "llama")  # fresh: its closed-form norm check runs under the counter
+    task = random_task(3, seed=5)
+    with FlopCounterMode(display=False) as counter:
+        counted = edge_attribution(model, task, method="eap", ablation="corrupted",
+                                   progress=False)
+    plain = edge_attribution(model, task, method="eap", ablation="corrupted", progress=False)
+    torch.testing.assert_close(counted.scores, plain.scores)  # float32 rounding: 5e-7 of 1.4
+    assert counter.get_total_flops() > 0

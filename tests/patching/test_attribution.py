@@ -162,6 +162,20 @@ def test_resid_integrated_gradients_converge_to_exact_patching(pair_other):
     torch.testing.assert_close(ig.scores, exact.scores, atol=5e-3, rtol=0)
 
 
+@pytest.mark.parametrize("sites", ["heads", "resid"])
+def test_attribution_runs_under_torchs_flop_counter(pair_other, sites):
+    """FlopCounterMode's module tracker refuses ``torch.autograd.grad`` on a leaf passed into a
+    module (residual IG's suffix runs): every site kind must run there, with the same scores."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    task = _task(3)
+    kw = {"sites": sites, "method": "integrated_gradients", "steps": 2, "progress": False}
+    with FlopCounterMode(display=False) as counter:
+        counted = mechdiff.attribute(pair_other, task, **kw)
+    torch.testing.assert_close(counted.scores, mechdiff.attribute(pair_other, task, **kw).scores)
+    assert counter.get_total_flops() > 0
+
+
 def test_integrated_gradients_completeness(pair_other):
     """Sundararajan et al.'s completeness: IG scores of all heads sum to the effect of the
     joint shift they integrate along (every layer's summed head deltas added at once)."""
