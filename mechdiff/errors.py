@@ -21,6 +21,13 @@ class OptionError(MechdiffError, ValueError):
     """An option has a value mechdiff does not know (a direction, a processing mode, ...)."""
 
 
+def check_count(name: str, value: object, *, minimum: int = 0) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``minimum``; else OptionError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    return value
+
+
 class CheckpointError(MechdiffError):
     """A checkpoint is missing, unreadable or not a model mechdiff can load."""
 

@@ -13,6 +13,15 @@ from support import assert_one_line_error, check_figure, run_cli, write_jsonl
 
 from mechdiff.circuits import CircuitComparison
 from mechdiff.pipeline import CircuitAnalysis
+from mechdiff.report.summary import json_ready
+
+
+def _strict_json(path: Path):
+    """Parse as a strict JSON reader does: NaN and Infinity are not JSON."""
+    def refuse(name: str):
+        raise ValueError(f"{path} holds {name}, which is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +50,9 @@ def test_planted_head_carries_the_gap_and_output_is_what_was_printed(circuits_ru
     assert cross.all_edges == pytest.approx(1.0, abs=1e-3)
     verdict = cmp.verdict
     assert f"verdict: {verdict.label}" in stdout
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    summary = _strict_json(out / "summary.json")
     assert summary["circuits"]["verdict"]["label"] == verdict.label
-    assert summary["circuits"]["verdict"]["numbers"] == pytest.approx(verdict.numbers,
-                                                                      nan_ok=True)
+    assert summary["circuits"]["verdict"]["numbers"] == json_ready(verdict.numbers)
     assert summary["circuits"]["gap_edges"]["top"][0]["edge"] == cross.top(1)[0].label
     assert summary["circuits"]["edges"]["shared"] == cmp.n_shared_edges
     md = (out / "summary.md").read_text(encoding="utf-8")
@@ -73,7 +81,7 @@ def test_fixed_edges_and_the_saved_comparison_loads_alone(ckpts, circuits_run,
     assert analysis.comparison.ft_circuit.requested == 12
     assert analysis.cross is not None and int(analysis.cross.exact_edges.numel()) == 0
     # Nothing patched for real: the summary ranks the edges by their estimates, not by nothing.
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    summary = _strict_json(out / "summary.json")
     top = summary["circuits"]["gap_edges"]["top"]
     assert len(top) == 10 and all(row["exact"] is None for row in top)
     assert top[0]["edge"] == analysis.cross.top(1, by="estimate")[0].label
@@ -96,6 +104,24 @@ def test_bad_input_is_one_line_and_writes_nothing(ckpts, circuits_run, tmp_path:
     ])
     assert_one_line_error(code, stderr, *needles)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("rows", "extra", "needles"), [
+    (8, ["--ablation", "corrupted"], ("corrupted", "--ablation mean")),
+    (1, [], ("at least 2 prompts",)),
+])
+def test_prompts_that_cannot_be_ablated_are_refused_before_loading(tmp_path: Path, rows, extra,
+                                                                   needles) -> None:
+    """Checked on the prompt file alone: the models are not even looked at (here they do not
+    exist, and the error is still about the prompts)."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", n=rows)
+    out = tmp_path / "out"
+    code, _, stderr = run_cli([
+        "circuits", "--base", str(tmp_path / "no_base"), "--finetuned", str(tmp_path / "no_ft"),
+        "--prompts", str(prompts), "--out", str(out), "--quiet", *extra,
+    ])
+    assert_one_line_error(code, stderr, *needles)
+    assert "no_base" not in stderr and not out.exists()
 
 
 def test_zero_gap_is_refused_before_the_comparison(ckpts, circuits_run, tmp_path: Path) -> None:

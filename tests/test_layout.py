@@ -16,7 +16,7 @@ from pathlib import Path
 
 import mechdiff
 
-DRAWING = ("mechdiff.viz", "mechdiff.demos", "mechdiff.cli", "mechdiff.report.html")
+DRAWING = ("mechdiff.viz", "mechdiff.demos", "mechdiff.cli", "mechdiff._cli", "mechdiff.report.html")
 """Modules allowed to import matplotlib: figures, and the drivers that write them."""
 
 CHILD = r'''

@@ -11,8 +11,8 @@ faithfulness with CPR and CMD (Mueller et al. 2025, "MIB: A Mechanistic Interpre
 Benchmark"), by intervention. Across models: each edge's share of the fine-tuned-vs-base gap by
 edge-level cross-model patching; the two models' circuits compared, each evaluated inside the
 other model (Prakash et al. 2024, "Fine-Tuning Enhances Existing Mechanisms: A Case Study on Entity
-Tracking"; Wang et al. 2025), and a verdict: "re-used and strengthened", "new mechanism" or
-"mixed".
+Tracking"; Wang et al. 2025), and a verdict: "re-used and strengthened", "new mechanism",
+"mixed", or "undetermined" when a number it rests on is not defined.
 
 A first analysis::
 

@@ -51,13 +51,26 @@ def prepare(model: TransformerBridge, task: Task, ablation: str) -> tuple[Graph,
     check_option("ablation", ablation, ABLATIONS)
     graph = graph_of(model)
     check_hooks(model, graph)
+    check_ablation_prompts(task, ablation)
+    tokens = task.tokenize(model.tokenizer, n_ctx=int(model.cfg.n_ctx), device=model_device(model))
+    return graph, tokens
+
+
+def check_ablation_prompts(task: Task, ablation: str) -> None:
+    """Raise PromptError if ``task`` cannot be ablated as asked (no model needed: the command
+    line checks this before loading any)."""
     if ablation == "corrupted" and task.corrupted is None:
         raise PromptError(
             "ablation='corrupted' needs a task with corrupted prompts (Task(corrupted=...), one "
-            "per prompt, of the same token length); use ablation='mean' otherwise"
+            "per prompt, of the same token length; in a prompt file, a \"corrupted\" entry on "
+            "every row); use ablation='mean' (--ablation mean) otherwise"
         )
-    tokens = task.tokenize(model.tokenizer, n_ctx=int(model.cfg.n_ctx), device=model_device(model))
-    return graph, tokens
+    if ablation == "mean" and len(task) < 2:
+        raise PromptError(
+            f"ablation='mean' needs at least 2 prompts, got {len(task)}: the mean over one prompt "
+            "is that prompt, so nothing would be ablated (every edge scores 0); add prompts or "
+            "use ablation='corrupted' with a corrupted prompt"
+        )
 
 
 def batches(tokens: Tokens, size: int) -> Iterator[tuple[int, int, Tokens]]:

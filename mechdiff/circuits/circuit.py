@@ -24,6 +24,7 @@ fine-tune.
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -34,7 +35,7 @@ from torch import Tensor
 from mechdiff.circuits._prep import check_option
 from mechdiff.circuits.graph import Graph
 from mechdiff.circuits.results import OnGraph, RankedEdge
-from mechdiff.errors import OptionError
+from mechdiff.errors import OptionError, check_count
 from mechdiff.results import Provenance, SavableResult
 
 Rule: TypeAlias = Literal["top_n", "threshold", "greedy"]
@@ -147,6 +148,14 @@ def select_circuit(
         OptionError: a rule without its size, or sizes out of range.
     """
     check_option("rule", rule, RULES)
+    if n is not None:
+        check_count("n", n)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(
+            threshold, int | float) or not math.isfinite(threshold)):
+        raise OptionError(f"threshold must be a finite number, got {threshold!r}")
+    if fraction is not None and (isinstance(fraction, bool)
+                                 or not isinstance(fraction, int | float)):
+        raise OptionError(f"fraction must be a number within [0, 1], got {fraction!r}")
     graph = Graph(scores.n_layers, scores.n_heads, scores.n_kv_heads)
     values = scores.scores.detach().float().cpu()
     key = values.abs() if absolute else values

@@ -287,8 +287,11 @@ def compare_circuits(
         "s_b": b["scores"].per_prompt, "s_f": f["scores"].per_prompt,
     }
     numbers = _numbers(per_prompt, cb, cf, None)
+    fixed: bool | str = edges is not None
+    if edges is not None and cb.n_edges == 0:
+        fixed = _size_hint(b["scores"], rule, edges)
     verdict = _verdict(per_prompt, cb, cf, numbers, thresholds, n_boot, seed, size_b,
-                       fixed=edges is not None)
+                       fixed=fixed)
     return CircuitComparison(
         base_scores=b["scores"], ft_scores=f["scores"], base_curve=b["curve"],
         ft_curve=f["curve"], base_size=size_b, ft_size=size_f, base_circuit=cb, ft_circuit=cf,
@@ -343,6 +346,20 @@ def _patch_circuit(pair: ModelPair, graph: Graph, task: Task, tokens, circuit: C
                           circuit_batch=circuit_batch, donor_blocks=donor_blocks,
                           with_empty=False, **kw)
     return vals[0]
+
+
+def _size_hint(scores: EdgeScores, rule: str, edges: int) -> str:
+    """How many edges a fixed-size base circuit needs to keep a path once pruned."""
+    n_edges = scores.graph.n_edges
+    lo, hi = edges, edges
+    while hi < n_edges and select_circuit(scores, rule=rule, n=hi).n_edges == 0:
+        lo, hi = hi, min(2 * hi, n_edges)
+    if select_circuit(scores, rule=rule, n=hi).n_edges == 0:
+        return f"edges={edges}: no number of edges gives one (are the scores all zero?)"
+    while hi - lo > 1:  # the pruned circuit is empty at lo and not at hi
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if select_circuit(scores, rule=rule, n=mid).n_edges else (mid, hi)
+    return f"edges={edges} is too few: the base model's circuit needs at least {hi}"
 
 
 def _smallest(curve: FaithfulnessCurve) -> float:
@@ -412,9 +429,16 @@ def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
 
 def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str, float],
              thresholds: dict[str, float] | None, n_boot: int, seed: int, size: float,
-             *, fixed: bool = False) -> Verdict:
+             *, fixed: bool | str = False) -> Verdict:
+    """The verdict with its bootstrap; ``fixed``: the circuits have a fixed size (``edges=``),
+    given as a hint for an empty base circuit (a string) or True."""
     t = {**THRESHOLDS, **(thresholds or {})}
     label, reasons = decide(numbers, t)
+    empty = cb.n_edges == 0  # no evidence: an empty circuit inside the fine-tune is not "new"
+    if empty:
+        label, reasons = "undetermined", (
+            "the base circuit is empty: its selected edges have no path from the input to the "
+            "logits once pruned" + (f"; {fixed}" if isinstance(fixed, str) else ""),)
     n = pp["b_full"].shape[0]
     gen = torch.Generator().manual_seed(seed)
     boots: dict[str, list[float]] = {k: [] for k in NUMBERS}
@@ -424,7 +448,7 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
         nums = _numbers(pp, cb, cf, idx)
         for k in NUMBERS:
             boots[k].append(nums[k])
-        counts[decide(nums, t)[0]] += 1
+        counts["undetermined" if empty else decide(nums, t)[0]] += 1
     intervals = {}
     for k, vals in boots.items():
         x = torch.tensor(vals, dtype=torch.float64)

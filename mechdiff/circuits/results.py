@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from mechdiff.circuits.graph import Graph
+from mechdiff.errors import check_count
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class OnGraph:
                                                   strict=True)]
 
     def _ranked(self, values: Tensor, k: int, absolute: bool) -> list[RankedEdge]:
+        check_count("k", k)
         g = self.graph
         flat = values.detach().flatten().float().cpu()
         key = flat.abs() if absolute else flat

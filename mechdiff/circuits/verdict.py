@@ -30,7 +30,11 @@ Rules, with the named thresholds below (stored in every :class:`Verdict`):
 * **"re-used and strengthened"**: otherwise, if ``carried >= STRENGTHENED`` and
   ``base_in_ft >= REUSE_FAITHFULNESS`` and ``score_rank >= REUSE_RANK``;
 * **"mixed"**: anything else (e.g. the base circuit carries part of the change, or the scores
-  were partly rearranged).
+  were partly rearranged);
+* **"undetermined"**: first of all, when one of the three deciding numbers is not defined (NaN:
+  no behaviour gap between the models, a model whose full and empty-circuit values are equal,
+  constant edge scores) or the base circuit is empty: no evidence either way, and the reasons
+  say which number is missing and why.
 
 **Uncertainty**: every number is recomputed on ``n_boot`` resamples of the prompts (with
 replacement; a seeded ``torch.Generator``, seed recorded), with the circuits held at their
@@ -47,8 +51,9 @@ from typing import Literal, TypeAlias
 
 from mechdiff.results import SavableResult
 
-Label: TypeAlias = Literal["re-used and strengthened", "new mechanism", "mixed"]
-LABELS: tuple[Label, ...] = ("re-used and strengthened", "new mechanism", "mixed")
+Label: TypeAlias = Literal["re-used and strengthened", "new mechanism", "mixed", "undetermined"]
+LABELS: tuple[Label, ...] = ("re-used and strengthened", "new mechanism", "mixed",
+                             "undetermined")
 
 REUSE_FAITHFULNESS = 0.7
 """The base circuit inside the fine-tuned model keeps at least this normalized faithfulness."""
@@ -88,20 +93,34 @@ NUMBERS: tuple[str, ...] = ("base_in_ft", "ft_in_base", "score_rank", "carried",
 """The numbers a verdict records (the first three decide it, with ``carried``)."""
 
 
+UNDEFINED: dict[str, str] = {
+    "base_in_ft": "the fine-tuned model's full and empty-circuit values are equal on these "
+                  "prompts, so faithfulness inside it has no scale",
+    "score_rank": "the edge scores are constant in one of the models (all zero when nothing "
+                  "was ablated, e.g. mean ablation over a single prompt)",
+    "carried": "the two models' mean metric on the task is the same (no behaviour gap to carry; "
+               "a 'kl' metric compares each model with itself, so its gap is always 0: use a "
+               "task with answers)",
+}
+"""Why each deciding number can be undefined (NaN), for the "undetermined" reasons."""
+
+
 def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None
            ) -> tuple[Label, tuple[str, ...]]:
     """The label and the reasons (one line each) from the numbers and the thresholds."""
     t = {**THRESHOLDS, **(thresholds or {})}
     f, rank, carried = numbers["base_in_ft"], numbers["score_rank"], numbers["carried"]
-    reasons = []
+    missing = [k for k in ("base_in_ft", "score_rank", "carried") if not math.isfinite(numbers[k])]
+    if missing:
+        return "undetermined", tuple(f"{k} is not defined: {UNDEFINED[k]}" for k in missing)
     new = []
-    if not carried >= t["NEW_CARRIED"]:
+    if carried < t["NEW_CARRIED"]:
         new.append(f"the base circuit alone carries only {carried:.2f} of the gap (< NEW_CARRIED "
                    f"{t['NEW_CARRIED']:g}): the change happened outside it")
-    if not f >= t["NEW_FAITHFULNESS"]:
+    if f < t["NEW_FAITHFULNESS"]:
         new.append(f"the base circuit inside the fine-tuned model keeps only {f:.2f} of its "
                    f"behaviour (< NEW_FAITHFULNESS {t['NEW_FAITHFULNESS']:g})")
-    if not rank >= t["NEW_RANK"]:
+    if rank < t["NEW_RANK"]:
         new.append(f"edge scores of the two models rank-correlate at {rank:+.2f} "
                    f"(< NEW_RANK {t['NEW_RANK']:g}): the paths' importance was rearranged")
     if new:
@@ -130,7 +149,8 @@ class Verdict(SavableResult, name="circuits.Verdict"):
     """What fine-tuning did to the circuit, with the numbers, thresholds and uncertainty.
 
     Attributes:
-        label: ``"re-used and strengthened"``, ``"new mechanism"`` or ``"mixed"``.
+        label: ``"re-used and strengthened"``, ``"new mechanism"``, ``"mixed"`` or
+            ``"undetermined"``.
         reasons: one line per number the rules used, with the threshold.
         numbers: the full-sample numbers (:data:`NUMBERS`).
         intervals: 95% bootstrap percentile interval of each number.

@@ -87,7 +87,8 @@ def resolve_device(device: Any) -> torch.device:
         if not torch.cuda.is_available():
             raise OptionError(
                 f"device {device!r} was asked but CUDA is not available here (torch "
-                f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use device='cpu'"
+                f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use device='cpu' "
+                "(on the command line, --device cpu)"
             )
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:

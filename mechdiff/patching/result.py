@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mechdiff import stats
 from mechdiff.directions import ROLES
-from mechdiff.errors import ResultError
+from mechdiff.errors import ResultError, check_count
 from mechdiff.results import Provenance, SavableResult
 from mechdiff.sites import family
 
@@ -123,6 +123,7 @@ class PatchResult(SavableResult):
 
     def top(self, k: int = 10, *, absolute: bool = True) -> list[RankedSite]:
         """The ``k`` sites with the largest scores (largest ``|score|`` if ``absolute``)."""
+        check_count("k", k)
         flat, eff = self.scores.flatten(), self.effects.flatten()
         key = (flat.abs() if absolute else flat).nan_to_num(nan=-torch.inf)  # unpatched: last
         order = key.argsort(descending=True, stable=True)[:k]

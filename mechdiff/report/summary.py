@@ -109,6 +109,18 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` with every non-finite float (anywhere in dicts, lists, tuples) as None: JSON has
+    no NaN or infinity (``json.dumps`` writes ``NaN``, which strict readers refuse)."""
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    return value
+
+
 def write_summary(
     out: Path,
     pairs: Sequence[PairAnalysis],
@@ -124,7 +136,8 @@ def write_summary(
     out.mkdir(parents=True, exist_ok=True)
     data = {**meta, "pairs": {a.label: pair_summary(a, top) for a in pairs}}
     json_path, md_path = out / "summary.json", out / "summary.md"
-    atomic_write_text(json_path, json.dumps(data, indent=2, default=str))
+    atomic_write_text(json_path, json.dumps(json_ready(data), indent=2, default=str,
+                                            allow_nan=False))
     title = meta.get("title", "mechdiff summary")
     md = [f"# {title}", "", meta.get("intro", ""), ""]
     md += [markdown.pair_section(a, top) for a in pairs]

@@ -10,7 +10,17 @@ and qualified name, as a module reload does) replaces it.
 
 from __future__ import annotations
 
+import importlib
+
 _REGISTRY: dict[str, type] = {}
+
+BUILTIN_MODULES: tuple[str, ...] = (
+    "mechdiff.gap", "mechdiff.patching", "mechdiff.compare", "mechdiff.circuits",
+    "mechdiff.pipeline", "mechdiff.views", "mechdiff.report.sections",
+)
+"""The modules that define mechdiff's own result types. ``import mechdiff`` does not import them
+all (the circuit and report modules are heavy); :func:`lookup` imports them when a saved type is
+not yet registered, so ``mechdiff.load_result`` loads any folder mechdiff wrote."""
 
 
 def register(cls: type, name: str) -> None:
@@ -32,7 +42,11 @@ def register(cls: type, name: str) -> None:
 
 
 def lookup(name: str) -> type | None:
-    """The result type registered under ``name``, or None."""
+    """The result type registered under ``name`` (importing :data:`BUILTIN_MODULES` first if it
+    is not registered yet), or None."""
+    if name not in _REGISTRY:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
     return _REGISTRY.get(name)
 
 

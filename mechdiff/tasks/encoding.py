@@ -168,10 +168,13 @@ def answer_ids(
         else:
             enc = _ids(tokenizer, a, label, AnswerTokenError)
             if len(enc) != 1:
-                pieces = tokenizer.convert_ids_to_tokens(enc)
+                from mechdiff.views.tokens import shown, token_texts  # (light; not at import)
+
+                pieces = " | ".join(shown(t) for t in token_texts(tokenizer, enc))
                 raise AnswerTokenError(
-                    f"{label} = {a!r} is {len(enc)} tokens {pieces}, not one. Give a single "
-                    "token (mind the leading space: ' Paris' vs 'Paris'), or a token id."
+                    f"{label} = {a!r} is {len(enc)} tokens ({pieces}; \u2423 marks a space), "
+                    "not one. Give a single token (mind the leading space: ' Paris' vs "
+                    "'Paris'), or a token id."
                 )
             tok = enc[0]
             if tok == unk_id and a.strip() != unk:

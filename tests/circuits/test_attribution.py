@@ -231,6 +231,27 @@ def test_bad_options_are_refused_before_any_forward(tiny, monkeypatch) -> None:
         attribute(model, task, method="eap_ig", steps=0)
     with pytest.raises(PromptError, match="corrupted"):
         attribute(model, plain, ablation="corrupted")
+    one = mechdiff.Task(task.prompts[:1], answers=task.answers[:1],
+                        wrong_answers=task.wrong_answers[:1])
+    with pytest.raises(PromptError, match="at least 2 prompts"):  # its mean is itself
+        attribute(model, one, ablation="mean")
+
+
+
+def test_rankings_and_selections_refuse_sizes_that_are_not_counts(tiny) -> None:
+    scores = edge_attribution(_model(tiny, "gpt2"), random_task(2), method="eap",
+                              progress=False)
+    top = unchecked(type(scores).top)
+    for k in (-1, True):  # (a float is refused by the same check; here beartype refuses first)
+        with pytest.raises(OptionError, match="k must be an integer"):
+            top(scores, k)
+    from mechdiff.circuits import select_circuit
+
+    select = unchecked(select_circuit)
+    for bad in ({"n": 2.7}, {"n": True}, {"n": -1}, {"fraction": True},
+                {"rule": "threshold", "threshold": float("nan")}):
+        with pytest.raises(OptionError):
+            select(scores, **bad)
 
 
 def test_a_float64_model_gives_float64_scores(tmp_path) -> None:

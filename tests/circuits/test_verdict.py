@@ -30,7 +30,10 @@ def test_rules() -> None:
     assert decide(_numbers(base_in_ft=0.6))[0] == MIXED
     assert decide(_numbers(score_rank=0.4))[0] == MIXED
     assert decide(_numbers(carried=0.4))[0] == MIXED
-    assert decide(_numbers(base_in_ft=float("nan")))[0] == NEW  # undefined is not re-use
+    # an undefined deciding number is no evidence either way
+    label, reasons = decide(_numbers(carried=float("nan"), score_rank=0.1))
+    assert label == "undetermined" and len(reasons) == 1
+    assert reasons[0].startswith("carried is not defined") and "gap" in reasons[0]
     label, reasons = decide(_numbers(score_rank=0.1, carried=0.0))
     assert len(reasons) == 2 and all("<" in r for r in reasons)
     # Thresholds are arguments: the same numbers, a stricter rule.
@@ -132,6 +135,24 @@ def test_fixed_number_of_edges(constructed) -> None:
         assert circuit.requested == 6
         assert torch.equal(circuit.edges, select_circuit(scores, n=6).edges)
     assert c.verdict.extra["size_rule"] == "fixed edges"
+
+
+def test_an_empty_base_circuit_gives_no_verdict(constructed) -> None:
+    """edges=1: the strongest edge alone has no path from the input to the logits, so the pruned
+    base circuit is empty; an empty circuit inside the fine-tune is no evidence of a new
+    mechanism, and the reason says how many edges a circuit with a path needs."""
+    from mechdiff.circuits import select_circuit
+
+    pair = mechdiff.load_pair(constructed["base"], constructed["rescaled"], device="cpu")
+    c = compare_circuits(pair, successor_task(8), ablation="corrupted", edges=1, n_boot=10,
+                         progress=False)
+    assert c.base_circuit.n_edges == 0
+    v = c.verdict
+    assert v.label == "undetermined" and v.frequency["undetermined"] == 1.0
+    need = int(v.reasons[0].rsplit("at least ", 1)[1])
+    assert select_circuit(c.base_scores, n=need).n_edges > 0
+    assert select_circuit(c.base_scores, n=need - 1).n_edges == 0
+    assert "verdict: undetermined" in c.summary()
 
 
 # The synthetic zoo (64 prompts, EAP-IG, mean ablation; measured on the cached zoo v1-93d67dd7b3):

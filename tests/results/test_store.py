@@ -33,6 +33,7 @@ from mechdiff.results import (
     SavableResult,
     load_result,
 )
+from mechdiff.results.registry import registered
 from mechdiff.results.store import save_result
 
 
@@ -96,6 +97,43 @@ def test_unknown_type_name_is_refused_with_the_known_ones(tmp_path: Path) -> Non
     with pytest.raises(ResultError, match=r"type 'FutureResult', which this mechdiff does not "
                                           r"know \(known: .*tests\.Scores"):
         load_result(path, check_hash=False)
+
+
+def test_load_result_loads_every_mechdiff_type_after_a_bare_import(tmp_path: Path) -> None:
+    """``import mechdiff`` does not import the circuit modules; loading a circuit result in a
+    fresh process must still work (the registry imports mechdiff's result modules on demand)."""
+    import subprocess
+    import sys
+
+    from mechdiff.circuits.verdict import Verdict
+
+    path = Verdict(label="mixed", reasons=("r",), numbers={"carried": 0.5}, intervals={},
+                   thresholds={}, frequency={"mixed": 1.0}, notes=(), n_boot=1,
+                   seed=0).save(tmp_path / "verdict")
+    code = ("import sys, mechdiff; assert 'mechdiff.circuits' not in sys.modules; "
+            f"print(type(mechdiff.load_result({str(path)!r})).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "Verdict"
+
+
+def test_every_result_type_is_in_a_builtin_module() -> None:
+    """Every result type mechdiff defines lives under one of the modules the registry imports
+    on demand (a new analysis family must be added to ``BUILTIN_MODULES``)."""
+    import importlib
+    import pkgutil
+
+    from mechdiff.results.registry import BUILTIN_MODULES
+
+    for info in pkgutil.walk_packages(mechdiff.__path__, "mechdiff."):
+        importlib.import_module(info.name)
+    ours = [c for c in registered().values() if c.__module__.startswith("mechdiff.")
+            and not c.__module__.startswith("mechdiff.results")]
+    assert len(ours) >= 15  # 16 when this test was written
+    for cls in ours:
+        assert any(cls.__module__ == m or cls.__module__.startswith(m + ".")
+                   for m in BUILTIN_MODULES), cls
 
 
 def test_a_name_is_taken_by_one_class_only() -> None:

@@ -91,3 +91,20 @@ def test_special_tokens_keep_their_names() -> None:
     byte = _byte_level()
     bos = byte.convert_tokens_to_ids("<|bos|>")
     assert token_texts(byte, [bos])[0] == "<|bos|>"
+
+
+def test_an_answer_of_several_tokens_is_refused_with_decoded_pieces() -> None:
+    """The error names the pieces as people read them (``␣cat``), never as BPE symbols."""
+    from mechdiff.errors import AnswerTokenError
+    from mechdiff.tasks.encoding import answer_ids
+
+    tok = _byte_level()
+    answer = " approximately"
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1
+    with pytest.raises(AnswerTokenError) as err:
+        answer_ids(tok, [answer], ["answers[0]"], len(tok))
+    message = str(err.value)
+    assert "\u0120" not in message
+    assert " | ".join(shown(t) for t in token_texts(tok, ids)) in message
+    assert message.count("\u2423") >= 2  # the first piece's space and the legend
