@@ -84,6 +84,12 @@ class Contraction:
             raise ValueError(f"{at} writers for a stacked tensor of {d.shape[0]}")
         self.delta = d.view(d.shape[0], d.shape[1], -1)  # [W, batch, pos * d_model]
 
+    def use_delta(self, stacked: Tensor) -> None:
+        """Upstream differences already computed as one ``[writer, batch, pos, d_model]``
+        tensor (``forward(..., into=...)``)."""
+        self.flush()
+        self.delta = stacked.view(stacked.shape[0], stacked.shape[1], -1)
+
     def slot(self, rows: list[int], n_up: int, pos: int, d_model: int) -> Tensor:
         """A contiguous ``[len(rows), batch, pos, d_model]`` view of the buffer to write the
         gradients of readers ``rows`` (each reading the first ``n_up`` writers) into."""

@@ -102,7 +102,8 @@ class Out:
         stacked: in a run without the per-head fork, the ``[writer, batch, pos, d_model]``
             tensor every writer block is a view of (``writers[b]`` is
             ``stacked[start:start + n].permute(1, 2, 0, 3)``); None in forked runs, whose
-            blocks are the bridge's own tensors.
+            blocks are the bridge's own tensors. With ``lazy_heads`` its head blocks are not
+            computed yet (see :func:`fill_heads` and ``forward(into=...)``).
         acts: activations recorded at the hooks asked for (detached).
         leaf: the input tensor gradients can be taken with respect to (with ``grad``).
     """
@@ -114,6 +115,9 @@ class Out:
     finish: Callable[[], None] = lambda: None
     """Call after the backward pass: checks that every reader group's gradient was handed over."""
     stacked: Tensor | None = None
+    zs: dict[int, Tensor] | None = None
+    """With ``lazy_heads``: each layer's ``hook_z`` ``[batch, pos, head, d_head]`` (detached),
+    from which the head blocks of ``stacked`` are still to be computed."""
 
 
 def _reader_groups(graph: Graph) -> list[tuple[str, list[int], int, int]]:
@@ -472,6 +476,8 @@ def forward(
     on_grad: GradFn | None = None,
     slot: SlotFn | None = None,
     fork: bool | None = None,
+    lazy_heads: bool = False,
+    into: Out | None = None,
 ) -> Out:
     """Run ``copies`` stacked copies of ``ids`` with edge interventions.
 
@@ -496,6 +502,13 @@ def forward(
         fork: build the per-head q/k/v fork and per-head results; default: only where edges
             are intervened on, or where the model does not allow unforked runs
             (:func:`unforked`).
+        lazy_heads: with ``capture`` in a run without the fork: keep each layer's ``z``
+            (``Out.zs``) and leave the head blocks of ``Out.stacked`` uncomputed (for
+            :func:`fill_heads`, or for a later run with ``into=``).
+        into: a lazy-heads run of the same prompts' shape (unforked, captured): this run
+            overwrites its ``stacked`` with ``this run's outputs - that run's``, every writer,
+            heads as ``(z - z_into) W_O`` (one product per layer instead of two), allocating no
+            writer tensor of its own. This run's ``writers`` and ``stacked`` are then None.
     """
     batch = ids.shape[0]
     rows_all = copies * batch
@@ -512,6 +525,10 @@ def forward(
         fork = edits is not None or not unforked(model)
     if edits is not None and not fork:
         raise ValueError("edge interventions need the per-head q/k/v fork")
+    if (lazy_heads or into is not None) and (fork or not capture):
+        raise ValueError("lazy_heads and into= are for captured runs without the fork")
+    if into is not None and (into.zs is None or into.stacked is None):
+        raise ValueError("into= needs a captured run made with lazy_heads=True")
     proj = _ProjectionGrads(model, graph, on_grad, slot) if grad and not fork else None
     per_layer = graph.per_layer_readers
     n_attn = graph.n_heads + 2 * graph.n_kv_heads
@@ -524,6 +541,11 @@ def forward(
     def keep(b: int, block: Tensor) -> None:
         if fork:
             cur[b] = block
+            return
+        if into is not None:  # this run's output minus the other run's, in its tensor
+            n = block.shape[2]
+            part = into.stacked[starts[b]:starts[b] + n]
+            torch.sub(block.detach().permute(2, 0, 1, 3), part, out=part)
             return
         if not stack:
             stack.append(torch.empty(graph.n_writers, block.shape[0], block.shape[1],
@@ -644,14 +666,38 @@ def forward(
     else:
         read = logits[torch.arange(rows_all, device=ids.device), read_pos.repeat(copies)]
     read = read if read.dtype == torch.float64 else read.float()
+    if into is not None:
+        with torch.no_grad():
+            for layer, z in zs.items():
+                b = 1 + 2 * layer
+                part = into.stacked[starts[b]:starts[b] + graph.n_heads]
+                head_outputs(model, layer, z - into.zs[layer], part)
+        into.zs = None  # the head blocks are computed now
+        return Out(read=read, writers=None, acts=acts, leaf=leaf[0] if leaf else None,
+                   finish=proj.finish if proj is not None else (lambda: None))
     if capture and not fork:
         with torch.no_grad():
             for layer, z in zs.items():
                 b = 1 + 2 * layer
                 part = stack[0][starts[b]:starts[b] + graph.n_heads]
-                head_outputs(model, layer, z, part)
+                if not lazy_heads:
+                    head_outputs(model, layer, z, part)
                 cur[b] = part.permute(1, 2, 0, 3)
     writers = [c.detach() for c in cur] if capture else None
     return Out(read=read, writers=writers, acts=acts, leaf=leaf[0] if leaf else None,
                finish=proj.finish if proj is not None else (lambda: None),
-               stacked=stack[0] if stack and capture else None)
+               stacked=stack[0] if stack and capture else None,
+               zs=dict(zs) if lazy_heads else None)
+
+
+def fill_heads(model: TransformerBridge, graph: Graph, out: Out, rows: int) -> None:
+    """Compute the head blocks of a lazy-heads run's ``stacked`` for its first ``rows`` prompts
+    (the rest stay uncomputed until a run with ``into=out`` overwrites every row)."""
+    starts = block_starts(graph)
+    with torch.no_grad():
+        for layer, z in out.zs.items():
+            b = 1 + 2 * layer
+            part = out.stacked[starts[b]:starts[b] + graph.n_heads, :rows]
+            tmp = torch.empty_like(part)
+            head_outputs(model, layer, z[:rows], tmp)
+            part.copy_(tmp)

@@ -219,23 +219,36 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
                       dtype=_prep.result_dtype(model), device=ids.device, per_position=keep_pos)
     con.weight = 1.0 / steps
     record = _prep.check_records(graph) if check else ()
+    # EAP with corrupted prompts only needs A - a: the clean run keeps its heads' z, and the
+    # corrupted run writes its outputs minus the clean ones straight into the clean run's tensor
+    # (heads as (z_A - z_a) W_O): one head-output product per layer instead of two, and no
+    # second writer tensor
+    fused = method == "eap" and repl.kind == "corrupted" and _run.unforked(model)
     if method == "eap":  # one forward with grad: capture the clean outputs and differentiate
         out = _run.forward(model, graph, ids, read_pos, capture=True, record=record,
-                           on_grad=con.on_grad, slot=con.slot)
+                           on_grad=con.on_grad, slot=con.slot, lazy_heads=fused)
     else:
         out = _run.forward(model, graph, ids, read_pos, capture=True, record=record)
     if check:
+        if fused:  # the decomposition check reads the first prompts' head outputs
+            _run.fill_heads(model, graph, out, min(_prep.CHECKED_PROMPTS, b))
         _prep.checked(model, graph, out, sub)
     if repl.kind == "mean" and repl.means is None:  # the only batch: its own clean run
         acc = MeanSum(width)
         acc.add(out.writers, sub)
         repl.means = acc.means(next(model.parameters()).dtype)
-    blocks, corrupted_read = repl.run(model, graph, sub)
+    if fused:
+        blocks, corrupted_read = None, _run.forward(model, graph, sub.corrupted_tokens,
+                                                    sub.read_pos, capture=True, into=out).read
+        con.use_delta(out.stacked)  # A - a
+    else:
+        blocks, corrupted_read = repl.run(model, graph, sub)
     ref = _prep.reference(task, out.read)
     vals = _prep.metric(task, out.read.detach(), sub, ref)
     check_finite(vals, "the clean run")
     clean_in = out.writers[0][:, :, 0].clone() if method == "eap_ig" else None
-    con.set_delta(blocks, out.writers, stacked=out.stacked)  # out.writers: A - a from here on
+    if not fused:
+        con.set_delta(blocks, out.writers, stacked=out.stacked)  # out.writers: A - a from here
     if method == "eap":
         con.backward(_prep.metric(task, out.read, sub, ref), out)
         bar.update(1)

@@ -372,3 +372,24 @@ def test_edge_attribution_runs_under_torchs_flop_counter(tiny) -> None:
     plain = edge_attribution(model, task, method="eap", ablation="corrupted", progress=False)
     torch.testing.assert_close(counted.scores, plain.scores)  # float32 rounding: 5e-7 of 1.4
     assert counter.get_total_flops() > 0
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_a_run_into_another_holds_the_difference_of_their_outputs(tiny, name) -> None:
+    """EAP with corrupted prompts runs the corrupted prompts ``into`` the clean run: its tensor
+    then holds corrupted minus clean outputs of every writer (heads from ``z_A - z_a``), equal
+    to the difference of two separately captured runs."""
+    model = _model(tiny, name, torch.float64)
+    graph = graph_of(model)
+    _, tokens = _prep.prepare(model, random_task(3, seed=2), "corrupted")
+    assert _run.unforked(model)
+    ids, corrupted, pos = tokens.tokens, tokens.corrupted_tokens, tokens.read_pos
+    clean = _run.forward(model, graph, ids, pos, capture=True)
+    corr = _run.forward(model, graph, corrupted, pos, capture=True)
+    lazy = _run.forward(model, graph, ids, pos, capture=True, lazy_heads=True)
+    torch.testing.assert_close(lazy.read, clean.read, rtol=0, atol=0)
+    run = _run.forward(model, graph, corrupted, pos, capture=True, into=lazy)
+    torch.testing.assert_close(run.read, corr.read, rtol=0, atol=0)
+    assert run.writers is None and lazy.zs is None
+    for got, a, c in zip(lazy.writers, corr.writers, clean.writers, strict=True):
+        torch.testing.assert_close(got, a - c, rtol=1e-9, atol=1e-12)
