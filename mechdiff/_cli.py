@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the smallest fraction of edges faithful by real edge ablation (or --edges N), the two "
         "circuits compared (shared / new / dropped, each run inside the other model, the base "
         "circuit's paths carrying the fine-tuned outputs) and a verdict: re-used and "
-        "strengthened, new mechanism, or mixed, with bootstrap intervals over prompts. Also "
+        "strengthened, new mechanism, mixed, or undetermined (a number it rests on is not "
+        "defined), with bootstrap intervals over prompts. Also "
         "each edge's share of the behaviour gap, the strongest patched for real. Prompt files "
         "as for mechdiff patch (answers and wrong answers for a logit difference).",
     )

@@ -132,10 +132,8 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             f"circuits; graph of {g.n_edges} edges)",
             f"  own circuits: base CPR {bc.cpr:.3f} CMD {bc.cmd:.3f}; fine-tuned CPR {fc.cpr:.3f} "
             f"CMD {fc.cmd:.3f}",
-            f"  {self._sized}: base {100 * self.base_size:.3g}% of edges "
-            f"({self.base_circuit.n_edges} edges, {int(self.base_circuit.nodes.sum())} nodes), "
-            f"fine-tuned {100 * self.ft_size:.3g}% ({self.ft_circuit.n_edges} edges, "
-            f"{int(self.ft_circuit.nodes.sum())} nodes); edge IoU at matched sizes "
+            f"  {self._sized}: base {self._size(self.base_size, self.base_circuit)}, "
+            f"fine-tuned {self._size(self.ft_size, self.ft_circuit)}; edge IoU at matched sizes "
             + ", ".join(f"{100 * f:g}%: {v:.2f}" for f, v in zip(
                 MIB_FRACTIONS, self.iou_curve.tolist(), strict=True) if not math.isnan(v)),
             f"  edges shared {self.n_shared_edges}, new {self.n_new_edges}, dropped "
@@ -149,6 +147,12 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
                                             for e, b, f in self.weakened[:5]),
         ]
         return "\n".join(lines + [self.verdict.text()])
+
+    def _size(self, size: float, c: Circuit) -> str:
+        kept = f"{c.n_edges} edges, {int(c.nodes.sum())} nodes"
+        if self.verdict.extra.get("size_rule") == "fixed edges":  # asked for, then pruned
+            return f"{c.requested} edges asked, {kept} kept on input-to-logits paths"
+        return f"{100 * size:.3g}% of edges ({kept})"
 
     @property
     def _sized(self) -> str:

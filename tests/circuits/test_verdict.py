@@ -153,6 +153,7 @@ def test_an_empty_base_circuit_gives_no_verdict(constructed) -> None:
     assert select_circuit(c.base_scores, n=need).n_edges > 0
     assert select_circuit(c.base_scores, n=need - 1).n_edges == 0
     assert "verdict: undetermined" in c.summary()
+    assert "base 1 edges asked, 0 edges, 0 nodes kept" in c.summary()
 
 
 # The synthetic zoo (64 prompts, EAP-IG, mean ablation; measured on the cached zoo v1-93d67dd7b3):
