@@ -319,7 +319,7 @@ class Bench:
             if "compute" in self.args.rows:
                 ids = tokens.tokens.to(self.device)
 
-                def forward(m=model) -> None:
+                def forward(m=model, ids=ids) -> None:
                     with torch.inference_mode():
                         m(ids)
 

@@ -10,29 +10,23 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-
-import torch
-from transformers.utils import logging as hf_logging
+from typing import Any
 
 from mechdiff._progress import report as print_line
-from mechdiff._runtime import fixed_mmap_threshold
-from mechdiff.circuits import ABLATIONS, METHODS
-from mechdiff.circuits._prep import check_ablation_prompts
-from mechdiff.demos import DEFAULT_DEMO, DEMOS, REAL_N_PROMPTS
+from mechdiff.choices import (
+    ABLATIONS,
+    DEFAULT_DEMO,
+    METHODS,
+    METRICS,
+    REAL_N_PROMPTS,
+    SITE_KINDS,
+)
 from mechdiff.directions import ALIASES, DIRECTIONS, Direction
 from mechdiff.errors import MechdiffError, Terminated
-from mechdiff.loading import ModelPair, load_pair
-from mechdiff.pipeline import analyse_circuits, analyse_pair
-from mechdiff.report import text
-from mechdiff.report.html import REPORT_NAME, write_report
-from mechdiff.report.sections import render_markdown
-from mechdiff.report.summary import circuits_summary, write_summary
-from mechdiff.results.folder import OutputFolder, RunSpec
-from mechdiff.results.signals import terminate_as_interrupt
-from mechdiff.sites import SITE_KINDS
-from mechdiff.tasks import METRICS, Task
-from mechdiff.views import pair_views
-from mechdiff.viz import circuit_figures, pair_figures
+
+# The parser needs only the light modules above: --help and bad options are answered before
+# torch, transformers and TransformerLens are imported (inside main, once the arguments parse).
+# The commands import what they run.
 
 # ---------------------------------------------------------------- argument parsing
 
@@ -215,6 +209,10 @@ def _file_digest(path: Path) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from mechdiff.demos import DEMOS
+    from mechdiff.report.html import REPORT_NAME
+    from mechdiff.results.folder import OutputFolder, RunSpec
+
     start = time.perf_counter()
     chosen = {} if args.n_prompts is None else {"n_prompts": args.n_prompts}
     spec = RunSpec(command="demo", inputs={"cache": str(args.cache or "default")},
@@ -232,6 +230,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
+    from mechdiff.pipeline import analyse_pair
+    from mechdiff.report import text
+    from mechdiff.report.html import REPORT_NAME, write_report
+    from mechdiff.report.summary import write_summary
+    from mechdiff.results.folder import OutputFolder, RunSpec
+    from mechdiff.tasks import Task
+    from mechdiff.views import pair_views
+    from mechdiff.viz import pair_figures
+
     extra = {} if args.metric is None else {"metric": args.metric}
     task = Task.from_file(args.prompts, **extra)  # prompt errors before any model is loaded
     spec = RunSpec(
@@ -265,6 +272,15 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 
 
 def _cmd_circuits(args: argparse.Namespace) -> int:
+    from mechdiff.circuits._prep import check_ablation_prompts
+    from mechdiff.pipeline import analyse_circuits
+    from mechdiff.report.html import REPORT_NAME, write_report
+    from mechdiff.report.sections import render_markdown
+    from mechdiff.report.summary import circuits_summary, write_summary
+    from mechdiff.results.folder import OutputFolder, RunSpec
+    from mechdiff.tasks import Task
+    from mechdiff.viz import circuit_figures
+
     if args.cross_top < 0:
         return _fail(f"--cross-top must be 0 or more, got {args.cross_top}")
     task = Task.from_file(args.prompts)  # prompt errors before any model is loaded
@@ -299,13 +315,19 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> ModelPair:
+def _load(args: argparse.Namespace) -> Any:
+    import torch
+
+    from mechdiff.loading import load_pair
+
     return load_pair(args.base, args.finetuned, device=args.device,
                      dtype=getattr(torch, args.dtype), processing=args.processing,
                      allow_adapter_mismatch=args.allow_adapter_mismatch)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from mechdiff.report.html import write_report
+
     path = write_report(args.results_dir, args.output, top=args.top)
     print_line(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
@@ -325,8 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    fixed_mmap_threshold()
     try:
+        from mechdiff._runtime import fixed_mmap_threshold
+        from mechdiff.results.signals import terminate_as_interrupt
+
+        fixed_mmap_threshold()
         with terminate_as_interrupt(), _hf_progress(enabled=not getattr(args, "quiet", False)):
             if args.command == "demo":
                 return _cmd_demo(args)
@@ -350,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 @contextlib.contextmanager
 def _hf_progress(*, enabled: bool) -> Iterator[None]:
     """Silence transformers' own progress bars (weight loading) when asked; restore them after."""
+    from transformers.utils import logging as hf_logging
+
     was = hf_logging.is_progress_bar_enabled()
     if not enabled:
         hf_logging.disable_progress_bar()

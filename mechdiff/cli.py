@@ -25,6 +25,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mechdiff.choices import DEFAULT_DEMO
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``mechdiff`` command line; returns the exit status.
@@ -45,14 +47,6 @@ def build_parser() -> Any:
     from mechdiff import _cli
 
     return _cli.build_parser()
-
-
-def __getattr__(name: str) -> Any:
-    if name == "DEFAULT_DEMO":
-        from mechdiff.demos import DEFAULT_DEMO
-
-        return DEFAULT_DEMO
-    raise AttributeError(f"module 'mechdiff.cli' has no attribute {name!r}")
 
 
 __all__ = ["DEFAULT_DEMO", "build_parser", "main"]

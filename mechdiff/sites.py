@@ -18,16 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Literal, TypeAlias
+from typing import ClassVar, TypeAlias
 
 import einops
 from jaxtyping import Float
 from torch import Tensor
 
+from mechdiff.choices import SITE_KINDS, SiteKind
 from mechdiff.errors import SiteError
-
-SiteKind: TypeAlias = Literal["heads", "attn", "mlp", "resid"]
-SITE_KINDS: tuple[SiteKind, ...] = ("heads", "attn", "mlp", "resid")
 
 
 def attn_out_hook(layer: int) -> str:

@@ -156,3 +156,22 @@ def test_usage_errors_exit_2(tmp_path: Path, no_model_loading: None) -> None:
     assert a_file.read_text() == "x"
     assert run_cli([])[0] == 2
     assert run_cli(["--help"])[0] == 0
+
+
+def test_help_and_bad_options_are_answered_before_the_heavy_imports() -> None:
+    """The parser reads only light modules: ``--help`` and a bad option come back without
+    importing torch, transformers or TransformerLens (seconds of start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from mechdiff.cli import main\n"
+            "assert main(['circuits', '--help']) == 0\n"
+            "assert main(['circuits', '--method', 'acdc']) == 2\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in "
+            "('torch', 'transformers', 'transformer_lens', 'matplotlib')]\n"
+            "assert not heavy, heavy[:5]\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--method" in out.stdout and "invalid choice: 'acdc'" in out.stderr

@@ -21,7 +21,6 @@ The empty circuit (every edge ablated) reads ``sum_w A_w`` plus the constants at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
 
 import torch
 from torch import Tensor
@@ -29,12 +28,11 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff import _engine
 from mechdiff._progress import progress_iter
+from mechdiff.choices import ABLATIONS as ABLATIONS  # re-exported
+from mechdiff.choices import Ablation
 from mechdiff.circuits import _run
 from mechdiff.circuits.graph import Graph, constants
 from mechdiff.tasks import Tokens
-
-Ablation: TypeAlias = Literal["corrupted", "mean"]
-ABLATIONS: tuple[Ablation, ...] = ("corrupted", "mean")
 
 
 @dataclass

@@ -51,6 +51,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff._progress import make_bar
+from mechdiff.choices import METHODS, Method
 from mechdiff.circuits import _prep, _run
 from mechdiff.circuits._contract import Contraction
 from mechdiff.circuits.ablation import (
@@ -67,8 +68,6 @@ from mechdiff.metrics import check_finite
 from mechdiff.results import Provenance, SavableResult
 from mechdiff.tasks import Task, Tokens
 
-Method: TypeAlias = Literal["eap", "eap_ig"]
-METHODS: tuple[Method, ...] = ("eap", "eap_ig")
 EdgePositions: TypeAlias = Literal["all", "each"]
 
 

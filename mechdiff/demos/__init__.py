@@ -6,15 +6,11 @@ figures from them and print their tables.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeAlias
 
+from mechdiff.choices import DEFAULT_DEMO, DemoName
 from mechdiff.demos.real import REAL_N_PROMPTS, run_demo_real
 from mechdiff.demos.synthetic import run_demo_synthetic
 from mechdiff.pipeline import PairAnalysis
-
-DemoName: TypeAlias = Literal["real", "synthetic"]
-DEFAULT_DEMO: DemoName = "real"
-"""What ``mechdiff demo`` runs without a flag."""
 
 DEMOS: dict[str, Callable[..., Sequence[PairAnalysis]]] = {
     "real": run_demo_real,

@@ -20,6 +20,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from mechdiff import zoo
 from mechdiff._progress import progress_bar
 from mechdiff._runtime import torch_threads
+from mechdiff.choices import REAL_N_PROMPTS
 from mechdiff.compare import (
     FinetuneComparison,
     PromptedBaseComparison,
@@ -45,9 +46,6 @@ from mechdiff.tasks import Task
 from mechdiff.views import pair_views
 from mechdiff.viz import circuit_figures, pair_figures, prompted_figure
 
-REAL_N_PROMPTS = 4
-"""Default prompts per task of the real demo: keeps a run from the cache within 5 minutes on 2 CPU
-cores."""
 REAL_THREADS: int | None = None
 """torch threads of the real demo; ``None`` keeps torch's default (one per core). Measured on 2
 idle cores: all-heads patching of 2 prompts took 10.6 s with 2 threads and 20 s with 1. (With

@@ -38,24 +38,17 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechdiff.choices import METRICS, MetricName
 from mechdiff.errors import AnswerTokenError, MetricError, OptionError, PromptError
 from mechdiff.tasks import checks, encoding
 from mechdiff.tasks.chat import ChatPrompt, Message
 from mechdiff.tasks.checks import Loc
-
-MetricName: TypeAlias = Literal["logit_diff", "logprob", "kl", "kl_all"]
-"""``logit_diff``: logit(answer) - logit(wrong answer) at the final position.
-``logprob``: log p(answer) at the final position.
-``kl``: -KL(donor || model) at the final position (task-free).
-``kl_all``: -KL(donor || model) averaged over every real position (task-free, for texts)."""
-
-METRICS: tuple[MetricName, ...] = ("logit_diff", "logprob", "kl", "kl_all")
 
 Prompt: TypeAlias = str | Sequence[int] | Sequence[Message] | ChatPrompt
 Answer: TypeAlias = str | int
