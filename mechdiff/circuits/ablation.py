@@ -84,11 +84,12 @@ class MeanSum:
                 total[n:] -= b[i, n:]
             batch_sums.append(total)
         if self.sums is None:
-            self.sums = [torch.zeros(self.width, *s.shape[1:], dtype=torch.float32,
+            self.sums = [torch.zeros(self.width, *s.shape[1:],  # float64 models: float64
+                                     dtype=torch.promote_types(s.dtype, torch.float32),
                                      device=s.device) for s in batch_sums]
             self.counts = torch.zeros(self.width, device=batch_sums[0].device)
         for total, s in zip(self.sums, batch_sums, strict=True):
-            total[:w] += s.float()
+            total[:w] += s.to(total.dtype)
         self.counts[:w] += mask.sum(0).to(self.counts.device)
 
     def means(self, dtype: torch.dtype) -> list[Tensor]:

@@ -305,8 +305,12 @@ def graph_of(model: TransformerBridge) -> Graph:
 
     Raises:
         GraphError: the MLP reads the block input in parallel with attention, the attention
-            bridge cannot expose per-head inputs (``use_split_qkv_input``), or the blocks scale or
-            normalize the attention output before adding it to the residual stream.
+            bridge cannot expose per-head inputs (``use_split_qkv_input``) or outputs
+            (``use_attn_result``), or the blocks scale the attention output before adding it to
+            the residual stream. Blocks that *normalize* a sublayer's output before the residual
+            add (Gemma 2's and OLMo 2's post-sublayer norms) pass this structural check and are
+            refused with a GraphError by the decomposition check on the first forward of any
+            analysis (:func:`check_exact`: the residual stream is not the sum of the writers).
     """
     cfg = model.cfg
     if bool(getattr(cfg, "parallel_attn_mlp", False)):
@@ -322,11 +326,23 @@ def graph_of(model: TransformerBridge) -> Graph:
                 f"blocks.{layer}.attn does not expose per-head q/k/v inputs in TransformerLens "
                 "(no split-qkv fork for this architecture), so edges into heads are undefined"
             )
+        if not getattr(attn, "supports_attn_result", False):
+            raise GraphError(
+                f"blocks.{layer}.attn ({type(attn).__name__}) cannot give per-head outputs in "
+                "TransformerLens (no use_attn_result for this architecture), so an edge out of "
+                "a head cannot be ablated on its own"
+            )
         if getattr(block, "residual_contribution_scale", 1.0) != 1.0:
             raise GraphError(
                 f"blocks.{layer} scales its attention output before the residual add, so a head's "
                 "output is not its contribution to the residual stream"
             )
+    try:  # the bridge's own test of both per-head flags (it refuses some attention classes)
+        with split_inputs(model):
+            pass
+    except NotImplementedError as e:
+        raise GraphError(f"this model's attention cannot be split per head in TransformerLens: "
+                         f"{e}") from None
     n_heads = int(cfg.n_heads)
     n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
     return Graph(int(cfg.n_layers), n_heads, n_kv)

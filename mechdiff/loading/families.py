@@ -63,7 +63,8 @@ def check_family(config: dict[str, Any], where: Path | str) -> str:
     Raises:
         CheckpointError: no ``model_type``; not a causal language model (e.g. BERT); a causal LM
             family mechdiff does not support; ``architectures`` naming another head (e.g.
-            ``LlamaForSequenceClassification``).
+            ``LlamaForSequenceClassification``); a variant of a supported family that the
+            bridge does not map (post-layer-norm OPT).
     """
     model_type = config.get("model_type")
     archs = config.get("architectures") or []
@@ -96,5 +97,11 @@ def check_family(config: dict[str, Any], where: Path | str) -> str:
             f"{where}/config.json declares architectures {archs} but mechdiff loads a "
             f"{model_type!r} model only as {expected} (a causal language-model head); "
             f"{other[0]} is not one"
+        )
+    if model_type == "opt" and config.get("do_layer_norm_before", True) is False:
+        raise CheckpointError(
+            f"{where} is a post-layer-norm OPT (do_layer_norm_before: false, the layout of "
+            "facebook/opt-350m), which TransformerLens's OPT bridge does not map (it expects "
+            "a final layer norm); mechdiff loads pre-layer-norm OPT checkpoints only"
         )
     return model_type

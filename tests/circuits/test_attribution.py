@@ -393,3 +393,16 @@ def test_a_run_into_another_holds_the_difference_of_their_outputs(tiny, name) ->
     assert run.writers is None and lazy.zs is None
     for got, a, c in zip(lazy.writers, corr.writers, clean.writers, strict=True):
         torch.testing.assert_close(got, a - c, rtol=1e-9, atol=1e-12)
+
+
+def test_mean_ablation_of_a_float64_model_does_not_depend_on_the_batches(tiny) -> None:
+    """The per-position means are summed in the model's precision: a float64 model's mean
+    ablation gives the same scores in one batch or several to float64 rounding (float32 sums
+    left 1e-7 of relative difference)."""
+    model = _model(tiny, "llama", torch.float64)
+    task = random_task(5, seed=4, lengths=(4, 12))
+    kw = {"method": "eap", "ablation": "mean", "progress": False}
+    whole = edge_attribution(model, task, prompt_batch_size=5, **kw)
+    split = edge_attribution(model, task, prompt_batch_size=2, **kw)
+    assert whole.scores.dtype == torch.float64
+    torch.testing.assert_close(split.per_prompt, whole.per_prompt, rtol=1e-10, atol=1e-13)

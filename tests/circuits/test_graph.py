@@ -141,6 +141,25 @@ def test_parallel_attention_models_are_refused_before_any_forward(tmp_path) -> N
         mechdiff.circuits.edge_attribution(model, random_task(2), progress=False)
 
 
+def test_attention_without_per_head_outputs_is_refused_before_any_forward(tmp_path) -> None:
+    """OPT's attention bridge cannot give per-head results (TL's ``use_attn_result``): edge
+    scores could be computed without them, but no circuit could be evaluated, so the graph is
+    refused up front, not by an untyped error in the first faithfulness run."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    cfg = OPTConfig(vocab_size=62, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                    num_attention_heads=4, max_position_embeddings=32, word_embed_proj_dim=32,
+                    do_layer_norm_before=True, bos_token_id=61, eos_token_id=61, pad_token_id=60)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        d = save_dir(OPTForCausalLM(cfg).eval(), tmp_path / "opt")
+    model = mechdiff.load_pair(d, d, device="cpu").base
+    with pytest.raises(GraphError, match="per-head outputs"):
+        graph_of(model)
+    with pytest.raises(GraphError):
+        mechdiff.circuits.edge_attribution(model, random_task(2), progress=False)
+
+
 def test_a_residual_stream_that_is_not_a_sum_is_refused(tiny) -> None:
     model = mechdiff.load_pair(tiny["gpt2"], tiny["gpt2"], device="cpu").base
     # A block that scales its attention output before the residual add (as post-norm and

@@ -174,6 +174,17 @@ def test_unsupported_causal_lm_family_is_refused(gpt2_dir, tmp_path, no_boot):
         load_model(bloom, device="cpu")
 
 
+def test_post_layer_norm_opt_is_refused_by_name(gpt2_dir, tmp_path, no_boot):
+    """OPT is supported, but not its post-LN layout (facebook/opt-350m): TL's bridge fails on it
+    with an untyped error, so the config is refused before any weight is read."""
+    from transformers import OPTConfig
+
+    opt = _with_config(gpt2_dir, tmp_path / "opt", {
+        **OPTConfig(do_layer_norm_before=False).to_dict(), "architectures": ["OPTForCausalLM"]})
+    with pytest.raises(CheckpointError, match="post-layer-norm OPT"):
+        load_model(opt, device="cpu")
+
+
 def test_a_head_other_than_the_lm_head_is_refused(gpt2_dir, tmp_path, no_boot):
     config = json.loads((gpt2_dir / "config.json").read_text())
     config["architectures"] = ["GPT2ForSequenceClassification"]
