@@ -13,6 +13,7 @@ cross-model activation patching. A first analysis::
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 # The public names load on first use (PEP 562): ``import mechdiff`` costs nothing until a name
@@ -51,8 +52,10 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mechdiff' has no attribute {name!r}")
+    if module is None:  # a subpackage used as an attribute (mechdiff.circuits.edge_attribution)
+        if importlib.util.find_spec(f"mechdiff.{name}") is None:
+            raise AttributeError(f"module 'mechdiff' has no attribute {name!r}")
+        module = f"mechdiff.{name}"
     mod = importlib.import_module(module)
     value = mod if module == f"mechdiff.{name}" else getattr(mod, name)
     globals()[name] = value
