@@ -56,6 +56,7 @@ from mechdiff.circuits.verdict import (
     Verdict,
     decide,
     sensitivity,
+    signed,
     undetermined,
 )
 from mechdiff.errors import OptionError
@@ -139,8 +140,8 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             f"  edges shared {self.n_shared_edges}, new {self.n_new_edges}, dropped "
             f"{self.n_dropped_edges}; nodes new: {_names(self.new_nodes)}; dropped: "
             f"{_names(self.dropped_nodes)}",
-            f"  cross-faithfulness: base circuit in fine-tuned {self.base_in_ft.value:.3f}, "
-            f"fine-tuned circuit in base {self.ft_in_base.value:.3f}",
+            f"  cross-faithfulness: base circuit in fine-tuned {signed(self.base_in_ft.value)}, "
+            f"fine-tuned circuit in base {signed(self.ft_in_base.value)}",
             "  strengthened most: " + ", ".join(f"{e} ({b:+.3f} -> {f:+.3f})"
                                                  for e, b, f in self.strengthened[:5]),
             "  weakened most: " + ", ".join(f"{e} ({b:+.3f} -> {f:+.3f})"
@@ -151,7 +152,8 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
     def _size(self, size: float, c: Circuit) -> str:
         kept = f"{c.n_edges} edges, {int(c.nodes.sum())} nodes"
         if self.verdict.extra.get("size_rule") == "fixed edges":  # asked for, then pruned
-            return f"{c.requested} edges asked, {kept} kept on input-to-logits paths"
+            asked = f"{c.requested} edge{'' if c.requested == 1 else 's'} asked"
+            return f"{asked}, {kept} kept on input-to-logits paths"
         return f"{100 * size:.3g}% of edges ({kept})"
 
     @property

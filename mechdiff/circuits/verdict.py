@@ -105,6 +105,13 @@ UNDEFINED: dict[str, str] = {
 """Why each deciding number can be undefined (NaN), for the "undetermined" reasons."""
 
 
+def signed(x: float, digits: int = 3) -> str:
+    """``x`` with its sign and ``digits`` decimals; a value that rounds to zero reads ``+0.000``
+    (Python writes a tiny negative number as ``-0.000``)."""
+    r = round(x, digits) + 0.0 if math.isfinite(x) else x
+    return f"{r:+.{digits}f}"
+
+
 def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None
            ) -> tuple[Label, tuple[str, ...]]:
     """The label and the reasons (one line each) from the numbers and the thresholds."""
@@ -181,7 +188,7 @@ class Verdict(SavableResult, name="circuits.Verdict"):
         for k in NUMBERS:
             if k in self.numbers:
                 lo, hi = self.intervals.get(k, (math.nan, math.nan))
-                nums.append(f"{k} {self.numbers[k]:+.3f} [{lo:+.2f}, {hi:+.2f}]")
+                nums.append(f"{k} {signed(self.numbers[k])} [{signed(lo, 2)}, {signed(hi, 2)}]")
         lines.append("  numbers (95% interval): " + "; ".join(nums))
         lines.append("  thresholds: " + ", ".join(f"{k} {v:g}" for k, v in self.thresholds.items()))
         lines += [f"  note: {n}" for n in self.notes]

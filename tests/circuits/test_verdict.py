@@ -153,7 +153,7 @@ def test_an_empty_base_circuit_gives_no_verdict(constructed) -> None:
     assert select_circuit(c.base_scores, n=need).n_edges > 0
     assert select_circuit(c.base_scores, n=need - 1).n_edges == 0
     assert "verdict: undetermined" in c.summary()
-    assert "base 1 edges asked, 0 edges, 0 nodes kept" in c.summary()
+    assert "base 1 edge asked, 0 edges, 0 nodes kept" in c.summary()
 
 
 # The synthetic zoo (64 prompts, EAP-IG, mean ablation; measured on the cached zoo v1-93d67dd7b3):
@@ -219,3 +219,11 @@ def test_a_ratio_outside_its_own_interval_is_read_as_undetermined() -> None:
     notes = undetermined(numbers, intervals)
     assert len(notes) == 1 and notes[0].startswith("carried = 26.6") and "undetermined" in notes[0]
     assert undetermined(_numbers(carried=float("nan")), {"carried": (0.0, 1.0)}) == []
+
+
+def test_numbers_that_round_to_zero_read_without_a_minus_sign() -> None:
+    from mechdiff.circuits.verdict import signed
+
+    assert signed(-1e-9) == "+0.000" and signed(-0.0) == "+0.000"
+    assert signed(-0.0004) == "+0.000" and signed(-0.0006) == "-0.001"
+    assert signed(0.25, 2) == "+0.25" and signed(float("nan")) == "+nan"
