@@ -24,7 +24,8 @@ class OptionError(MechdiffError, ValueError):
 def check_count(name: str, value: object, *, minimum: int = 0) -> int:
     """``value`` if it is an integer (not a bool) of at least ``minimum``; else OptionError."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise OptionError(f"{name} must be an integer of at least {minimum}, got {value!r}")
+        what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise OptionError(f"{name} must be {what}, got {value!r}")
     return value
 
 

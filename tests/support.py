@@ -93,6 +93,18 @@ def write_jsonl(path: Path, n: int = 8, seed: int = 0) -> Path:
     return path
 
 
+def run_python(code: str, timeout: int = 300):
+    """Run ``code`` in a fresh interpreter (nothing imported yet); asserts it exits 0 and
+    returns the ``CompletedProcess`` (``stdout``, ``stderr`` as text)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
     """``mechdiff.cli.main(argv)`` with stdout and stderr captured."""
     import contextlib

@@ -11,6 +11,7 @@ from support import (
     assert_one_line_error,
     check_figure,
     run_cli,
+    run_python,
     table_rows,
     write_jsonl,
 )
@@ -161,9 +162,6 @@ def test_usage_errors_exit_2(tmp_path: Path, no_model_loading: None) -> None:
 def test_help_and_bad_options_are_answered_before_the_heavy_imports() -> None:
     """The parser reads only light modules: ``--help`` and a bad option come back without
     importing torch, transformers or TransformerLens (seconds of start-up)."""
-    import subprocess
-    import sys
-
     code = ("import sys\n"
             "from mechdiff.cli import main\n"
             "assert main(['circuits', '--help']) == 0\n"
@@ -171,7 +169,5 @@ def test_help_and_bad_options_are_answered_before_the_heavy_imports() -> None:
             "heavy = [m for m in sys.modules if m.split('.')[0] in "
             "('torch', 'transformers', 'transformer_lens', 'matplotlib')]\n"
             "assert not heavy, heavy[:5]\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
+    out = run_python(code, timeout=120)
     assert "--method" in out.stdout and "invalid choice: 'acdc'" in out.stderr

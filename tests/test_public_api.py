@@ -3,10 +3,8 @@ subpackage is there when asked for."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
+from support import run_python
 
 import mechdiff
 
@@ -17,9 +15,7 @@ def test_import_is_light_and_names_load_on_use() -> None:
             "assert mechdiff.Task.__name__ == 'Task'\n"
             "assert mechdiff.circuits.edge_attribution.__name__ == 'edge_attribution'\n"
             "from mechdiff import load_pair, cross_patch, errors\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
+    run_python(code)
 
 
 def test_every_public_name_resolves_and_unknown_names_do_not() -> None:

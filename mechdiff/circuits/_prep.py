@@ -22,7 +22,7 @@ from mechdiff.circuits.graph import (
     qkv_in_hook,
     resid_pre_hook,
 )
-from mechdiff.errors import OptionError, PromptError
+from mechdiff.errors import OptionError, PromptError, check_count
 from mechdiff.loading import model_device
 from mechdiff.metrics import metric_values
 from mechdiff.tasks import Task, Tokens
@@ -35,8 +35,7 @@ def check_option(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
 
 def check_positive(**values: int) -> None:
     for name, v in values.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise OptionError(f"{name} must be a positive integer, got {v!r}")
+        check_count(name, v, minimum=1)
 
 
 def prepare(model: TransformerBridge, task: Task, ablation: str) -> tuple[Graph, Tokens]:

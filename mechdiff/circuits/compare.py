@@ -151,15 +151,18 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
 
     def _size(self, size: float, c: Circuit) -> str:
         kept = f"{c.n_edges} edges, {int(c.nodes.sum())} nodes"
-        if self.verdict.extra.get("size_rule") == "fixed edges":  # asked for, then pruned
+        if self._fixed:  # asked for, then pruned
             asked = f"{c.requested} edge{'' if c.requested == 1 else 's'} asked"
             return f"{asked}, {kept} kept on input-to-logits paths"
         return f"{100 * size:.3g}% of edges ({kept})"
 
     @property
+    def _fixed(self) -> bool:
+        return self.verdict.extra.get("size_rule") == "fixed edges"
+
+    @property
     def _sized(self) -> str:
-        fixed = self.verdict.extra.get("size_rule") == "fixed edges"
-        return "circuits of a fixed size" if fixed else "smallest faithful circuits"
+        return "circuits of a fixed size" if self._fixed else "smallest faithful circuits"
 
 
 def _names(labels: tuple[str, ...], k: int = 12) -> str:
@@ -293,11 +296,9 @@ def compare_circuits(
         "s_b": b["scores"].per_prompt, "s_f": f["scores"].per_prompt,
     }
     numbers = _numbers(per_prompt, cb, cf, None)
-    fixed: bool | str = edges is not None
-    if edges is not None and cb.n_edges == 0:
-        fixed = _size_hint(b["scores"], rule, edges)
+    hint = _size_hint(b["scores"], rule, edges) if edges is not None and not cb.n_edges else ""
     verdict = _verdict(per_prompt, cb, cf, numbers, thresholds, n_boot, seed, size_b,
-                       fixed=fixed)
+                       fixed=edges is not None, empty_hint=hint)
     return CircuitComparison(
         base_scores=b["scores"], ft_scores=f["scores"], base_curve=b["curve"],
         ft_curve=f["curve"], base_size=size_b, ft_size=size_f, base_circuit=cb, ft_circuit=cf,
@@ -435,16 +436,16 @@ def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
 
 def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str, float],
              thresholds: dict[str, float] | None, n_boot: int, seed: int, size: float,
-             *, fixed: bool | str = False) -> Verdict:
-    """The verdict with its bootstrap; ``fixed``: the circuits have a fixed size (``edges=``),
-    given as a hint for an empty base circuit (a string) or True."""
+             *, fixed: bool = False, empty_hint: str = "") -> Verdict:
+    """The verdict with its bootstrap; ``fixed``: the circuits have a fixed size (``edges=``);
+    ``empty_hint``: what an empty base circuit needs instead (added to its reason)."""
     t = {**THRESHOLDS, **(thresholds or {})}
     label, reasons = decide(numbers, t)
     empty = cb.n_edges == 0  # no evidence: an empty circuit inside the fine-tune is not "new"
     if empty:
         label, reasons = "undetermined", (
             "the base circuit is empty: its selected edges have no path from the input to the "
-            "logits once pruned" + (f"; {fixed}" if isinstance(fixed, str) else ""),)
+            "logits once pruned" + (f"; {empty_hint}" if empty_hint else ""),)
     n = pp["b_full"].shape[0]
     gen = torch.Generator().manual_seed(seed)
     boots: dict[str, list[float]] = {k: [] for k in NUMBERS}

@@ -127,14 +127,19 @@ def test_a_key_value_head_input_changes_only_its_group(tiny) -> None:
     assert float((z1[:, :, 2:] - z0[:, :, 2:]).abs().max()) > 1e-4  # heads 2, 3 share KV 1
 
 
+def _loaded(model_class, cfg, path):
+    """A tiny random ``model_class(cfg)`` saved to ``path`` and loaded by mechdiff."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        d = save_dir(model_class(cfg).eval(), path)
+    return mechdiff.load_pair(d, d, device="cpu").base
+
+
 def test_parallel_attention_models_are_refused_before_any_forward(tmp_path) -> None:
     cfg = GPTNeoXConfig(vocab_size=62, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=32,
                         use_parallel_residual=True, bos_token_id=61, eos_token_id=61)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        d = save_dir(GPTNeoXForCausalLM(cfg).eval(), tmp_path / "neox")
-    model = mechdiff.load_pair(d, d, device="cpu").base
+    model = _loaded(GPTNeoXForCausalLM, cfg, tmp_path / "neox")
     with pytest.raises(GraphError, match="parallel"):
         graph_of(model)
     with pytest.raises(GraphError):
@@ -150,10 +155,7 @@ def test_attention_without_per_head_outputs_is_refused_before_any_forward(tmp_pa
     cfg = OPTConfig(vocab_size=62, hidden_size=32, ffn_dim=64, num_hidden_layers=2,
                     num_attention_heads=4, max_position_embeddings=32, word_embed_proj_dim=32,
                     do_layer_norm_before=True, bos_token_id=61, eos_token_id=61, pad_token_id=60)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        d = save_dir(OPTForCausalLM(cfg).eval(), tmp_path / "opt")
-    model = mechdiff.load_pair(d, d, device="cpu").base
+    model = _loaded(OPTForCausalLM, cfg, tmp_path / "opt")
     with pytest.raises(GraphError, match="per-head outputs"):
         graph_of(model)
     with pytest.raises(GraphError):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import unchecked
+from support import run_python, unchecked
 from toy_results import (
     Comparison,
     Pair,
@@ -102,9 +102,6 @@ def test_unknown_type_name_is_refused_with_the_known_ones(tmp_path: Path) -> Non
 def test_load_result_loads_every_mechdiff_type_after_a_bare_import(tmp_path: Path) -> None:
     """``import mechdiff`` does not import the circuit modules; loading a circuit result in a
     fresh process must still work (the registry imports mechdiff's result modules on demand)."""
-    import subprocess
-    import sys
-
     from mechdiff.circuits.verdict import Verdict
 
     path = Verdict(label="mixed", reasons=("r",), numbers={"carried": 0.5}, intervals={},
@@ -112,10 +109,7 @@ def test_load_result_loads_every_mechdiff_type_after_a_bare_import(tmp_path: Pat
                    seed=0).save(tmp_path / "verdict")
     code = ("import sys, mechdiff; assert 'mechdiff.circuits' not in sys.modules; "
             f"print(type(mechdiff.load_result({str(path)!r})).__name__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "Verdict"
+    assert run_python(code).stdout.strip() == "Verdict"
 
 
 def test_every_result_type_is_in_a_builtin_module() -> None:
