@@ -38,8 +38,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mechdiff import _cli
     except KeyboardInterrupt:
         print("mechdiff: interrupted", file=sys.stderr)
-        return 130
-    return _cli.main(argv)
+        status = 130
+    else:
+        status = _cli.main(argv)
+    _forget_handled_interrupt()
+    return status
+
+
+def _forget_handled_interrupt() -> None:
+    """Make ``python -m mechdiff.cli`` exit with the status ``main`` returns after a Ctrl-C.
+
+    CPython marks an interrupt "unhandled" when it leaves code run by ``exec`` of a string, which
+    ``dataclasses`` and ``namedtuple`` do while a module is imported, and keeps the mark after
+    the interrupt is caught. Under ``python -m`` the interpreter then ends by killing itself
+    with SIGINT (status -2 to a caller, not 130). Running ``exec`` of a string that completes
+    clears the mark.
+    """
+    exec("pass")
 
 
 def build_parser() -> Any:

@@ -79,7 +79,7 @@ from mechdiff.results.errors import (
     OutputError,
     OutputLockedError,
 )
-from mechdiff.results.signals import deferred_signals
+from mechdiff.results.signals import deferred_signals, raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ class OutputFolder:
             if exc is None:
                 try:
                     with deferred_signals():
+                        raise_if_interrupted()  # one that Python dropped (see signals.py)
                         self._commit()
                 except BaseException as e:
                     self._discard()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -44,3 +46,49 @@ def test_deferred_signals_arrive_after_the_block() -> None:
         done.append("the block ran to its end")
     assert done == ["the block ran to its end"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _InterruptedOnDrop:
+    """Ctrl-C arriving while Python runs a ``__del__``: Python prints "Exception ignored" and
+    drops the KeyboardInterrupt (as it does in a weakref callback, which happened mid-run)."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_an_interrupt_dropped_by_python_is_raised_again_silently(capsys) -> None:
+    reached = []
+    with pytest.raises(KeyboardInterrupt), terminate_as_interrupt():
+        _InterruptedOnDrop()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            pass  # busy, as a computation is: the interrupt is raised again here
+        reached.append("the end of the block")
+    assert reached == []
+    assert "ignored" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_without_the_block_python_drops_it(monkeypatch) -> None:
+    """The failure the test above guards against, as plain Python shows it."""
+    dropped: list = []
+    monkeypatch.setattr(sys, "unraisablehook", dropped.append)
+    _InterruptedOnDrop()  # no KeyboardInterrupt comes out of this line
+    assert [type(u.exc_value) for u in dropped] == [KeyboardInterrupt]
+
+
+def test_an_interrupt_that_code_swallowed_still_stops_the_commit(tmp_path) -> None:
+    from mechdiff.results import OutputFolder, RunSpec
+
+    out = tmp_path / "out"
+    spec = RunSpec(command="toy", inputs={}, options={})
+    with pytest.raises(KeyboardInterrupt), terminate_as_interrupt(), OutputFolder(out, run=spec) as work:
+        (work / "summary.md").write_text("half a run\n")
+        try:  # a library that catches Ctrl-C and carries on
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if "work" in p.name]
+    with terminate_as_interrupt(), OutputFolder(out, run=spec) as work:  # forgotten after
+        (work / "summary.md").write_text("a whole run\n")
+    assert (out / "summary.md").read_text() == "a whole run\n"
