@@ -28,7 +28,7 @@ from mechdiff.compare import (
     compare_prompted_base,
 )
 from mechdiff.demos._common import Report, pick, quiet, subset
-from mechdiff.errors import OptionError
+from mechdiff.errors import check_count
 from mechdiff.loading import LoadInfo, ModelPair, load_model, load_pair
 from mechdiff.patching import PatchResult, activation_patch, cross_patch
 from mechdiff.pipeline import CircuitAnalysis, PairAnalysis, analyse_circuits, analyse_pair
@@ -115,10 +115,9 @@ def run_demo_real(
     """
     from mechdiff.zoo import real
 
-    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
-        raise OptionError(f"n_prompts must be a positive integer, got {n_prompts!r}")
-    if threads is not None and threads < 1:
-        raise OptionError(f"threads must be at least 1, got {threads}")
+    check_count("n_prompts", n_prompts, minimum=1)
+    if threads is not None:
+        check_count("threads", threads, minimum=1)
     say = report or quiet
     out = Path(out)
     start = time.perf_counter()

@@ -10,7 +10,7 @@ from pathlib import Path
 from mechdiff import zoo
 from mechdiff._progress import progress_bar
 from mechdiff.demos._common import Report, quiet
-from mechdiff.errors import OptionError
+from mechdiff.errors import check_count
 from mechdiff.loading import load_pair
 from mechdiff.pipeline import CircuitAnalysis, PairAnalysis, analyse_circuits, analyse_pair
 from mechdiff.report import text
@@ -54,8 +54,7 @@ def run_demo_synthetic(
         progress: show progress bars.
         report: called with each fine-tune's ranked table as soon as it is ready.
     """
-    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
-        raise OptionError(f"n_prompts must be a positive integer, got {n_prompts!r}")
+    check_count("n_prompts", n_prompts, minimum=1)
     say = report or quiet
     out = Path(out)
     start = time.perf_counter()

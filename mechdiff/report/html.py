@@ -31,7 +31,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from mechdiff.errors import OptionError
+from mechdiff.errors import OptionError, check_count
 from mechdiff.report import sections
 from mechdiff.results import Provenance, SavableResult, atomic_write_text, load_result
 from mechdiff.viz._save import figure_svg
@@ -297,8 +297,7 @@ def write_report(
             positive integer, or ``out_html`` is a folder.
         OutputError: the file cannot be written (nothing is left half-written).
     """
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise OptionError(f"top must be a positive integer, got {top!r}")
+    check_count("top", top, minimum=1)
     root = Path(results_dir).resolve()
     if not root.is_dir():
         raise OptionError(f"{results_dir} is not a folder; give a folder mechdiff wrote results "

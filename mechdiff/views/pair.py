@@ -38,7 +38,7 @@ from torch import Tensor
 
 from mechdiff._engine import forward_hooks
 from mechdiff._progress import progress_bar
-from mechdiff.errors import OptionError, ResultError
+from mechdiff.errors import OptionError, ResultError, check_count
 from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, kl_div
 from mechdiff.patching import PatchResult
@@ -161,8 +161,7 @@ def top_heads(source: PairAnalysis | PatchResult, k: int = DEFAULT_K) -> list[Ra
     Raises:
         OptionError: ``k`` is not a positive integer, or ``source`` has no head results.
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise OptionError(f"k must be a positive integer, got {k!r}")
+    check_count("k", k, minimum=1)
     if isinstance(source, PairAnalysis):
         results = {key: r for key, r in source.results(source.ranked_by).items()
                    if r.sites == "heads"}
@@ -242,8 +241,7 @@ def pair_views(
     if not isinstance(label, str) or not label:
         raise OptionError(f"label must be a non-empty string, got {label!r}")
     for name, value in (("n_prompts", n_prompts), ("prompt_batch_size", prompt_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise OptionError(f"{name} must be a positive integer, got {value!r}")
+        check_count(name, value, minimum=1)
     chosen = _chosen_heads(heads, k, pair)
     n_task = len(task)
     keep: list[int] = []

@@ -212,3 +212,16 @@ def test_real_demo_on_a_stand_in_real_zoo(
     full_c = CircuitAnalysis.load(out / "circuits" / "distill").comparison
     assert torch.equal(lora_c.base_scores.scores, full_c.base_scores.scores)
     assert torch.equal(lora_c.base_curve.values, full_c.base_curve.values)
+
+
+@pytest.mark.parametrize(("option", "value"), [("n_prompts", 0), ("n_prompts", True),
+                                               ("threads", 0), ("threads", 1.5)])
+def test_bad_counts_are_refused_before_any_model_is_loaded(tmp_path: Path, option: str,
+                                                           value: object) -> None:
+    from support import unchecked
+
+    from mechdiff.errors import OptionError
+
+    with pytest.raises(OptionError, match=f"{option} must be a positive integer, got {value!r}"):
+        unchecked(demo_real.run_demo_real)(tmp_path / "out", **{option: value})
+    assert not (tmp_path / "out").exists()
