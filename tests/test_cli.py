@@ -4,6 +4,8 @@ come out on top, in the printed table and in the saved results), and one-line er
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,6 @@ def test_help_and_bad_options_are_answered_before_the_heavy_imports() -> None:
             "assert not heavy, heavy[:5]\n")
     out = run_python(code, timeout=120)
     assert "--method" in out.stdout and "invalid choice: 'acdc'" in out.stderr
+    as_module = subprocess.run([sys.executable, "-m", "mechdiff", "--help"], capture_output=True,
+                               text=True, timeout=120)  # python -m mechdiff is the command too
+    assert as_module.returncode == 0 and "circuits" in as_module.stdout, as_module.stderr
