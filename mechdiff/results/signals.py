@@ -32,16 +32,25 @@ from mechdiff.results.errors import Terminated
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 _received: list[int] = []  # signals that arrived within terminate_as_interrupt, in order
 _REDELIVER_S = 0.01  # after this long, a dropped interrupt is raised again
+_owed: set[int] = set()  # dropped interrupts not raised again yet
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
+    _owed.clear()
     raise Terminated(signum)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
+    _owed.clear()
     raise KeyboardInterrupt
+
+
+def _redeliver(signum: int) -> None:
+    """Raise a dropped interrupt again in the main thread, unless one was raised since."""
+    if signum in _owed:
+        _thread.interrupt_main(signum)
 
 
 def _restorable(handler: object) -> object:
@@ -57,6 +66,7 @@ def raise_if_interrupted() -> None:
     """
     if _received:
         signum = _received[-1]
+        _owed.clear()
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
 
@@ -74,7 +84,8 @@ def _redeliver_dropped(previous: Any) -> Any:
             previous(unraisable)
             return
         signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-        timer = threading.Timer(_REDELIVER_S, _thread.interrupt_main, args=(signum,))
+        _owed.add(signum)
+        timer = threading.Timer(_REDELIVER_S, _redeliver, args=(signum,))
         timer.daemon = True
         timer.start()
 
@@ -113,6 +124,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         del _received[start:]
+        _owed.clear()  # nothing is raised again after the block
 
 
 @contextlib.contextmanager

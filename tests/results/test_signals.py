@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from mechdiff.results import Terminated, terminate_as_interrupt
-from mechdiff.results.signals import _raise_terminated, deferred_signals
+from mechdiff.results.signals import _raise_terminated, deferred_signals, raise_if_interrupted
 
 
 @pytest.fixture
@@ -67,6 +67,18 @@ def test_an_interrupt_dropped_by_python_is_raised_again_silently(capsys) -> None
     assert reached == []
     assert "ignored" not in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_interrupt_raised_before_the_timer_is_not_raised_twice() -> None:
+    with pytest.raises(KeyboardInterrupt), terminate_as_interrupt():
+        _InterruptedOnDrop()
+        raise_if_interrupted()  # as a commit right after the drop: raised here, at once
+    deadline = time.monotonic() + 0.3
+    try:
+        while time.monotonic() < deadline:
+            pass  # the timer fires here and must raise nothing (the interrupt was raised)
+    except KeyboardInterrupt:
+        pytest.fail("the dropped interrupt was raised a second time, after the block")
 
 
 def test_without_the_block_python_drops_it(monkeypatch) -> None:
