@@ -36,11 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     try:  # torch and TransformerLens take seconds to import: Ctrl-C then is a clean exit too
         from mechdiff import _cli
+
+        status = _cli.main(argv)  # handles interrupts in commands itself (with output notes)
     except KeyboardInterrupt:
         print("mechdiff: interrupted", file=sys.stderr)
         status = 130
-    else:
-        status = _cli.main(argv)
     _forget_handled_interrupt()
     return status
 

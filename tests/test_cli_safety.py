@@ -138,17 +138,19 @@ def test_unwritable_parent_is_one_line_naming_the_path(ckpts, done, tmp_path: Pa
     assert run.returncode == 2 and str(locked) in run.stderr
 
 
-@pytest.mark.parametrize("where", ["command", "import"])
+@pytest.mark.parametrize("where", ["command", "import", "parser"])
 def test_an_interrupt_through_exec_of_a_string_still_exits_130_under_python_m(
     tmp_path: Path, where: str
 ) -> None:
     """CPython marks an interrupt that leaves ``exec`` of a string (dataclasses and namedtuples
     do that while a module is imported) "unhandled" even when it is caught later; under
     ``python -m`` the process then killed itself with SIGINT (status -2, 1 run in 5 of the
-    mid-run test above). Here the interrupt is raised that way in the command, or in the import
-    of the implementation."""
+    mid-run test above). Here the interrupt is raised that way in the command, in the import of
+    the implementation, or while the arguments are parsed."""
     hit = ("mechdiff._cli._cmd_report = lambda args: exec('raise KeyboardInterrupt')"
            if where == "command" else
+           "mechdiff._cli.build_parser = lambda: exec('raise KeyboardInterrupt')"
+           if where == "parser" else
            "import builtins; real = builtins.__import__\n"
            "def imp(name, *a, **k):\n"
            "    if name == 'mechdiff' and a[2] == ('_cli',): exec('raise KeyboardInterrupt')\n"
