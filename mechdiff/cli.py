@@ -21,9 +21,10 @@ as it was.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from mechdiff.choices import DEFAULT_DEMO
 
@@ -57,6 +58,20 @@ def _forget_handled_interrupt() -> None:
     exec("pass")
 
 
+def run() -> NoReturn:
+    """The ``mechdiff`` console script and ``python -m mechdiff``: :func:`main`, then exit with
+    its status.
+
+    Ctrl-C is ignored from then on: the command has finished and its output is complete, and an
+    interrupt while the interpreter shuts down (torch's finalizers take a second or two) would
+    print "Exception ignored ... KeyboardInterrupt" or kill the process by SIGINT (status -2 to
+    a caller) after a successful run.
+    """
+    status = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(status)
+
+
 def build_parser() -> Any:
     """The command line's ``argparse`` parser."""
     from mechdiff import _cli
@@ -64,8 +79,8 @@ def build_parser() -> Any:
     return _cli.build_parser()
 
 
-__all__ = ["DEFAULT_DEMO", "build_parser", "main"]
+__all__ = ["DEFAULT_DEMO", "build_parser", "main", "run"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

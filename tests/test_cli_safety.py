@@ -163,3 +163,21 @@ def test_an_interrupt_through_exec_of_a_string_still_exits_130_under_python_m(
                          text=True, timeout=300)
     assert run.returncode == 130, run.stderr
     assert "mechdiff: interrupted" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_ctrl_c_while_the_interpreter_shuts_down_after_a_finished_run_is_ignored(
+    tmp_path: Path,
+) -> None:
+    """After a command finished (its output complete), Ctrl-C during the interpreter's shutdown
+    (torch's finalizers take a second or two) printed "Exception ignored ... KeyboardInterrupt",
+    or killed the process by SIGINT (-2), after a successful run. The entry point the console
+    script and ``python -m mechdiff`` use ignores it."""
+    (tmp_path / "probe.py").write_text(
+        "import atexit, signal\nimport mechdiff._cli\nfrom mechdiff import cli\n"
+        "mechdiff._cli._cmd_report = lambda args: 0\n"
+        "atexit.register(lambda: signal.raise_signal(signal.SIGINT))  # Ctrl-C at shutdown\n"
+        "import sys\nsys.argv = ['mechdiff', 'report', 'nowhere']\ncli.run()\n", encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "probe"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "KeyboardInterrupt" not in run.stderr and "Traceback" not in run.stderr
