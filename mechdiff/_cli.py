@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mechdiff._progress import report as print_line
+from mechdiff._signals import last_interrupt, raise_if_interrupted, terminate_as_interrupt
 from mechdiff.choices import (
     ABLATIONS,
     DEFAULT_DEMO,
@@ -347,29 +349,78 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
+    target = _target(args)
+    before = _stamp(target)
     try:
-        from mechdiff._runtime import fixed_mmap_threshold
-        from mechdiff.results.signals import terminate_as_interrupt
-
-        fixed_mmap_threshold()
-        with terminate_as_interrupt(), _hf_progress(enabled=not getattr(args, "quiet", False)):
-            if args.command == "demo":
-                return _cmd_demo(args)
-            if args.command == "report":
-                return _cmd_report(args)
-            if args.command == "circuits":
-                return _cmd_circuits(args)
-            return _cmd_patch(args)
+        with terminate_as_interrupt():
+            try:
+                return _run_command(args)
+            except (MechdiffError, OSError):
+                raise
+            except Exception:
+                signum = last_interrupt()
+                if signum is None:
+                    raise
+                # An interrupt that library code swallowed, and an error it caused (seen: numpy
+                # left half-imported by Ctrl-C, then a RecursionError): the interrupt happened.
+                raise (KeyboardInterrupt() if signum == signal.SIGINT
+                       else Terminated(signum)) from None
     except MechdiffError as e:
         return _fail(str(e))
     except OSError as e:  # unwritable output folder, full disk, ...
         return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-    except Terminated as e:
-        print("mechdiff: terminated; the output folder was left as it was", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("mechdiff: interrupted; the output folder was left as it was", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e, target, before)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from mechdiff._runtime import fixed_mmap_threshold  # imports torch: seconds
+
+    raise_if_interrupted()  # one that an import swallowed: stop before using what it broke
+    fixed_mmap_threshold()
+    with _hf_progress(enabled=not getattr(args, "quiet", False)):
+        if args.command == "demo":
+            return _cmd_demo(args)
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "circuits":
+            return _cmd_circuits(args)
+        return _cmd_patch(args)
+
+
+def _target(args: argparse.Namespace) -> Path:
+    """What the command writes: its output folder, or the report's file."""
+    if args.command == "report":  # write_report's default: report.html in the results folder
+        return Path(args.output or Path(args.results_dir) / "report.html")
+    return Path(args.out)
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    """Identity of ``path`` (inode, modification time): an atomic replacement changes it."""
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_ino, st.st_mtime_ns)
+
+
+def _interrupted(e: KeyboardInterrupt, target: Path | None,
+                 before: tuple[int, int] | None) -> int:
+    """Report an interrupt (one line) and return its exit status: 130, or 128 + n for signal n.
+
+    The output is written in one atomic step, so it is either this run's whole output (the
+    signal came after it was written) or exactly what it was before; the line says which.
+    """
+    what = "terminated" if isinstance(e, Terminated) else "interrupted"
+    after = _stamp(target)
+    if after is not None and after != before:
+        where = f"{target} holds this run's complete output (written before the signal came)"
+    elif target is not None and target.suffix == ".html":
+        where = f"{target} was left as it was"
+    else:
+        where = "the output folder was left as it was"
+    print(f"mechdiff: {what}; {where}", file=sys.stderr)
+    return e.exit_code if isinstance(e, Terminated) else 130
 
 
 @contextlib.contextmanager

@@ -35,13 +35,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: arguments without the program name (default: ``sys.argv[1:]``).
     """
-    try:  # torch and TransformerLens take seconds to import: Ctrl-C then is a clean exit too
-        from mechdiff import _cli
+    from mechdiff._signals import raise_if_interrupted, terminate_as_interrupt
+    from mechdiff.errors import Terminated
 
-        status = _cli.main(argv)  # handles interrupts in commands itself (with output notes)
-    except KeyboardInterrupt:
-        print("mechdiff: interrupted", file=sys.stderr)
-        status = 130
+    try:  # torch and TransformerLens take seconds to import: Ctrl-C, SIGTERM then exit cleanly
+        with terminate_as_interrupt():
+            from mechdiff import _cli
+
+            raise_if_interrupted()  # one that an import swallowed (numpy's can)
+            status = _cli.main(argv)  # reports an interrupt in a command itself
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"mechdiff: {what}; nothing was written", file=sys.stderr)
+        status = e.exit_code if isinstance(e, Terminated) else 130
     _forget_handled_interrupt()
     return status
 

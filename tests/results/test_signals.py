@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from mechdiff._signals import _raise_terminated, deferred_signals, raise_if_interrupted
 from mechdiff.results import Terminated, terminate_as_interrupt
-from mechdiff.results.signals import _raise_terminated, deferred_signals, raise_if_interrupted
 
 
 @pytest.fixture
