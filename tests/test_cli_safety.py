@@ -138,6 +138,15 @@ def test_unwritable_parent_is_one_line_naming_the_path(ckpts, done, tmp_path: Pa
     assert run.returncode == 2 and str(locked) in run.stderr
 
 
+def _probe(tmp_path: Path, setup: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """``python -m probe``: ``setup`` (Python lines), then the mechdiff command ``argv``."""
+    (tmp_path / "probe.py").write_text(
+        "import os, signal, sys\nimport mechdiff._cli\nfrom mechdiff import cli\n"
+        f"{setup}\nsys.argv = ['mechdiff', *{argv!r}]\ncli.run()\n", encoding="utf-8")
+    return subprocess.run([sys.executable, "-m", "probe"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+
+
 @pytest.mark.parametrize("where", ["command", "import", "parser"])
 def test_an_interrupt_through_exec_of_a_string_still_exits_130_under_python_m(
     tmp_path: Path, where: str
@@ -156,11 +165,7 @@ def test_an_interrupt_through_exec_of_a_string_still_exits_130_under_python_m(
            "    if name == 'mechdiff' and a[2] == ('_cli',): exec('raise KeyboardInterrupt')\n"
            "    return real(name, *a, **k)\n"
            "builtins.__import__ = imp")
-    (tmp_path / "probe.py").write_text(
-        "import sys\nimport mechdiff._cli\nfrom mechdiff import cli\n"
-        f"{hit}\nsys.exit(cli.main(['report', 'nowhere']))\n", encoding="utf-8")
-    run = subprocess.run([sys.executable, "-m", "probe"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)
+    run = _probe(tmp_path, hit, ["report", "nowhere"])
     assert run.returncode == 130, run.stderr
     assert "mechdiff: interrupted" in run.stderr and "Traceback" not in run.stderr
 
@@ -172,47 +177,36 @@ def test_ctrl_c_while_the_interpreter_shuts_down_after_a_finished_run_is_ignored
     (torch's finalizers take a second or two) printed "Exception ignored ... KeyboardInterrupt",
     or killed the process by SIGINT (-2), after a successful run. The entry point the console
     script and ``python -m mechdiff`` use ignores it."""
-    (tmp_path / "probe.py").write_text(
-        "import atexit, signal\nimport mechdiff._cli\nfrom mechdiff import cli\n"
-        "mechdiff._cli._cmd_report = lambda args: 0\n"
-        "atexit.register(lambda: signal.raise_signal(signal.SIGINT))  # Ctrl-C at shutdown\n"
-        "import sys\nsys.argv = ['mechdiff', 'report', 'nowhere']\ncli.run()\n", encoding="utf-8")
-    run = subprocess.run([sys.executable, "-m", "probe"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)
+    run = _probe(tmp_path, "import atexit\nmechdiff._cli._cmd_report = lambda args: 0\n"
+                 "atexit.register(lambda: signal.raise_signal(signal.SIGINT))  # at shutdown",
+                 ["report", "nowhere"])
     assert run.returncode == 0, run.stderr
     assert "KeyboardInterrupt" not in run.stderr and "Traceback" not in run.stderr
 
 
-def _probe(tmp_path: Path, setup: str, argv: list[str]) -> subprocess.CompletedProcess:
-    """``python -m probe``: ``setup`` (Python lines), then the mechdiff command ``argv``."""
-    (tmp_path / "probe.py").write_text(
-        "import os, signal, sys\nimport mechdiff._cli\nfrom mechdiff import cli\n"
-        f"{setup}\nsys.argv = ['mechdiff', *{argv!r}]\ncli.run()\n", encoding="utf-8")
-    return subprocess.run([sys.executable, "-m", "probe"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+SIGTERM_AT_IMPORT = ("import builtins; real = builtins.__import__\n"
+                     "def imp(name, *a, **k):\n"
+                     "    if name == 'mechdiff._runtime': signal.raise_signal(signal.SIGTERM)\n"
+                     "    return real(name, *a, **k)\n"
+                     "builtins.__import__ = imp")
+SWALLOWED_THEN_ERROR = ("def cmd(args):\n"
+                        "    try:\n        signal.raise_signal(signal.SIGINT)\n"
+                        "    except KeyboardInterrupt:\n        pass  # a library swallows it\n"
+                        "    raise RecursionError('what the interrupt broke')\n"
+                        "mechdiff._cli._cmd_report = cmd")
 
 
-def test_sigterm_while_torch_is_imported_exits_143(tmp_path: Path) -> None:
-    """An outside test saw SIGTERM in the first two seconds kill the process outright (-15)."""
-    run = _probe(tmp_path, "import builtins; real = builtins.__import__\n"
-                 "def imp(name, *a, **k):\n"
-                 "    if name == 'mechdiff._runtime': signal.raise_signal(signal.SIGTERM)\n"
-                 "    return real(name, *a, **k)\n"
-                 "builtins.__import__ = imp", ["report", "nowhere"])
-    assert run.returncode == 143, run.stderr
-    assert run.stderr == "mechdiff: terminated; nowhere/report.html was left as it was\n"
-
-
-def test_an_error_after_a_swallowed_interrupt_is_reported_as_the_interrupt(tmp_path) -> None:
-    """Ctrl-C swallowed inside numpy's import left it half-imported and the run crashed later
-    with a RecursionError traceback (seen by an outside test)."""
-    run = _probe(tmp_path, "def cmd(args):\n"
-                 "    try:\n        signal.raise_signal(signal.SIGINT)\n"
-                 "    except KeyboardInterrupt:\n        pass  # as a library that swallows it\n"
-                 "    raise RecursionError('what the interrupt broke')\n"
-                 "mechdiff._cli._cmd_report = cmd", ["report", "nowhere"])
-    assert run.returncode == 130, run.stderr
-    assert run.stderr == "mechdiff: interrupted; nowhere/report.html was left as it was\n"
+@pytest.mark.parametrize(("setup", "status", "what"), [(SIGTERM_AT_IMPORT, 143, "terminated"),
+                                                       (SWALLOWED_THEN_ERROR, 130, "interrupted")])
+def test_early_and_swallowed_signals_end_the_run_with_one_line(
+    tmp_path: Path, setup: str, status: int, what: str
+) -> None:
+    """Seen by an outside test: SIGTERM in the first two seconds (torch being imported) killed
+    the process outright (-15); Ctrl-C swallowed inside numpy's import left it half-imported and
+    the run crashed later with a RecursionError traceback."""
+    run = _probe(tmp_path, setup, ["report", "nowhere"])
+    assert run.returncode == status, run.stderr
+    assert run.stderr == f"mechdiff: {what}; nowhere/report.html was left as it was\n"
 
 
 @pytest.mark.parametrize("written", [True, False])
