@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -14,7 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from mechdiff._progress import report as print_line
-from mechdiff._signals import last_interrupt, raise_if_interrupted, terminate_as_interrupt
+from mechdiff._signals import (
+    interrupt_for,
+    last_interrupt,
+    raise_if_interrupted,
+    terminate_as_interrupt,
+)
 from mechdiff.choices import (
     ABLATIONS,
     DEFAULT_DEMO,
@@ -363,8 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise
                 # An interrupt that library code swallowed, and an error it caused (seen: numpy
                 # left half-imported by Ctrl-C, then a RecursionError): the interrupt happened.
-                raise (KeyboardInterrupt() if signum == signal.SIGINT
-                       else Terminated(signum)) from None
+                raise interrupt_for(signum) from None
     except MechdiffError as e:
         return _fail(str(e))
     except OSError as e:  # unwritable output folder, full disk, ...
@@ -395,17 +398,17 @@ def _target(args: argparse.Namespace) -> Path:
     return Path(args.out)
 
 
-def _stamp(path: Path | None) -> tuple[int, int] | None:
-    """Identity of ``path`` (inode, modification time): an atomic replacement changes it."""
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """Identity of ``path`` (inode, modification time; None if absent): an atomic replacement
+    changes it."""
     try:
-        st = path.stat() if path is not None else None
+        st = path.stat()
     except OSError:
         return None
-    return None if st is None else (st.st_ino, st.st_mtime_ns)
+    return st.st_ino, st.st_mtime_ns
 
 
-def _interrupted(e: KeyboardInterrupt, target: Path | None,
-                 before: tuple[int, int] | None) -> int:
+def _interrupted(e: KeyboardInterrupt, target: Path, before: tuple[int, int] | None) -> int:
     """Report an interrupt (one line) and return its exit status: 130, or 128 + n for signal n.
 
     The output is written in one atomic step, so it is either this run's whole output (the
@@ -415,7 +418,7 @@ def _interrupted(e: KeyboardInterrupt, target: Path | None,
     after = _stamp(target)
     if after is not None and after != before:
         where = f"{target} holds this run's complete output (written before the signal came)"
-    elif target is not None and target.suffix == ".html":
+    elif target.suffix == ".html":
         where = f"{target} was left as it was"
     else:
         where = "the output folder was left as it was"

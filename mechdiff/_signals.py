@@ -66,6 +66,11 @@ def last_interrupt() -> int | None:
     return _received[-1] if _received else None
 
 
+def interrupt_for(signum: int) -> KeyboardInterrupt:
+    """The exception a signal raises within :func:`terminate_as_interrupt`."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
 def raise_if_interrupted() -> None:
     """Raise the interrupt that arrived within :func:`terminate_as_interrupt` if Python dropped it.
 
@@ -73,9 +78,8 @@ def raise_if_interrupted() -> None:
     calls it before it commits, so an interrupted command never replaces its output.
     """
     if _received:
-        signum = _received[-1]
         _owed.clear()
-        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+        raise interrupt_for(_received[-1])
 
 
 def _redeliver_dropped(previous: Any) -> Any:
