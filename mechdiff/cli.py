@@ -15,8 +15,8 @@ This module only parses arguments, runs the command inside a transactional outpu
 (:class:`mechdiff.results.folder.OutputFolder`: the output appears whole or not at all; a lock
 refuses a second run into the same folder) and reports errors: a
 :class:`mechdiff.errors.MechdiffError` is printed as one line, ``mechdiff: error: <message>``,
-with exit status 2 and no traceback; Ctrl-C and SIGTERM exit with status 130 and leave ``--out``
-as it was.
+with exit status 2 and no traceback; Ctrl-C exits with status 130 and SIGTERM with 143, in one
+line saying whether ``--out`` was left as it was or already holds this run's complete output.
 """
 
 from __future__ import annotations
