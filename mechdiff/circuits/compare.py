@@ -450,9 +450,15 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
     gen = torch.Generator().manual_seed(seed)
     boots: dict[str, list[float]] = {k: [] for k in NUMBERS}
     counts = dict.fromkeys(LABELS, 0)
+    seen: dict[tuple[int, ...], dict[str, float]] = {}
     for _ in range(n_boot):
-        idx = torch.randint(0, n, (n,), generator=gen)
-        nums = _numbers(pp, cb, cf, idx)
+        # the numbers depend only on which prompts were drawn, not their order: a resample
+        # drawn before is not recomputed (4 prompts have 35 distinct resamples, not 200)
+        idx = torch.randint(0, n, (n,), generator=gen).sort().values
+        key = tuple(idx.tolist())
+        if key not in seen:
+            seen[key] = _numbers(pp, cb, cf, idx)
+        nums = seen[key]
         for k in NUMBERS:
             boots[k].append(nums[k])
         counts["undetermined" if empty else decide(nums, t)[0]] += 1
