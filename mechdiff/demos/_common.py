@@ -9,6 +9,11 @@ from typing import Any, TypeAlias
 
 from mechdiff.tasks import Task
 
+FORMATS = ("pdf", "png")
+"""Figure files the demos write: PDF for papers, PNG for a quick look (the demo's HTML report
+inlines its own SVG). ``mechdiff patch`` / ``circuits`` and :func:`mechdiff.viz.save_figure` also
+write SVG; rendering it too would add about a tenth to the real demo's time."""
+
 Report: TypeAlias = Callable[[str], None]
 """Where a demo sends its tables and readings as soon as they are ready."""
 

@@ -25,6 +25,7 @@ figures; line styles and markers differ as well, so nothing depends on hue alone
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -40,7 +41,7 @@ from mechdiff.circuits import CircuitComparison
 from mechdiff.circuits.faithfulness import Faithfulness, FaithfulnessCurve
 from mechdiff.stats import fraction_interval
 from mechdiff.viz import _style as st
-from mechdiff.viz._save import save_figure
+from mechdiff.viz._save import FORMATS, Format, save_figure
 
 BASE_COLOUR = st.OKABE_ITO[5]  # blue
 FT_COLOUR = st.OKABE_ITO[6]  # vermillion
@@ -414,21 +415,24 @@ def _pale(colour: str) -> tuple[float, float, float, float]:
 
 
 def circuit_figures(result: CircuitComparison | object, folder: str | Path, *,
-                    max_edges: int | None = MAX_EDGES) -> list[Path]:
+                    max_edges: int | None = MAX_EDGES,
+                    formats: Sequence[Format] = FORMATS) -> list[Path]:
     """Write the figures of a circuit comparison into ``folder``: ``faithfulness`` and
-    ``circuit_graph``, each as PDF, PNG and SVG.
+    ``circuit_graph``, each in every one of ``formats`` (default PDF, PNG and SVG).
 
     Args:
         result: a :class:`~mechdiff.circuits.CircuitComparison`, or anything holding one as
             ``comparison`` (a :class:`~mechdiff.pipeline.CircuitAnalysis`).
         folder: where to write.
         max_edges: edges drawn in the graph (the largest ``|score|``); None for all.
+        formats: file formats to write (:func:`~mechdiff.viz.save_figure`).
 
     Returns:
         The written files.
     """
     comparison = getattr(result, "comparison", result)
     folder = Path(folder)
-    return [*save_figure(plot_faithfulness(comparison), folder / "faithfulness"),
+    return [*save_figure(plot_faithfulness(comparison), folder / "faithfulness",
+                         formats=formats),
             *save_figure(plot_circuit_graph(comparison, max_edges=max_edges),
-                         folder / "circuit_graph")]
+                         folder / "circuit_graph", formats=formats)]

@@ -3,7 +3,7 @@ commands and demos save, rebuilt from saved results alone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -15,7 +15,7 @@ from mechdiff.viz._gap import plot_gap
 from mechdiff.viz._patching import plot_directions, plot_patch
 from mechdiff.viz._profiles import plot_layer_profiles
 from mechdiff.viz._ranked import plot_ranked
-from mechdiff.viz._save import save_figure
+from mechdiff.viz._save import FORMATS, Format, save_figure
 
 
 def pair_figure_set(analysis: PairAnalysis, *, top: int = 12) -> Iterator[tuple[str, Figure]]:
@@ -45,9 +45,10 @@ def pair_figure_set(analysis: PairAnalysis, *, top: int = 12) -> Iterator[tuple[
     yield "ranked", plot_ranked(analysis, top)
 
 
-def pair_figures(analysis: PairAnalysis, folder: str | Path, *, top: int = 12) -> list[Path]:
-    """Write the figures of one pair (:func:`pair_figure_set`) into ``folder``, each as PDF, PNG
-    and SVG.
+def pair_figures(analysis: PairAnalysis, folder: str | Path, *, top: int = 12,
+                 formats: Sequence[Format] = FORMATS) -> list[Path]:
+    """Write the figures of one pair (:func:`pair_figure_set`) into ``folder``, each in every
+    one of ``formats`` (default PDF, PNG and SVG).
 
     Returns:
         The written files.
@@ -55,7 +56,7 @@ def pair_figures(analysis: PairAnalysis, folder: str | Path, *, top: int = 12) -
     folder = Path(folder)
     written: list[Path] = []
     for name, fig in pair_figure_set(analysis, top=top):
-        written += save_figure(fig, folder / name)
+        written += save_figure(fig, folder / name, formats=formats)
     return written
 
 
@@ -77,7 +78,8 @@ def prompted_profiles(c: PromptedBaseComparison, *, title: str | None = None) ->
     )
 
 
-def prompted_figure(c: PromptedBaseComparison, folder: str | Path, *, title: str | None = None
-                    ) -> list[Path]:
+def prompted_figure(c: PromptedBaseComparison, folder: str | Path, *, title: str | None = None,
+                    formats: Sequence[Format] = FORMATS) -> list[Path]:
     """Write ``profiles`` (:func:`prompted_profiles`) into ``folder``."""
-    return save_figure(prompted_profiles(c, title=title), Path(folder) / "profiles")
+    return save_figure(prompted_profiles(c, title=title), Path(folder) / "profiles",
+                       formats=formats)

@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from mechdiff.results.atomic import atomic_file
 
 Format: TypeAlias = Literal["pdf", "png", "svg"]
-_FORMATS: tuple[Format, ...] = ("pdf", "png", "svg")
+FORMATS: tuple[Format, ...] = ("pdf", "png", "svg")
+"""Every format :func:`save_figure` writes, and its default."""
 _NO_DATE: dict[str, dict[str, None]] = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
 
@@ -30,7 +31,7 @@ def save_figure(
     fig: Figure,
     path: str | os.PathLike[str],
     *,
-    formats: Sequence[Format] = ("pdf", "png", "svg"),
+    formats: Sequence[Format] = FORMATS,
     dpi: int = 300,
 ) -> list[Path]:
     """Write ``fig`` once per format (tight bounding box) and close it.
@@ -49,13 +50,13 @@ def save_figure(
     Raises:
         ValueError: an unknown format, or ``dpi < 200``.
     """
-    bad = [f for f in formats if f not in _FORMATS]
+    bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"formats must be a non-empty selection of {_FORMATS}, got {formats!r}")
+        raise ValueError(f"formats must be a non-empty selection of {FORMATS}, got {formats!r}")
     if dpi < 200:
         raise ValueError(f"dpi must be at least 200 for print, got {dpi}")
     stem = Path(path)
-    if stem.suffix.lower().lstrip(".") in _FORMATS:
+    if stem.suffix.lower().lstrip(".") in FORMATS:
         stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []
