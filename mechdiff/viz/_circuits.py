@@ -112,18 +112,28 @@ def _err(value: float, lo: float, hi: float) -> np.ndarray:
     return np.array([[max(value - lo, 0.0)], [max(hi - value, 0.0)]])
 
 
-def _mark_outside(ax: Axes, x: float, y: float, limits: tuple[float, float], colour: str) -> None:
-    """A point beyond the y range: a triangle at the edge with its value."""
+def _mark_outside(ax: Axes, x: float, y: float, limits: tuple[float, float], colour: str,
+                  taken: dict[tuple[float, bool], int]) -> None:
+    """A point beyond the y range: a triangle at the edge with its value. Points already marked
+    at the same ``x`` and edge (``taken`` counts them) push this one's triangle right and its
+    value further in, so that two curves leaving the axis at one fraction both stay readable."""
     if not math.isfinite(y) or limits[0] <= y <= limits[1]:
         return
     top = y > limits[1]
     edge = limits[1] if top else limits[0]
-    ax.plot([x], [edge], marker="^" if top else "v", color=colour, markersize=5, clip_on=False,
-            zorder=6, gid="outside")
-    ax.annotate(st.fmt_signed(y), (x, edge), xytext=(3, -7 if top else 3),
+    k = taken.get((x, top), 0)
+    taken[(x, top)] = k + 1
+    x_at = x * OUTSIDE_STEP ** k  # the x axis is logarithmic
+    ax.plot([x_at], [edge], marker="^" if top else "v", color=colour, markersize=5,
+            clip_on=False, zorder=6, gid="outside")
+    ax.annotate(st.fmt_signed(y), (x_at, edge), xytext=(3, -7 - 9 * k if top else 3 + 9 * k),
                 textcoords="offset points", fontsize=st.NOTE_PT, color=colour,
                 annotation_clip=False, zorder=7,
                 bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
+
+
+OUTSIDE_STEP = 1.12
+"""Factor between the x of points marked beyond the y range at the same fraction."""
 
 
 def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None) -> Figure:
@@ -158,6 +168,7 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
     spans = [float(v) for iv in intervals.values() if iv is not None for a in iv for v in a]
     spans += [v for ci in cross_ci.values() for v in ci]
     limits = _limits(points, spans)
+    taken: dict[tuple[float, bool], int] = {}
 
     ax.axhspan(1 - close, 1 + close, color="0.93", zorder=0, linewidth=0,
                label=f"faithful: |1 \u2212 f| \u2264 {close:g}")
@@ -182,7 +193,7 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
             ax.errorbar(x, y, yerr=err, fmt="none", ecolor=colour, elinewidth=0.7, capsize=1.8,
                         capthick=0.7, zorder=3, label=f"_{gid}_interval")
         for xi, yi in zip(x.tolist(), y.tolist(), strict=True):
-            _mark_outside(ax, xi, yi, limits, colour)
+            _mark_outside(ax, xi, yi, limits, colour, taken)
     for key, words, faith, size, colour, marker in crosses:
         x = size * CROSS_OFFSET
         lo, hi = cross_ci[key]
@@ -190,7 +201,7 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
                     markerfacecolor="white", markeredgewidth=1.2, markersize=5.5, elinewidth=0.9,
                     capsize=2.2, capthick=0.9, zorder=5, gid=key,
                     label=f"{words}: f = {st.fmt_signed(faith.value)}")
-        _mark_outside(ax, x, faith.value, limits, colour)
+        _mark_outside(ax, x, faith.value, limits, colour, taken)
     if c.base_size == c.ft_size:
         ax.axvline(c.base_size, color="0.25", linewidth=0.9, linestyle=(0, (4, 1.5, 1, 1.5)),
                    zorder=2, gid="size",

@@ -14,6 +14,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from support import check_figure, plant_head
 
@@ -119,6 +120,32 @@ def test_values_beyond_the_range_are_marked_at_its_edge(comparison) -> None:
     (mark,) = _by_gid(fig, "outside")
     assert mark.get_ydata()[0] == pytest.approx(lo) and mark.get_marker() == "v"
     assert "\u22127.50" in [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_two_curves_beyond_the_range_at_one_fraction_are_both_readable(comparison) -> None:
+    # Found in the real demo's trigger figure: both curves below the axis at 5% drew their
+    # triangles and values at the same spot, the second hiding the first.
+    c = comparison
+    i = 3
+    curves = {}
+    for name, value in (("base_curve", -7.5), ("ft_curve", -9.25)):
+        curve = getattr(c, name)
+        values = curve.values.clone()
+        values[i] = value
+        curves[name] = dataclasses.replace(curve, values=values)
+    fig = plot_faithfulness(dataclasses.replace(c, **curves))
+    lo = fig.axes[0].get_ylim()[0]
+    f = c.base_curve.fractions[i]
+    marks = [m for m in _by_gid(fig, "outside") if f <= m.get_xdata()[0] < f * vc.OUTSIDE_STEP ** 2]
+    assert len(marks) == 2
+    xs = sorted(float(m.get_xdata()[0]) for m in marks)
+    assert xs == pytest.approx([f, f * vc.OUTSIDE_STEP])
+    assert all(m.get_ydata()[0] == pytest.approx(lo) for m in marks)
+    labels = {t.get_text(): t for t in fig.axes[0].texts}
+    assert {"\u22127.50", "\u22129.25"} <= set(labels)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [labels[t].get_window_extent(renderer) for t in ("\u22127.50", "\u22129.25")]
+    assert not boxes[0].overlaps(boxes[1])
 
 
 def _nodes(fig) -> dict[str, tuple[float, float]]:
