@@ -188,18 +188,31 @@ class _Edits:
             a, n = self.starts[b], self.sizes[b]
             self.buf[:, a:a + n] = d.permute(0, 3, 1, 2, 4).reshape(self.copies, n, -1)
 
-    def _product(self, first: int, rows: slice = slice(None)) -> Tensor | None:
+    def _product(self, first: int, rows: slice = slice(None), into: Tensor | None = None
+                 ) -> Tensor | None:
         """``rest @ D`` of the product starting at reader ``first`` (its ``rows``),
-        ``[copies, rows, batch*pos*d_model]``; None if its remainder is zero."""
+        ``[copies, rows, batch*pos*d_model]``, added in place to ``into`` if given (one
+        allocation per product: fresh pages cost as much as the product's own writes); None if
+        both are."""
         count, lo, cols, hi = self.products[first]
         if cols is None:
-            return None
+            return into
         rest = self.rest[:, first:first + count][:, rows]
         if len(cols) > DENSE * (hi - lo):
             a, d = rest[:, :, lo:hi], self.buf[:, lo:hi]
         else:
             a, d = rest[:, :, cols], self.buf[:, cols]
-        return torch.bmm(a.to(d.dtype), d)
+        a = a.to(d.dtype)
+        return torch.bmm(a, d) if into is None else into.baddbmm_(a, d)
+
+    def _scaled(self, first: int, count: int, out: Tensor | None = None) -> Tensor | None:
+        """``base * S`` of readers ``first .. first+count-1`` (into ``out`` if given); None if
+        their base coefficients are all zero."""
+        base = self.base[:, first:first + count]
+        if not bool(base.ne(0).any()):
+            return None
+        running = self.running.reshape(self.copies, 1, -1)
+        return torch.mul(base[:, :, None].to(running.dtype), running, out=out)
 
     def delta(self, first: int, count: int) -> Tensor | None:
         """Change of the inputs of readers ``first .. first+count-1`` (a layer's q/k/v readers,
@@ -207,22 +220,27 @@ class _Edits:
         d]``; None if nothing changes."""
         shape = self.running.shape
         if first == self.graph.logits_reader:
-            out = self._product(first)
-        elif count == self.n_attn:  # a layer's q/k/v; its MLP's row is kept for the MLP
-            out = self._product(first)
-            if out is not None:
-                self.kept[first + count] = out[:, count:]
-                out = out[:, :count]
+            out = self._product(first, into=self._scaled(first, count))
+        elif count == self.n_attn:  # a layer's q/k/v, and its MLP's row kept for the MLP
+            if self.products[first][2] is None:
+                out = self._scaled(first, count)
+            else:
+                into = None
+                if bool(self.base[:, first:first + count].ne(0).any()):
+                    into = torch.empty(self.copies, count + 1, self.running[0].numel(),
+                                       dtype=self.running.dtype, device=self.running.device)
+                    self._scaled(first, count, out=into[:, :count])
+                    into[:, count].zero_()
+                both = self._product(first, into=into)
+                self.kept[first + count] = both[:, count:]
+                out = both[:, :count]
         else:  # an MLP: the layer's product (if the q/k/v had none), then its own heads
-            out = self.kept.pop(first) if first in self.kept else self._product(
+            out = self._scaled(first, count)
+            early = self.kept.pop(first) if first in self.kept else self._product(
                 first - self.n_attn, slice(self.n_attn, None))
-            late = self._product(first)
-            out = late if out is None else (out if late is None else out + late)
-        base = self.base[:, first:first + count]
-        if bool(base.ne(0).any()):
-            running = self.running.reshape(self.copies, 1, -1)
-            scaled = base[:, :, None].to(running.dtype) * running
-            out = scaled if out is None else out + scaled
+            if early is not None:
+                out = early if out is None else out.add_(early)
+            out = self._product(first, into=out)
         if out is None:
             return None
         return out.reshape(self.copies, count, *shape[1:]).permute(0, 2, 3, 1, 4)
