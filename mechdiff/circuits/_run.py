@@ -169,7 +169,7 @@ class _Edits:
             cols = nonzero[first:first + count, lo:hi].any(0).nonzero().flatten()
             self.products[first] = count, lo, (cols + lo if len(cols) else None), hi
         self.n_attn = graph.n_heads + 2 * graph.n_kv_heads
-        self.kept: dict[int, Tensor | None] = {}  # MLP reader -> its row of the layer's product
+        self.kept: dict[int, Tensor] = {}  # MLP reader -> its row of the layer's product
         self.any_rest = bool(nonzero.any())
         self.starts, self.sizes = block_starts(graph), block_sizes(graph)
         self.buf: Tensor | None = None  # [copies, writer, batch*pos*d_model] of every D_w
@@ -205,14 +205,21 @@ class _Edits:
         a = a.to(d.dtype)
         return torch.bmm(a, d) if into is None else into.baddbmm_(a, d)
 
-    def _scaled(self, first: int, count: int, out: Tensor | None = None) -> Tensor | None:
-        """``base * S`` of readers ``first .. first+count-1`` (into ``out`` if given); None if
-        their base coefficients are all zero."""
+    def _scaled(self, first: int, count: int, pad: int = 0) -> Tensor | None:
+        """``base * S`` of readers ``first .. first+count-1``, ``[copies, count + pad,
+        batch*pos*d_model]`` with ``pad`` rows of zeros after them (for a product with more
+        rows to add into); None if their base coefficients are all zero."""
         base = self.base[:, first:first + count]
         if not bool(base.ne(0).any()):
             return None
         running = self.running.reshape(self.copies, 1, -1)
-        return torch.mul(base[:, :, None].to(running.dtype), running, out=out)
+        out = torch.empty(self.copies, count + pad, running.shape[-1], dtype=running.dtype,
+                          device=running.device)
+        # in place rather than mul(out=...), which autograd refuses (runs with reader gradients)
+        out[:, :count] = running
+        out[:, :count].mul_(base[:, :, None].to(running.dtype))
+        out[:, count:].zero_()
+        return out
 
     def delta(self, first: int, count: int) -> Tensor | None:
         """Change of the inputs of readers ``first .. first+count-1`` (a layer's q/k/v readers,
@@ -225,13 +232,7 @@ class _Edits:
             if self.products[first][2] is None:
                 out = self._scaled(first, count)
             else:
-                into = None
-                if bool(self.base[:, first:first + count].ne(0).any()):
-                    into = torch.empty(self.copies, count + 1, self.running[0].numel(),
-                                       dtype=self.running.dtype, device=self.running.device)
-                    self._scaled(first, count, out=into[:, :count])
-                    into[:, count].zero_()
-                both = self._product(first, into=into)
+                both = self._product(first, into=self._scaled(first, count, pad=1))
                 self.kept[first + count] = both[:, count:]
                 out = both[:, :count]
         else:  # an MLP: the layer's product (if the q/k/v had none), then its own heads
