@@ -14,6 +14,7 @@ from typing import Any
 
 from mechdiff._progress import report as print_line
 from mechdiff._signals import (
+    describe,
     interrupt_for,
     last_interrupt,
     raise_if_interrupted,
@@ -28,7 +29,7 @@ from mechdiff.choices import (
     SITE_KINDS,
 )
 from mechdiff.directions import ALIASES, DIRECTIONS, Direction
-from mechdiff.errors import MechdiffError, Terminated
+from mechdiff.errors import MechdiffError
 
 # The parser needs only the light modules above: --help and bad options are answered before
 # torch, transformers and TransformerLens are imported (inside main, once the arguments parse).
@@ -414,7 +415,7 @@ def _interrupted(e: KeyboardInterrupt, target: Path, before: tuple[int, int] | N
     The output is written in one atomic step, so it is either this run's whole output (the
     signal came after it was written) or exactly what it was before; the line says which.
     """
-    what = "terminated" if isinstance(e, Terminated) else "interrupted"
+    what, status = describe(e)
     after = _stamp(target)
     if after is not None and after != before:
         where = f"{target} holds this run's complete output (written before the signal came)"
@@ -423,7 +424,7 @@ def _interrupted(e: KeyboardInterrupt, target: Path, before: tuple[int, int] | N
     else:
         where = "the output folder was left as it was"
     print(f"mechdiff: {what}; {where}", file=sys.stderr)
-    return e.exit_code if isinstance(e, Terminated) else 130
+    return status
 
 
 @contextlib.contextmanager

@@ -38,16 +38,11 @@ _REDELIVER_S = 0.01  # after this long, a dropped interrupt is raised again
 _owed: set[int] = set()  # dropped interrupts not raised again yet
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+def _raise(signum: int, frame: FrameType | None) -> None:
+    """The handler of every signal :func:`terminate_as_interrupt` takes over."""
     _received.append(signum)
     _owed.clear()
-    raise Terminated(signum)
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    _received.append(signum)
-    _owed.clear()
-    raise KeyboardInterrupt
+    raise interrupt_for(signum)
 
 
 def _redeliver(signum: int) -> None:
@@ -69,6 +64,12 @@ def last_interrupt() -> int | None:
 def interrupt_for(signum: int) -> KeyboardInterrupt:
     """The exception a signal raises within :func:`terminate_as_interrupt`."""
     return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def describe(e: KeyboardInterrupt) -> tuple[str, int]:
+    """How a command reports an interrupt: ``("interrupted", 130)`` for Ctrl-C,
+    ``("terminated", 128 + n)`` for signal ``n``."""
+    return ("terminated", e.exit_code) if isinstance(e, Terminated) else ("interrupted", 130)
 
 
 def raise_if_interrupted() -> None:
@@ -126,9 +127,9 @@ def terminate_as_interrupt() -> Iterator[None]:
     try:
         for signum in _TERMINATING:
             if signal.getsignal(signum) in (signal.SIG_DFL, None):
-                previous[signum] = _restorable(signal.signal(signum, _raise_terminated))
+                previous[signum] = _restorable(signal.signal(signum, _raise))
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise_interrupt)
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _raise)
         sys.unraisablehook = _redeliver_dropped(unraisable)
         yield
     finally:

@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: arguments without the program name (default: ``sys.argv[1:]``).
     """
-    from mechdiff._signals import raise_if_interrupted, terminate_as_interrupt
-    from mechdiff.errors import Terminated
+    from mechdiff._signals import describe, raise_if_interrupted, terminate_as_interrupt
 
     try:  # torch and TransformerLens take seconds to import: Ctrl-C, SIGTERM then exit cleanly
         with terminate_as_interrupt():
@@ -45,9 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise_if_interrupted()  # one that an import swallowed (numpy's can)
             status = _cli.main(argv)  # reports an interrupt in a command itself
     except KeyboardInterrupt as e:
-        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        what, status = describe(e)
         print(f"mechdiff: {what}; nothing was written", file=sys.stderr)
-        status = e.exit_code if isinstance(e, Terminated) else 130
     _forget_handled_interrupt()
     return status
 

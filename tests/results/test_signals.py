@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mechdiff._signals import _raise_terminated, deferred_signals, raise_if_interrupted
+from mechdiff._signals import _raise, deferred_signals, raise_if_interrupted
 from mechdiff.results import Terminated, terminate_as_interrupt
 
 
@@ -24,7 +24,7 @@ def default_handlers() -> Iterator[None]:
 
 def test_sigterm_raises_terminated_inside_and_is_restored_after(default_handlers: None) -> None:
     with pytest.raises(Terminated) as info, terminate_as_interrupt():
-        assert signal.getsignal(signal.SIGTERM) is _raise_terminated  # else the test would die
+        assert signal.getsignal(signal.SIGTERM) is _raise  # else the test would die
         signal.raise_signal(signal.SIGTERM)
     assert isinstance(info.value, KeyboardInterrupt)
     assert (info.value.exit_code, str(info.value)) == (143, "terminated by SIGTERM")
@@ -35,7 +35,7 @@ def test_an_ignored_signal_stays_ignored(default_handlers: None) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
     with terminate_as_interrupt():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is _raise_terminated
+        assert signal.getsignal(signal.SIGTERM) is _raise
     assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
 
 
