@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mechdiff import zoo
 from mechdiff._progress import progress_bar
-from mechdiff.demos._common import FORMATS, Report, quiet
+from mechdiff.demos._common import FIGURE_FORMATS, Report, quiet
 from mechdiff.errors import check_count
 from mechdiff.loading import load_pair
 from mechdiff.pipeline import CircuitAnalysis, PairAnalysis, analyse_circuits, analyse_pair
@@ -74,13 +74,13 @@ def run_demo_synthetic(
             )
             analysis.save(out / name)
             pair_views(pair, task, label=name, heads=analysis).save(out / "views" / name)
-            pair_figures(analysis, out / "figures" / name, formats=FORMATS)
+            pair_figures(analysis, out / "figures" / name, formats=FIGURE_FORMATS)
             analyses.append(analysis)
             say(text.pair_table(analysis, top))
             circ = analyse_circuits(pair, task, label=name, progress=progress,
                                     mechanism=analysis.mechanism)
             circ.save(out / "circuits" / name)
-            circuit_figures(circ, out / "figures" / name / "circuits", formats=FORMATS)
+            circuit_figures(circ, out / "figures" / name / "circuits", formats=FIGURE_FORMATS)
             circuits.append(circ)
             say("\n" + circ.summary())
             bar.update(1)
