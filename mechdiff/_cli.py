@@ -279,7 +279,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 
 
 def _cmd_circuits(args: argparse.Namespace) -> int:
-    from mechdiff.circuits._prep import check_ablation_prompts
+    from mechdiff.circuits._prep import check_ablation_prompts, check_method_metric
     from mechdiff.pipeline import analyse_circuits
     from mechdiff.report.html import REPORT_NAME, write_report
     from mechdiff.report.sections import render_markdown
@@ -292,6 +292,7 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
         return _fail(f"--cross-top must be 0 or more, got {args.cross_top}")
     task = Task.from_file(args.prompts)  # prompt errors before any model is loaded
     check_ablation_prompts(task, args.ablation)
+    check_method_metric(args.method, task)
     spec = RunSpec(
         command="circuits",
         inputs={"base": args.base, "finetuned": args.finetuned, "prompts": str(args.prompts),

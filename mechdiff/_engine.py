@@ -306,13 +306,14 @@ def _output_transform(model: TransformerBridge, logits: Tensor) -> Tensor:
     return transform(logits) if transform is not None else logits
 
 
-def unembed(model: TransformerBridge, resid: Tensor, read_pos: Tensor | None) -> Tensor:
+def unembed(model: TransformerBridge, resid: Tensor, read_pos: Tensor | None, *,
+            dtype: torch.dtype = torch.float32) -> Tensor:
     """Final norm, unembedding and the model's output transform (e.g. logit soft-capping), at
-    ``read_pos`` (one position per row) or at every position."""
+    ``read_pos`` (one position per row) or at every position; logits in ``dtype``."""
     if read_pos is not None:
         resid = resid[torch.arange(resid.shape[0], device=resid.device), read_pos][:, None]
-        return _output_transform(model, model.unembed(model.ln_final(resid)))[:, 0].float()
-    return _output_transform(model, model.unembed(model.ln_final(resid))).float()
+        return _output_transform(model, model.unembed(model.ln_final(resid)))[:, 0].to(dtype)
+    return _output_transform(model, model.unembed(model.ln_final(resid))).to(dtype)
 
 
 def reads_columns(model: TransformerBridge) -> bool:

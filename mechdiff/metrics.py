@@ -65,13 +65,31 @@ def kl_div(ref_logprobs: Tensor, logprobs: Tensor) -> Tensor:
     return kl.sum(-1).clamp_min(0.0)
 
 
-def check_finite(values: Tensor, what: str) -> None:
-    if not torch.isfinite(values).all():
-        bad = (~torch.isfinite(values)).nonzero().flatten().tolist()[:8]
+def check_finite(values: Tensor, what: str, *, prompt_dim: int = 0) -> None:
+    """Raise MetricError if ``values`` (prompts along ``prompt_dim``) hold NaN or inf, naming
+    the first prompts that do."""
+    bad_mask = ~torch.isfinite(values)
+    if bad_mask.any():
+        if values.ndim > 1:
+            dim = prompt_dim % values.ndim
+            bad_mask = bad_mask.movedim(dim, 0).reshape(values.shape[dim], -1).any(1)
+        bad = bad_mask.nonzero().flatten().tolist()
+        more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
         raise MetricError(
-            f"the metric returned NaN/inf for {what} (prompts {bad}); check the model's dtype "
-            "(fp16 overflow?) and the answers, then run again"
+            f"NaN/inf in {what} (prompts {bad[:8]}{more}); check the model's dtype (fp16 "
+            "overflow?), its weights and the answers, then run again"
         )
+
+
+GAP_TOLERANCE = 1e-6
+"""A difference of two mean metrics at most this times their scale (at least 1) is rounding, not
+a gap: ratios to it (a share of the gap, normalized faithfulness) are not defined."""
+
+
+def negligible(difference: float, *values: float) -> bool:
+    """Whether ``difference`` is within rounding of zero next to ``values`` (:data:`GAP_TOLERANCE`
+    times the largest magnitude, at least 1)."""
+    return abs(difference) <= GAP_TOLERANCE * max(1.0, *(abs(v) for v in values))
 
 
 def checked_gap(receiver: Tensor, donor: Tensor, metric: str, task_name: str) -> float:
@@ -84,8 +102,7 @@ def checked_gap(receiver: Tensor, donor: Tensor, metric: str, task_name: str) ->
     check_finite(receiver, "the receiving model")
     check_finite(donor, "the donor model")
     gap = float(donor.mean() - receiver.mean())
-    scale = max(1.0, float(donor.abs().mean()), float(receiver.abs().mean()))
-    if abs(gap) <= 1e-6 * scale:
+    if negligible(gap, float(donor.abs().mean()), float(receiver.abs().mean())):
         raise ZeroGapError(
             f"the donor and receiving runs give the same mean {metric} ({float(donor.mean()):.6g}) "
             f"on task {task_name!r}: there is no gap to attribute. Are the two checkpoints "

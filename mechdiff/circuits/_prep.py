@@ -28,6 +28,23 @@ from mechdiff.metrics import metric_values
 from mechdiff.tasks import Task, Tokens
 
 
+def check_kind(name: str, value: Any, kind: type, what: str) -> None:
+    """Raise OptionError unless ``value`` is a ``kind`` (``what`` says what is expected)."""
+    if not isinstance(value, kind):
+        raise OptionError(f"{name} must be {what}, got {type(value).__name__}")
+
+
+def check_model(model: Any, name: str = "model") -> None:
+    check_kind(name, model, TransformerBridge, "a TransformerBridge (one model of "
+               "mechdiff.load_pair(...), e.g. pair.base)")
+
+
+def check_pair(pair: Any) -> None:
+    from mechdiff.loading import ModelPair
+
+    check_kind("pair", pair, ModelPair, "a ModelPair from mechdiff.load_pair(base, finetuned)")
+
+
 def check_option(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
     if value not in allowed:
         raise OptionError(f"{name} must be one of {allowed}, got {value!r}")
@@ -38,21 +55,38 @@ def check_positive(**values: int) -> None:
         check_count(name, v, minimum=1)
 
 
-def prepare(model: TransformerBridge, task: Task, ablation: str) -> tuple[Graph, Tokens]:
-    """The model's graph and the tokenized task, after every cheap check.
+def prepare(model: object, task: object, ablation: str) -> tuple[Graph, Tokens]:
+    """The model's graph and the tokenized task, after every cheap check (``model`` and
+    ``task`` are checked here, so they are typed ``object``: a wrong one gets mechdiff's
+    explained error, not a type checker's).
 
     Raises:
         GraphError: the model has no exact edge graph (before any forward).
-        OptionError: unknown ablation.
+        OptionError: unknown ablation; a model that is not a bridge, a task that is not a Task.
         PromptError, AnswerTokenError: the prompts cannot be tokenized as asked, or
             ``ablation="corrupted"`` without corrupted prompts.
     """
     check_option("ablation", ablation, ABLATIONS)
+    check_model(model)
+    check_kind("task", task, Task, "a mechdiff.Task (prompts, answers, metric)")
     graph = graph_of(model)
     check_hooks(model, graph)
     check_ablation_prompts(task, ablation)
     tokens = task.tokenize(model.tokenizer, n_ctx=int(model.cfg.n_ctx), device=model_device(model))
     return graph, tokens
+
+
+def check_method_metric(method: str, task: Task) -> None:
+    """Raise OptionError for EAP with a ``kl`` / ``kl_all`` metric (no model needed: the
+    command line checks this before loading any): the KL of a run to its own clean logits is at
+    its minimum there, so its gradient, and every EAP score, is 0."""
+    if method == "eap" and task.metric_name in ("kl", "kl_all"):
+        raise OptionError(
+            f"method='eap' with metric {task.metric_name!r}: the KL of the model to its own clean "
+            "run has zero gradient at the clean run, so every EAP score would be 0; use "
+            "method='eap_ig' (--method eap_ig), which integrates the gradient from the ablated "
+            "input, or a task with answers"
+        )
 
 
 def check_ablation_prompts(task: Task, ablation: str) -> None:
@@ -100,8 +134,8 @@ CHECKED_PROMPTS = 4
 def metric(task: Task, read: Tensor, sub: Tokens, ref: Tensor | None) -> Tensor:
     """Per-prompt metric; ``ref`` are the reference log-probabilities of ``kl`` metrics.
 
-    Task metrics of a float64 model stay in float64 (``mechdiff.metrics`` computes in float32),
-    so exact effects far below float32 resolution can be compared in tests.
+    Metrics of a float64 model stay in float64 (``mechdiff.metrics`` computes in float32), so
+    exact effects far below float32 resolution can be compared in tests.
     """
     name = task.metric_name
     if read.dtype == torch.float64 and name in ("logit_diff", "logprob"):
@@ -109,6 +143,13 @@ def metric(task: Task, read: Tensor, sub: Tokens, ref: Tensor | None) -> Tensor:
         if name == "logit_diff":
             return read[rows, sub.answer_ids] - read[rows, sub.wrong_ids]
         return read.log_softmax(-1)[rows, sub.answer_ids]
+    if read.dtype == torch.float64 and ref is not None:  # kl, kl_all (metric_values' formula)
+        kl = torch.nn.functional.kl_div(read.log_softmax(-1), ref.to(read.dtype),
+                                        reduction="none", log_target=True).sum(-1).clamp_min(0.0)
+        if name == "kl":
+            return -kl
+        mask = sub.position_mask()[:, : kl.shape[1]].to(kl.dtype)
+        return -(kl * mask).sum(-1) / mask.sum(-1)
     return metric_values(name, read, sub, ref)
 
 

@@ -50,16 +50,17 @@ class Replacements:
 
     def blocks(self, model: TransformerBridge, graph: Graph, sub: Tokens) -> list[Tensor]:
         """Replacement blocks for one prompt batch (``sub``, trimmed to its own width)."""
-        return self.run(model, graph, sub)[0]
+        return self.run(model, graph, sub, sub.read_pos)[0]
 
-    def run(self, model: TransformerBridge, graph: Graph, sub: Tokens
+    def run(self, model: TransformerBridge, graph: Graph, sub: Tokens, read_pos: Tensor | None
             ) -> tuple[list[Tensor], Tensor | None]:
-        """:meth:`blocks` and, for ``"corrupted"``, the corrupted run's logits (the empty
-        circuit's: it reads exactly that run's residual); None for ``"mean"``."""
+        """:meth:`blocks` and, for ``"corrupted"``, the corrupted run's logits at ``read_pos``
+        (None: every position, for metrics that read them all), the empty circuit's: it reads
+        exactly that run's residual; None for ``"mean"``."""
         width = int(sub.tokens.shape[1])
         if self.kind == "mean":
             return [m[:, :width] for m in self.means], None
-        out = _run.forward(model, graph, sub.corrupted_tokens, sub.read_pos, capture=True)
+        out = _run.forward(model, graph, sub.corrupted_tokens, read_pos, capture=True)
         return out.writers, out.read
 
 
@@ -112,8 +113,10 @@ def mean_outputs(model: TransformerBridge, graph: Graph, tokens: Tokens, batch_s
 def empty_logits(model: TransformerBridge, graph: Graph, blocks: list[Tensor],
                  read_pos: Tensor | None, batch: int) -> Tensor:
     """Logits of the empty circuit: every edge ablated, so the logits read the sum of the
-    replacement outputs plus the constants (positional embedding, ``b_O``)."""
+    replacement outputs plus the constants (positional embedding, ``b_O``); float32, float64
+    for a float64 model."""
     width = blocks[0].shape[1]
-    total = sum(b.float().sum(2) for b in blocks) + constants(model, width)[graph.n_layers]
+    const = constants(model, width)[graph.n_layers]  # float32, float64 for a float64 model
+    total = sum(b.to(const.dtype).sum(2) for b in blocks) + const
     total = total.expand(batch, *total.shape[1:]).to(next(model.parameters()).dtype)
-    return _engine.unembed(model, total, read_pos)
+    return _engine.unembed(model, total, read_pos, dtype=const.dtype)

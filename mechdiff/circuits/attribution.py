@@ -66,6 +66,7 @@ from mechdiff.circuits.ablation import (
 )
 from mechdiff.circuits.graph import Graph
 from mechdiff.circuits.results import OnGraph, RankedEdge
+from mechdiff.circuits.verdict import fixed
 from mechdiff.loading import model_provenance
 from mechdiff.metrics import check_finite
 from mechdiff.results import Provenance, SavableResult
@@ -116,12 +117,13 @@ class EdgeScores(SavableResult, OnGraph, name="circuits.EdgeScores"):
         name = self.method if self.method == "eap" else f"eap_ig(steps={self.steps})"
         lines = [
             f"edge attribution ({name}, {self.ablation} ablation) on {p.task!r} ({p.n_prompts} "
-            f"prompts, metric {p.metric}): {g.n_edges} edges; clean {self.clean.mean():.4f}, "
-            f"all edges ablated {self.ablated.mean():.4f}",
+            f"prompts, metric {p.metric}): {g.n_edges} edges; clean "
+            f"{fixed(float(self.clean.mean()), 4)}, all edges ablated "
+            f"{fixed(float(self.ablated.mean()), 4)}",
             f"{'rank':>4}  {'edge':<24} {'est. M(ablated)-M(clean)':>25}",
         ]
         for r, row in enumerate(self.top(k), 1):
-            lines.append(f"{r:>4}  {row.label:<24} {row.score:>+25.4f}")
+            lines.append(f"{r:>4}  {row.label:<24} {fixed(row.score, 4, sign=True):>25}")
         return "\n".join(lines)
 
     def dense(self) -> Tensor:
@@ -166,6 +168,7 @@ def edge_attribution(
     _prep.check_option("positions", positions, ("all", "each"))
     _prep.check_positive(steps=steps, prompt_batch_size=prompt_batch_size)
     graph, tokens = _prep.prepare(model, task, ablation)
+    _prep.check_method_metric(method, task)
     return attribute_edges(model, graph, task, tokens, Replacements(ablation), method=method,
                            steps=steps, positions=positions, prompt_batch_size=prompt_batch_size,
                            progress=progress, model_id=model_id)
@@ -241,10 +244,10 @@ def _batch(model: TransformerBridge, graph: Graph, task: Task, sub, repl: Replac
         repl.means = acc.means(next(model.parameters()).dtype)
     if fused:
         blocks, corrupted_read = None, _run.forward(model, graph, sub.corrupted_tokens,
-                                                    sub.read_pos, capture=True, into=out).read
+                                                    read_pos, capture=True, into=out).read
         con.use_delta(out.stacked)  # A - a
     else:
-        blocks, corrupted_read = repl.run(model, graph, sub)
+        blocks, corrupted_read = repl.run(model, graph, sub, read_pos)
     ref = _prep.reference(task, out.read)
     vals = _prep.metric(task, out.read.detach(), sub, ref)
     check_finite(vals, "the clean run")

@@ -35,7 +35,8 @@ from torch import Tensor
 from mechdiff.circuits._prep import check_option
 from mechdiff.circuits.graph import Graph
 from mechdiff.circuits.results import OnGraph, RankedEdge
-from mechdiff.errors import OptionError, check_count
+from mechdiff.circuits.verdict import fixed
+from mechdiff.errors import OptionError, ResultError, check_count
 from mechdiff.results import Provenance, SavableResult
 
 Rule: TypeAlias = Literal["top_n", "threshold", "greedy"]
@@ -65,6 +66,16 @@ class Circuit(SavableResult, OnGraph, name="circuits.Circuit"):
     scores: Float[Tensor, " edge"] | None = None
     provenance: Provenance | None = None
 
+    def validate(self) -> None:
+        n = self.graph.n_edges  # GraphError for sizes no graph has
+        if self.edges.ndim != 1 or self.edges.numel() != n:
+            raise ResultError(
+                f"a circuit of a graph of {self.n_layers} layers x {self.n_heads} heads "
+                f"({self.n_kv_heads} key-value heads) has {n} edges; edges has shape "
+                f"{tuple(self.edges.shape)} (build it from that graph's edge order: "
+                "circuits.graph_of(model), Circuit.full(graph), select_circuit(scores, ...))"
+            )
+
     @property
     def n_edges(self) -> int:
         return int(self.edges.sum())
@@ -93,7 +104,9 @@ class Circuit(SavableResult, OnGraph, name="circuits.Circuit"):
     def top(self, k: int = 10) -> list[RankedEdge]:
         """The kept edges with the largest ``|score|`` (needs ``scores``)."""
         if self.scores is None:
-            raise OptionError("this circuit was not chosen from scores; nothing to rank")
+            raise OptionError("this circuit carries no scores (a circuit built by hand, or taken "
+                              "from a FaithfulnessCurve, keeps only its edges); rank the "
+                              "EdgeScores it was chosen from, e.g. select_circuit(scores, ...)")
         return self._ranked(torch.where(self.edges, self.scores, torch.nan), k, True)[
             : min(k, self.n_edges)]
 
@@ -103,7 +116,7 @@ class Circuit(SavableResult, OnGraph, name="circuits.Circuit"):
                 f"edges ({100 * self.fraction:.2f}%), {int(self.nodes.sum())} of {g.n_writers} nodes")
         if self.scores is None:
             return head + "\n  " + ", ".join(self.edge_list()[:k])
-        rows = [f"{r:>4}  {e.label:<24} {e.score:>+10.4f}" for r, e in enumerate(self.top(k), 1)]
+        rows = [f"{r:>4}  {e.label:<24} {fixed(e.score, 4, sign=True):>10}" for r, e in enumerate(self.top(k), 1)]
         return "\n".join([head, *rows])
 
     def ablated(self) -> Float[Tensor, "reader writer"]:
@@ -148,6 +161,9 @@ def select_circuit(
         OptionError: a rule without its size, or sizes out of range.
     """
     check_option("rule", rule, RULES)
+    if not all(hasattr(scores, a) for a in ("scores", "n_layers", "n_heads", "n_kv_heads")):
+        raise OptionError(f"scores must be edge scores (circuits.edge_attribution(...)), got "
+                          f"{type(scores).__name__}")
     if n is not None:
         check_count("n", n)
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(

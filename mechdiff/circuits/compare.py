@@ -52,15 +52,17 @@ from mechdiff.circuits.results import OnGraph
 from mechdiff.circuits.verdict import (
     LABELS,
     NUMBERS,
-    THRESHOLDS,
     Verdict,
+    checked_thresholds,
     decide,
+    fixed,
     sensitivity,
     signed,
     undetermined,
 )
 from mechdiff.errors import OptionError
 from mechdiff.loading import ModelPair, model_provenance
+from mechdiff.metrics import negligible
 from mechdiff.results import Provenance, SavableResult
 from mechdiff.stats import spearman
 from mechdiff.tasks import Task
@@ -131,20 +133,20 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             f"circuits of {p.base} and {p.finetuned} on {p.task!r} ({p.n_prompts} prompts, "
             f"{p.metric}; {self.base_scores.method} scores, {bc.ablation} ablation, {bc.rule} "
             f"circuits; graph of {g.n_edges} edges)",
-            f"  own circuits: base CPR {bc.cpr:.3f} CMD {bc.cmd:.3f}; fine-tuned CPR {fc.cpr:.3f} "
-            f"CMD {fc.cmd:.3f}",
+            f"  own circuits: base CPR {fixed(bc.cpr)} CMD {fixed(bc.cmd)}; fine-tuned CPR "
+            f"{fixed(fc.cpr)} CMD {fixed(fc.cmd)}",
             f"  {self._sized}: base {self._size(self.base_size, self.base_circuit)}, "
             f"fine-tuned {self._size(self.ft_size, self.ft_circuit)}; edge IoU at matched sizes "
-            + ", ".join(f"{100 * f:g}%: {v:.2f}" for f, v in zip(
+            + ", ".join(f"{100 * f:g}%: {fixed(v, 2)}" for f, v in zip(
                 MIB_FRACTIONS, self.iou_curve.tolist(), strict=True) if not math.isnan(v)),
             f"  edges shared {self.n_shared_edges}, new {self.n_new_edges}, dropped "
             f"{self.n_dropped_edges}; nodes new: {_names(self.new_nodes)}; dropped: "
             f"{_names(self.dropped_nodes)}",
             f"  cross-faithfulness: base circuit in fine-tuned {signed(self.base_in_ft.value)}, "
             f"fine-tuned circuit in base {signed(self.ft_in_base.value)}",
-            "  strengthened most: " + ", ".join(f"{e} ({b:+.3f} -> {f:+.3f})"
+            "  strengthened most: " + ", ".join(f"{e} ({signed(b)} -> {signed(f)})"
                                                  for e, b, f in self.strengthened[:5]),
-            "  weakened most: " + ", ".join(f"{e} ({b:+.3f} -> {f:+.3f})"
+            "  weakened most: " + ", ".join(f"{e} ({signed(b)} -> {signed(f)})"
                                             for e, b, f in self.weakened[:5]),
         ]
         return "\n".join(lines + [self.verdict.text()])
@@ -171,6 +173,31 @@ def _names(labels: tuple[str, ...], k: int = 12) -> str:
         return "-"
     more = f" (+{len(labels) - k} more)" if len(labels) > k else ""
     return ", ".join(labels[:k]) + more
+
+
+def _check_given(name: str, given: EdgeScores, graph: Graph, task: Task, model_id: str,
+                 method: str, steps: int, ablation: str) -> None:
+    """Raise OptionError, naming every mismatch, unless ``given`` scores are what this
+    comparison would compute itself."""
+    if not isinstance(given, EdgeScores):
+        raise OptionError(f"{name} must be EdgeScores (from circuits.edge_attribution), got "
+                          f"{type(given).__name__}")
+    wrong = []
+    if given.graph != graph:
+        wrong.append(f"graph {given.graph} (this pair: {graph})")
+    if given.provenance.prompts_hash != task.fingerprint():
+        wrong.append("another task's prompts")
+    if given.provenance.base != model_id:
+        wrong.append(f"model_id {given.provenance.base!r} (this model: {model_id!r}; pass "
+                     f"model_id=pair.base_id or pair.finetuned_id to edge_attribution)")
+    if given.method != method:
+        wrong.append(f"method {given.method!r} (asked: {method!r})")
+    elif method == "eap_ig" and given.steps != steps:
+        wrong.append(f"steps={given.steps} (asked: steps={steps})")
+    if given.ablation != ablation:
+        wrong.append(f"ablation {given.ablation!r} (asked: {ablation!r})")
+    if wrong:
+        raise OptionError(f"{name} cannot be reused here: it has " + "; ".join(wrong))
 
 
 def compare_circuits(
@@ -224,26 +251,23 @@ def compare_circuits(
         raise OptionError(f"rule must be 'top_n' or 'greedy', got {rule!r}")
     _prep.check_option("method", method, METHODS)
     _prep.check_positive(steps=steps)
-    unknown = set(thresholds or {}) - set(THRESHOLDS)
-    if unknown:
-        raise OptionError(f"unknown thresholds {sorted(unknown)}; known: {sorted(THRESHOLDS)}")
+    checked_thresholds(thresholds)
     _prep.check_positive(n_boot=n_boot, prompt_batch_size=prompt_batch_size,
                          circuit_batch=circuit_batch)
     if edges is not None:
         _prep.check_positive(edges=edges)
+    _prep.check_pair(pair)
     graph, tokens = _prep.prepare(pair.base, task, ablation)
+    _prep.check_method_metric(method, task)
     if edges is not None and edges > graph.n_edges:
         raise OptionError(f"edges={edges} is more than the graph's {graph.n_edges} edges")
     graph_ft, _ = _prep.prepare(pair.finetuned, task, ablation)
     if graph != graph_ft:
         raise GraphError(f"the two models have different graphs: {graph} vs {graph_ft}")
-    for given, model_id in ((base_scores, pair.base_id), (ft_scores, pair.finetuned_id)):
-        if given is not None and (given.graph != graph or given.ablation != ablation
-                                  or given.provenance.prompts_hash != task.fingerprint()
-                                  or given.provenance.base != model_id
-                                  or given.method != method):
-            raise OptionError("scores passed in must come from this model, task, graph, "
-                              "ablation and method")
+    for name, given, model_id in (("base_scores", base_scores, pair.base_id),
+                                  ("ft_scores", ft_scores, pair.finetuned_id)):
+        if given is not None:
+            _check_given(name, given, graph, task, model_id, method, steps, ablation)
     if base_curve is not None and (
             base_scores is None or base_curve.scores_from != base_scores.provenance.base
             or base_curve.ablation != ablation or base_curve.rule != rule
@@ -427,7 +451,8 @@ def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
         "base_in_ft": normalized(m("f_cb"), m("f_full"), m("f_empty")),
         "ft_in_base": normalized(m("b_cf"), m("b_full"), m("b_empty")),
         "score_rank": spearman(s_b, s_f),
-        "carried": (m("b_patched") - m("b_full")) / gap if gap != 0 else math.nan,
+        "carried": ((m("b_patched") - m("b_full")) / gap
+                    if not negligible(gap, m("f_full"), m("b_full")) else math.nan),
         "new_mass": float(s_f.abs()[cf.edges & ~cb.edges].sum()) / mass_f if mass_f else math.nan,
         "edge_iou": _iou(cb.edges, cf.edges),
         "node_iou": _iou(cb.nodes, cf.nodes),
@@ -439,7 +464,7 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
              *, fixed: bool = False, empty_hint: str = "") -> Verdict:
     """The verdict with its bootstrap; ``fixed``: the circuits have a fixed size (``edges=``);
     ``empty_hint``: what an empty base circuit needs instead (added to its reason)."""
-    t = {**THRESHOLDS, **(thresholds or {})}
+    t = checked_thresholds(thresholds)
     label, reasons = decide(numbers, t)
     empty = cb.n_edges == 0  # no evidence: an empty circuit inside the fine-tune is not "new"
     if empty:
@@ -469,16 +494,16 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
         intervals[k] = ((float(x.quantile(0.025)), float(x.quantile(0.975))) if len(x)
                         else (math.nan, math.nan))
     notes = sensitivity(numbers, intervals, t) + undetermined(numbers, intervals)
-    if size >= 1.0 and fixed:
-        notes.append("the base circuit is the whole graph (edges= asked for every edge), so "
-                     "base_in_ft and carried are 1 by construction")
-    elif size >= 1.0:
-        notes.append("no base circuit smaller than the whole graph was faithful within CLOSE; "
-                     "the base circuit is the whole graph, so base_in_ft and carried are 1 by "
-                     "construction")
+    if size >= 1.0:
+        why = ("edges= asked for every edge" if fixed else
+               "no base circuit smaller than the whole graph was faithful within CLOSE")
+        notes.append(f"the base circuit is the whole graph ({why}), so base_in_ft is 1 by "
+                     f"construction, and carried ({signed(numbers['carried'], 3)}) is every edge "
+                     "patched at once: it differs from 1 only by what fine-tuning changed "
+                     "outside the graph's edges (layer norms, biases, positions, unembedding)")
     if numbers["base_in_ft"] > 1 + (1 - t["REUSE_FAITHFULNESS"]):
         notes.append(f"the base circuit overshoots inside the fine-tuned model "
-                     f"({numbers['base_in_ft']:.2f}): edges outside it oppose the behaviour there")
+                     f"({fixed(numbers['base_in_ft'], 2)}): edges outside it oppose the behaviour there")
     return Verdict(label=label, reasons=reasons, numbers=numbers, intervals=intervals,
                    thresholds=t, frequency={k: v / n_boot for k, v in counts.items()},
                    notes=tuple(notes), n_boot=n_boot, seed=seed,

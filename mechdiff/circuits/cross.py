@@ -54,8 +54,9 @@ from mechdiff.circuits.attribution import METHODS, Method
 from mechdiff.circuits.faithfulness import evaluate
 from mechdiff.circuits.graph import graph_of
 from mechdiff.circuits.results import OnGraph, RankedEdge
+from mechdiff.circuits.verdict import fixed, signed
 from mechdiff.directions import Direction, parse_direction, receiver_and_donor
-from mechdiff.errors import IncompatibleModelsError, OptionError
+from mechdiff.errors import IncompatibleModelsError, OptionError, check_count
 from mechdiff.loading import ModelPair
 from mechdiff.metrics import check_finite, checked_gap
 from mechdiff.results import Provenance, SavableResult
@@ -138,19 +139,19 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
         name = self.method if self.method == "eap" else f"eap_ig(steps={self.steps})"
         lines = [
             f"edge patching {self.direction} on {p.task!r} ({p.n_prompts} prompts, metric "
-            f"{p.metric}): receiver {self.receiver.mean():.4f}, donor {self.donor.mean():.4f}, "
-            f"gap {self.gap:+.4f}; {len(self.exact_edges)} of {self.graph.n_edges} edges "
+            f"{p.metric}): receiver {fixed(float(self.receiver.mean()), 4)}, donor "
+            f"{fixed(float(self.donor.mean()), 4)}, gap {fixed(self.gap, 4, sign=True)}; {len(self.exact_edges)} of {self.graph.n_edges} edges "
             f"patched for real, all estimated ({name}); every edge at once closes "
-            f"{self.all_edges:.3f} of the gap",
+            f"{fixed(self.all_edges)} of the gap",
             f"{'rank':>4}  {'edge':<24} {'exact':>9} {'95% interval':>16} {'estimate':>9}",
         ]
         lo, hi = self.exact_interval()
         for r, row in enumerate(self.top(k, by=self.ranked_by), 1):
             i = row.index
-            span = (f"[{float(lo[i]):+.2f}, {float(hi[i]):+.2f}]"
+            span = (f"[{signed(float(lo[i]), 2)}, {signed(float(hi[i]), 2)}]"
                     if math.isfinite(float(lo[i])) else "")
-            lines.append(f"{r:>4}  {row.label:<24} {float(self.exact[i]):>9.3f} {span:>16} "
-                         f"{float(self.estimate[i]):>9.3f}")
+            lines.append(f"{r:>4}  {row.label:<24} {fixed(float(self.exact[i])):>9} {span:>16} "
+                         f"{fixed(float(self.estimate[i])):>9}")
         return "\n".join(lines)
 
 
@@ -189,8 +190,8 @@ def cross_edge_attribution(
     _prep.check_option("method", method, METHODS)
     _prep.check_positive(steps=steps, prompt_batch_size=prompt_batch_size,
                          circuit_batch=circuit_batch)
-    if not isinstance(exact_top, int) or exact_top < 0:
-        raise OptionError(f"exact_top must be a non-negative integer, got {exact_top!r}")
+    check_count("exact_top", exact_top)
+    _prep.check_pair(pair)
     recv, donor = receiver_and_donor(pair, direction)
     graph, tokens = _prep.prepare(recv, task, "mean")
     if graph != graph_of(donor):

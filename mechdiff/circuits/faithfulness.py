@@ -42,9 +42,10 @@ from mechdiff.circuits.ablation import Ablation, Replacements, mean_outputs
 from mechdiff.circuits.circuit import Circuit, Rule, select_circuit
 from mechdiff.circuits.graph import Graph, GraphError
 from mechdiff.circuits.results import OnGraph
+from mechdiff.circuits.verdict import fixed
 from mechdiff.errors import OptionError
 from mechdiff.loading import model_provenance
-from mechdiff.metrics import check_finite
+from mechdiff.metrics import check_finite, negligible
 from mechdiff.results import Provenance, SavableResult
 from mechdiff.tasks import Task, Tokens
 
@@ -53,9 +54,10 @@ MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 
 
 
 def normalized(circuit: float, full: float, empty: float) -> float:
-    """``(m(C) - m(empty)) / (m(full) - m(empty))``; NaN when full and empty agree."""
+    """``(m(C) - m(empty)) / (m(full) - m(empty))``; NaN when full and empty agree to rounding
+    (:func:`mechdiff.metrics.negligible`: a ratio to float noise is not a faithfulness)."""
     denom = full - empty
-    return (circuit - empty) / denom if denom != 0 else float("nan")
+    return (circuit - empty) / denom if not negligible(denom, full, empty) else float("nan")
 
 
 def areas(fractions: tuple[float, ...], values: list[float]) -> tuple[float, float]:
@@ -102,10 +104,10 @@ class Faithfulness(SavableResult, OnGraph, name="circuits.Faithfulness"):
 
     def summary(self) -> str:
         p = self.provenance
-        return (f"faithfulness {self.value:.3f} of a {self.n_edges}-edge circuit ({self.rule}) in "
-                f"{p.base} on {p.task!r} ({p.n_prompts} prompts, {p.metric}, {self.ablation} "
-                f"ablation): circuit {self.circuit.mean():.4f}, full {self.full.mean():.4f}, "
-                f"empty {self.empty.mean():.4f}")
+        return (f"faithfulness {fixed(self.value)} of a {self.n_edges}-edge circuit ({self.rule}) "
+                f"in {p.base} on {p.task!r} ({p.n_prompts} prompts, {p.metric}, {self.ablation} "
+                f"ablation): circuit {fixed(float(self.circuit.mean()), 4)}, full "
+                f"{fixed(float(self.full.mean()), 4)}, empty {fixed(float(self.empty.mean()), 4)}")
 
 
 @dataclass(frozen=True)
@@ -169,12 +171,12 @@ class FaithfulnessCurve(SavableResult, OnGraph, name="circuits.FaithfulnessCurve
         p = self.provenance
         lines = [f"faithfulness curve ({self.rule} circuits from {self.method} scores, "
                  f"{self.ablation} ablation) in {p.base} on {p.task!r} ({p.n_prompts} prompts, "
-                 f"{p.metric}): CPR {self.cpr:.3f}, CMD {self.cmd:.3f}; full "
-                 f"{self.full.mean():.4f}, empty {self.empty.mean():.4f}",
+                 f"{p.metric}): CPR {fixed(self.cpr)}, CMD {fixed(self.cmd)}; full "
+                 f"{fixed(float(self.full.mean()), 4)}, empty {fixed(float(self.empty.mean()), 4)}",
                  f"{'edges %':>8} {'selected':>9} {'kept':>7} {'f':>8}"]
         for i, fr in enumerate(self.fractions):
             lines.append(f"{100 * fr:>8.1f} {self.requested[i]:>9} {self.kept[i]:>7} "
-                         f"{float(self.values[i]):>8.3f}")
+                         f"{fixed(float(self.values[i])):>8}")
         return "\n".join(lines)
 
 
@@ -238,6 +240,9 @@ def faithfulness_curve(
         progress: show a progress bar.
         model_id: the evaluated model's name in the provenance.
     """
+    if not hasattr(scores, "ablation"):
+        raise OptionError(f"scores must be edge scores (circuits.edge_attribution(...)), got "
+                          f"{type(scores).__name__}")
     ablation = ablation or scores.ablation
     if rule not in ("top_n", "greedy"):
         raise OptionError(f"rule must be 'top_n' or 'greedy' for a curve, got {rule!r}")
@@ -267,7 +272,9 @@ def faithfulness_curve(
     )
 
 
-def _check_circuit(graph: Graph, circuit: Circuit) -> None:
+def _check_circuit(graph: Graph, circuit: object) -> None:
+    _prep.check_kind("circuit", circuit, Circuit, "a Circuit (select_circuit(scores, ...), "
+                     "Circuit.full(graph), ...)")
     if (circuit.n_layers, circuit.n_heads, circuit.n_kv_heads) != (
             graph.n_layers, graph.n_heads, graph.n_kv_heads):
         raise GraphError(
@@ -345,7 +352,7 @@ def evaluate(
         bar.close()
     full = torch.cat(fulls)
     check_finite(full, "the full model")
-    check_finite(vals, "a circuit")
+    check_finite(vals, "a circuit", prompt_dim=1)
     if with_empty:
         return full, vals[-1], vals[:-1]
     return full, None, vals

@@ -56,7 +56,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
-from mechdiff.errors import MechdiffError
+from mechdiff.errors import MechdiffError, MetricError
 
 
 class GraphError(MechdiffError):
@@ -376,14 +376,17 @@ def split_inputs(model: TransformerBridge, split: bool = True) -> Iterator[None]
 def constants(model: TransformerBridge, width: int) -> list[Tensor]:
     """What the residual stream holds besides the writers' outputs, at the input of each block
     and at the logits: ``[n_layers + 1]`` tensors ``[pos, d_model]`` (positional embedding plus
-    the ``b_O`` of earlier attention layers). The MLP input of layer ``l`` adds ``b_O[l]``."""
+    the ``b_O`` of earlier attention layers), float32 (float64 for a float64 model). The MLP
+    input of layer ``l`` adds ``b_O[l]``."""
     d = int(model.cfg.d_model)
-    device = next(model.parameters()).device
-    base = torch.zeros(width, d, device=device)
+    param = next(model.parameters())
+    device, dtype = param.device, torch.promote_types(param.dtype, torch.float32)
+    base = torch.zeros(width, d, device=device, dtype=dtype)
     if POS_HOOK in model.hook_dict and hasattr(model, "W_pos"):
-        base = base + model.W_pos[:width].detach().float()
+        base = base + model.W_pos[:width].detach().to(dtype)
     b_o = getattr(model, "b_O", None)
-    b_o = b_o.detach().float() if b_o is not None else torch.zeros(int(model.cfg.n_layers), d)
+    b_o = (b_o.detach().to(dtype) if b_o is not None
+           else torch.zeros(int(model.cfg.n_layers), d, dtype=dtype))
     out = [base]
     for layer in range(int(model.cfg.n_layers)):
         out.append(out[-1] + b_o[layer].to(device))
@@ -417,18 +420,26 @@ def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
 
     Raises:
         GraphError: the error exceeds ``tol``.
+        MetricError: an activation is NaN or infinite (a broken model, not a graph problem).
     """
     tol = rounding_tol(writers[0].dtype) if tol is None else tol
     width = mask.shape[1]
     consts = constants(model, width)
-    total = writers[0][:, :, 0].float()
+    dtype = consts[0].dtype  # float32, float64 for a float64 model
+    total = writers[0][:, :, 0].to(dtype)
     worst = 0.0
 
     def compare(name: str, actual: Tensor, expected: Tensor) -> None:
         nonlocal worst
+        real = mask.to(torch.bool)
+        if not bool(torch.isfinite(actual[real]).all()):
+            raise MetricError(
+                f"{name}: the model's activations hold NaN/inf on these prompts, so nothing "
+                "about its edges can be computed; check its weights and dtype (fp16 overflow?)"
+            )
         m = mask[..., None]
-        scale = max(float((actual.float().abs() * m).max()), 1e-6)
-        err = float(((actual.float() - expected) * m).abs().max()) / scale
+        scale = max(float((actual.to(dtype).abs() * m).max()), 1e-6)
+        err = float(((actual.to(dtype) - expected) * m).abs().max()) / scale
         worst = max(worst, err)
         if not err <= tol:
             raise GraphError(
@@ -439,15 +450,16 @@ def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
 
     first = acts.get(qkv_in_hook(0, "q"))
     if first is not None:  # the per-head fork must carry the residual before the layer norm
-        compare("blocks.0 query input", first[:, :, 0], acts[resid_pre_hook(0)].float())
+        compare("blocks.0 query input", first[:, :, 0], acts[resid_pre_hook(0)].to(dtype))
     ln_in = acts.get(ln1_in_hook(0))
     if ln_in is not None:  # so must the layer norm input the q/k/v gradients are taken at
-        compare("blocks.0 attention layer norm input", ln_in, acts[resid_pre_hook(0)].float())
+        compare("blocks.0 attention layer norm input", ln_in,
+                acts[resid_pre_hook(0)].to(dtype))
     for layer in range(graph.n_layers):
         compare(resid_pre_hook(layer), acts[resid_pre_hook(layer)], total + consts[layer])
-        total = total + writers[1 + 2 * layer].float().sum(2)
+        total = total + writers[1 + 2 * layer].to(dtype).sum(2)
         compare(mlp_in_hook(layer), acts[mlp_in_hook(layer)], total + consts[layer + 1])
-        total = total + writers[2 + 2 * layer][:, :, 0].float()
+        total = total + writers[2 + 2 * layer][:, :, 0].to(dtype)
     name = logits_in_hook(graph.n_layers)
     compare(name, acts[name], total + consts[graph.n_layers])
     return worst

@@ -23,7 +23,7 @@ from mechdiff.circuits.circuit import Circuit
 from mechdiff.circuits.compare import CircuitComparison
 from mechdiff.circuits.cross import CrossEdgeScores
 from mechdiff.circuits.faithfulness import Faithfulness, FaithfulnessCurve
-from mechdiff.circuits.verdict import _USES, NUMBERS, Verdict
+from mechdiff.circuits.verdict import _USES, NUMBERS, Verdict, fixed, signed
 from mechdiff.report.sections import register
 
 _esc = html.escape
@@ -61,13 +61,13 @@ def title(c: CircuitComparison) -> str:
 def _num(value: float, sign: bool = True) -> str:
     if not math.isfinite(value):
         return "n/a"
-    return f"{value:+.3f}" if sign else f"{value:.3f}"
+    return fixed(value, sign=sign)
 
 
 def _interval(lo: float, hi: float) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "\u2013"
-    return f"[{lo:+.2f}, {hi:+.2f}]"
+    return f"[{signed(lo, 2)}, {signed(hi, 2)}]"
 
 
 # ---------------------------------------------------------------- text and Markdown

@@ -47,8 +47,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
+from mechdiff.errors import OptionError
 from mechdiff.results import SavableResult
 
 Label: TypeAlias = Literal["re-used and strengthened", "new mechanism", "mixed", "undetermined"]
@@ -105,43 +106,88 @@ UNDEFINED: dict[str, str] = {
 """Why each deciding number can be undefined (NaN), for the "undetermined" reasons."""
 
 
-def signed(x: float, digits: int = 3) -> str:
-    """``x`` with its sign and ``digits`` decimals; a value that rounds to zero reads ``+0.000``
-    (Python writes a tiny negative number as ``-0.000``)."""
+def fixed(x: float, digits: int = 3, *, sign: bool = False) -> str:
+    """``x`` with ``digits`` decimals (and its sign, with ``sign``); a value that rounds to zero
+    reads ``0.000`` (Python writes a tiny negative number as ``-0.000``)."""
     r = round(x, digits) + 0.0 if math.isfinite(x) else x
-    return f"{r:+.{digits}f}"
+    return f"{r:{'+' if sign else ''}.{digits}f}"
+
+
+def signed(x: float, digits: int = 3) -> str:
+    """``x`` with its sign and ``digits`` decimals (:func:`fixed`): ``+0.000``, never ``-0.000``."""
+    return fixed(x, digits, sign=True)
+
+
+_ORDERED = (("NEW_FAITHFULNESS", "REUSE_FAITHFULNESS"), ("NEW_RANK", "REUSE_RANK"),
+            ("NEW_CARRIED", "STRENGTHENED"))
+"""Pairs (new-mechanism bound, re-use bound): the first may not exceed the second."""
+
+
+def checked_thresholds(thresholds: dict[str, Any] | None) -> dict[str, float]:
+    """Every threshold, the defaults overridden by ``thresholds``.
+
+    Raises:
+        OptionError: an unknown name, a value that is not a finite number, a negative ``NEAR``,
+            or a new-mechanism bound above its re-use bound (``NEW_RANK`` > ``REUSE_RANK``, ...),
+            which would make the rules contradict each other.
+    """
+    given = dict(thresholds or {})
+    unknown = set(given) - set(THRESHOLDS)
+    if unknown:
+        raise OptionError(f"unknown thresholds {sorted(unknown)}; known: {sorted(THRESHOLDS)}")
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value):
+            raise OptionError(f"threshold {name} must be a finite number, got {value!r}")
+    t = {**THRESHOLDS, **{k: float(v) for k, v in given.items()}}
+    if t["NEAR"] < 0:
+        raise OptionError(f"threshold NEAR must be >= 0, got {t['NEAR']:g}")
+    for low, high in _ORDERED:
+        if t[low] > t[high]:
+            raise OptionError(
+                f"threshold {low} = {t[low]:g} is above {high} = {t[high]:g}: a number between "
+                f"them would be both a new mechanism and re-used; keep {low} <= {high}")
+    return t
 
 
 def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None
            ) -> tuple[Label, tuple[str, ...]]:
-    """The label and the reasons (one line each) from the numbers and the thresholds."""
-    t = {**THRESHOLDS, **(thresholds or {})}
+    """The label and the reasons (one line each) from the numbers and the thresholds.
+
+    Raises:
+        OptionError: bad thresholds (:func:`checked_thresholds`) or a deciding number missing
+            from ``numbers``.
+    """
+    t = checked_thresholds(thresholds)
+    absent = [k for k in _USES if k not in numbers]
+    if absent:
+        raise OptionError(f"numbers lack {absent}: the verdict needs {sorted(_USES)}")
     f, rank, carried = numbers["base_in_ft"], numbers["score_rank"], numbers["carried"]
     missing = [k for k in ("base_in_ft", "score_rank", "carried") if not math.isfinite(numbers[k])]
     if missing:
         return "undetermined", tuple(f"{k} is not defined: {UNDEFINED[k]}" for k in missing)
     new = []
     if carried < t["NEW_CARRIED"]:
-        new.append(f"the base circuit alone carries only {carried:.2f} of the gap (< NEW_CARRIED "
+        new.append(f"the base circuit alone carries only {fixed(carried, 2)} of the gap (< NEW_CARRIED "
                    f"{t['NEW_CARRIED']:g}): the change happened outside it")
     if f < t["NEW_FAITHFULNESS"]:
-        new.append(f"the base circuit inside the fine-tuned model keeps only {f:.2f} of its "
+        new.append(f"the base circuit inside the fine-tuned model keeps only {fixed(f, 2)} of its "
                    f"behaviour (< NEW_FAITHFULNESS {t['NEW_FAITHFULNESS']:g})")
     if rank < t["NEW_RANK"]:
-        new.append(f"edge scores of the two models rank-correlate at {rank:+.2f} "
+        new.append(f"edge scores of the two models rank-correlate at {signed(rank, 2)} "
                    f"(< NEW_RANK {t['NEW_RANK']:g}): the paths' importance was rearranged")
     if new:
         return "new mechanism", tuple(new)
     reuse = [
         (f >= t["REUSE_FAITHFULNESS"],
-         f"the base circuit inside the fine-tuned model keeps {f:.2f} of its behaviour "
+         f"the base circuit inside the fine-tuned model keeps {fixed(f, 2)} of its behaviour "
          f"({'>=' if f >= t['REUSE_FAITHFULNESS'] else '<'} REUSE_FAITHFULNESS "
          f"{t['REUSE_FAITHFULNESS']:g})"),
         (rank >= t["REUSE_RANK"],
-         f"edge scores rank-correlate at {rank:+.2f} "
+         f"edge scores rank-correlate at {signed(rank, 2)} "
          f"({'>=' if rank >= t['REUSE_RANK'] else '<'} REUSE_RANK {t['REUSE_RANK']:g})"),
         (carried >= t["STRENGTHENED"],
-         f"the base circuit alone carries {carried:.2f} of the gap "
+         f"the base circuit alone carries {fixed(carried, 2)} of the gap "
          f"({'>=' if carried >= t['STRENGTHENED'] else '<'} STRENGTHENED "
          f"{t['STRENGTHENED']:g})"),
     ]
@@ -209,10 +255,10 @@ def sensitivity(numbers: dict[str, float], intervals: dict[str, tuple[float, flo
         for name in names:
             th = thresholds[name]
             if abs(value - th) <= near:
-                notes.append(f"{key} = {value:.3f} lies within {near:g} of {name} = {th:g}: "
+                notes.append(f"{key} = {fixed(value)} lies within {near:g} of {name} = {th:g}: "
                              "the verdict is sensitive to it")
             elif lo <= th <= hi:
-                notes.append(f"{key}'s 95% interval [{lo:.2f}, {hi:.2f}] contains {name} = "
+                notes.append(f"{key}'s 95% interval [{fixed(lo, 2)}, {fixed(hi, 2)}] contains {name} = "
                              f"{th:g}: more prompts would settle it")
     return notes
 
@@ -231,7 +277,7 @@ def undetermined(numbers: dict[str, float], intervals: dict[str, tuple[float, fl
         lo, hi = intervals.get(key, (math.nan, math.nan))
         if math.isfinite(value) and math.isfinite(lo) and math.isfinite(hi) \
                 and not lo <= value <= hi:
-            notes.append(f"{key} = {value:.3g} lies outside its own 95% interval [{lo:.2f}, "
-                         f"{hi:.2f}]: a ratio whose denominator nears 0 on some resamples; "
+            notes.append(f"{key} = {value:.3g} lies outside its own 95% interval [{fixed(lo, 2)}, "
+                         f"{fixed(hi, 2)}]: a ratio whose denominator nears 0 on some resamples; "
                          "read it as undetermined")
     return notes

@@ -276,7 +276,7 @@ def _run(setup: Setup, task: Task, method: str, steps: int, positions: str,
 
     receiver, donor = torch.cat(recv_vals).cpu(), torch.cat(donor_vals).cpu()
     gap = checked_gap(receiver, donor, metric, task.name)
-    check_finite(est, "an attribution estimate")
+    check_finite(est, "an attribution estimate", prompt_dim=2)
 
     est = est.permute(0, 1, 3, 2)  # [layer, site, pos, batch]
     if fam.kind != "heads":

@@ -296,7 +296,8 @@ def _sweep(
                         for s in layer_sites[layer]:
                             patched[layer, s, w:, start:start + b] = receiver[start:start + b].cpu()
     done = [(layer, s) for layer in range(n_layers) for s in layer_sites[layer]]
-    check_finite(patched[[x[0] for x in done], [x[1] for x in done]], "a patched run")
+    check_finite(patched[[x[0] for x in done], [x[1] for x in done]], "a patched run",
+                 prompt_dim=-1)
 
     if fam.kind != "heads":
         patched = patched[:, 0]

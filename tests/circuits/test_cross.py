@@ -144,6 +144,10 @@ def test_bad_options_and_saving(planted, tmp_path) -> None:
         cross(planted, task, method="acdc")
     with pytest.raises(OptionError):
         cross(planted, task, exact_top=-1)
+    with pytest.raises(OptionError, match="exact_top must be an integer"):
+        cross(planted, task, exact_top=True)  # once a bare ValueError deep in the run
+    with pytest.raises(OptionError, match="pair must be a ModelPair.*got TransformerBridge"):
+        cross(planted.base, task)
     r = cross_edge_attribution(planted, task, exact_top=5, progress=False)
     loaded = CrossEdgeScores.load(r.save(tmp_path / "x"))
     torch.testing.assert_close(loaded.exact, r.exact, equal_nan=True)

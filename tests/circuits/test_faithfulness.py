@@ -4,10 +4,13 @@ whose circuit is known from exact ablations."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from circuit_models import induction_task, random_task
 from circuit_reference import all_edges, capture, index_of, run_edges
+from support import unchecked
 
 import mechdiff
 from mechdiff.circuits import (
@@ -25,6 +28,7 @@ from mechdiff.circuits import (
 )
 from mechdiff.circuits.ablation import Replacements, mean_outputs
 from mechdiff.circuits.faithfulness import areas, evaluate
+from mechdiff.errors import OptionError, ResultError
 
 
 def _model(tiny, name, dtype=torch.float32):
@@ -132,9 +136,37 @@ def test_curve_areas_and_saving(tiny, tmp_path) -> None:
 
 def test_a_circuit_of_another_graph_is_refused(tiny) -> None:
     model = _model(tiny, "gpt2")
+    graph = graph_of(model)
     other = Circuit.full(graph_of(_model(tiny, "llama")))
     with pytest.raises(GraphError, match="graph"):
         faithfulness(model, random_task(2), other, progress=False)
+    with pytest.raises(ResultError, match=f"has {graph.n_edges} edges; edges has shape \\(5,\\)"):
+        Circuit(torch.ones(5, dtype=torch.bool), **graph.dims)
+    with pytest.raises(GraphError, match="positive sizes"):
+        Circuit(torch.ones(5, dtype=torch.bool), 0, 4, 2)
+    task = random_task(2)
+    scores = edge_attribution(model, task, method="eap", progress=False)
+    with pytest.raises(OptionError, match="circuit must be a Circuit.*got EdgeScores"):
+        unchecked(faithfulness)(model, task, scores, progress=False)
+    with pytest.raises(OptionError, match="scores must be edge scores.*got NoneType"):
+        unchecked(faithfulness_curve)(model, task, None, progress=False)
+    with pytest.raises(OptionError, match="scores must be edge scores.*got Tensor"):
+        unchecked(select_circuit)(scores.scores, n=3)
+
+
+def test_faithfulness_over_rounding_noise_is_not_defined(tiny) -> None:
+    """Mean ablation over identical prompts ablates nothing: full and empty differ by float
+    rounding (-1.8e-7 in a review), and a ratio to it was reported as f = -0.000 with CPR 0.25.
+    Below the gap tolerance of mechdiff.metrics the ratio is NaN, as CPR and CMD are."""
+    model = _model(tiny, "gpt2")
+    one = random_task(1, seed=2)
+    task = mechdiff.Task(one.prompts * 2, answers=one.answers * 2,
+                         wrong_answers=one.wrong_answers * 2)
+    scores = edge_attribution(model, task, method="eap_ig", steps=2, progress=False)
+    curve = faithfulness_curve(model, task, scores, progress=False)
+    assert float((curve.full - curve.empty).abs().max()) < 1e-5
+    assert bool(curve.values.isnan().all()) and math.isnan(curve.cpr) and math.isnan(curve.cmd)
+    assert " nan" in curve.table() and "-0.000" not in curve.table()
 
 
 # --- a model with a known circuit -----------------------------------------------------------

@@ -3,6 +3,8 @@ is known by construction, and the synthetic zoo's re-weighting and new-skill fin
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,29 @@ def test_rules() -> None:
     assert any("REUSE_RANK" in n and "sensitive" in n for n in notes)
     notes = sensitivity(_numbers(carried=0.9), {"carried": (0.2, 1.0)}, THRESHOLDS)
     assert any("interval" in n and "NEW_CARRIED" in n for n in notes)
+
+
+@pytest.mark.parametrize(("thresholds", "message"), [
+    ({"NEW_RANK": float("nan")}, "NEW_RANK must be a finite number, got nan"),
+    ({"NEW_RANK": "0.2"}, "NEW_RANK must be a finite number, got '0.2'"),
+    ({"STRENGTHENED": True}, "STRENGTHENED must be a finite number"),
+    ({"NEAR": -0.1}, "NEAR must be >= 0"),
+    ({"REUSE_RANK": 0.1, "NEW_RANK": 0.9}, "NEW_RANK = 0.9 is above REUSE_RANK = 0.1"),
+    ({"NEW_FAITHFULNESS": 0.8}, "NEW_FAITHFULNESS = 0.8 is above REUSE_FAITHFULNESS = 0.7"),
+    ({"REUSE_FAITH": 0.5}, "unknown thresholds"),
+])
+def test_thresholds_that_cannot_decide_are_refused(thresholds, message) -> None:
+    """NaN would make every comparison false (the label silently 'mixed'), a string fails only
+    after the whole computation, and a new-mechanism bound above its re-use bound contradicts
+    the rules: each is refused by name, by decide() as by compare_circuits (before any
+    forward: test_bad_options)."""
+    with pytest.raises(OptionError, match=re.escape(message)):
+        unchecked(decide)(_numbers(), thresholds)
+
+
+def test_decide_names_a_missing_number() -> None:
+    with pytest.raises(OptionError, match=r"numbers lack \['carried'\]"):
+        decide({"base_in_ft": 0.9, "score_rank": 0.9})
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +136,10 @@ def test_bad_options(constructed) -> None:
     task = successor_task(4)
     with pytest.raises(OptionError, match="thresholds"):
         compare(pair, task, thresholds={"REUSE_FAITH": 0.5})
+    with pytest.raises(OptionError, match="NEW_RANK = 0.9 is above REUSE_RANK"):
+        compare(pair, task, thresholds={"NEW_RANK": 0.9})
+    with pytest.raises(OptionError, match="pair must be a ModelPair.*got TransformerBridge"):
+        compare(pair.base, task)
     with pytest.raises(OptionError, match="rule"):
         compare(pair, task, rule="threshold")
     with pytest.raises(OptionError):
@@ -135,6 +164,28 @@ def test_fixed_number_of_edges(constructed) -> None:
         assert circuit.requested == 6
         assert torch.equal(circuit.edges, select_circuit(scores, n=6).edges)
     assert c.verdict.extra["size_rule"] == "fixed edges"
+
+
+def test_a_whole_graph_base_circuit_says_what_is_one_by_construction(constructed) -> None:
+    """edges=every edge: the base circuit is the model, so base_in_ft is 1 by construction; its
+    carried share is every edge patched at once, cross_edge_attribution's ``all_edges``, which
+    is 1 only when nothing outside the edges changed (a review found the note calling it 1 when
+    it was 16.3 on another pair): the note gives its value, and says what it is."""
+    from mechdiff.circuits import cross_edge_attribution
+    from mechdiff.circuits.verdict import signed
+
+    pair = mechdiff.load_pair(constructed["base"], constructed["rescaled"], device="cpu")
+    task = successor_task(8)
+    n_edges = mechdiff.circuits.graph_of(pair.base).n_edges
+    c = compare_circuits(pair, task, ablation="corrupted", edges=n_edges, n_boot=10,
+                         progress=False)
+    v = c.verdict
+    assert abs(v.numbers["base_in_ft"] - 1) < 1e-5
+    every = cross_edge_attribution(pair, task, method="eap", exact_top=0, progress=False)
+    assert abs(v.numbers["carried"] - every.all_edges) < 1e-4
+    note = next(n for n in v.notes if "whole graph" in n)
+    assert "base_in_ft is 1 by construction" in note
+    assert f"carried ({signed(v.numbers['carried'])}) is every edge patched at once" in note
 
 
 def test_an_empty_base_circuit_gives_no_verdict(constructed) -> None:
@@ -198,10 +249,13 @@ def test_base_side_reused_across_fine_tunes_gives_the_same_comparison(constructe
     torch.testing.assert_close(reused.base_curve.values, fresh.base_curve.values)
     with pytest.raises(OptionError, match="base_curve"):
         compare_circuits(pair, task, base_curve=first.base_curve, **kw)  # without its scores
-    with pytest.raises(OptionError, match="must come from this model"):  # another model's
+    with pytest.raises(OptionError, match="base_scores cannot be reused here: it has "
+                       "model_id .*pass model_id=pair.base_id"):  # another model's
         compare_circuits(pair, task, base_scores=first.ft_scores, base_curve=first.base_curve,
                          **kw)
     scores = first.base_scores
+    with pytest.raises(OptionError, match=r"it has steps=1 \(asked: steps=5\)"):
+        compare_circuits(pair, task, base_scores=dataclasses.replace(scores, steps=1), **kw)
     other = type(scores)(**{**{f: getattr(scores, f) for f in scores.__dataclass_fields__},
                             "scores": scores.scores.flip(0)})  # the same model, other scores
     with pytest.raises(OptionError, match="base_curve's circuits"):

@@ -76,7 +76,7 @@ def test_nan_metric(ckpts, tmp_path):
     pair = mechdiff.load_pair(ckpts["base"], save(broken, tmp_path / "nan"), device="cpu",
                               processing="none")
     before = _hooks_after_warmup(pair)
-    with pytest.raises(MetricError, match="NaN/inf for the donor model"):
+    with pytest.raises(MetricError, match=r"NaN/inf in the donor model \(prompts \[0, 1, 2"):
         mechdiff.cross_patch(pair, _task(), progress=False)
     with pytest.raises(MetricError, match="NaN/inf"):
         mechdiff.behaviour_gap(pair, _task())
@@ -106,3 +106,23 @@ def test_no_hooks_left_after_an_exception(pair, monkeypatch, where):
     assert (active_hooks(pair.base), active_hooks(pair.finetuned)) == before
 
 
+
+
+def test_non_finite_values_name_the_prompts_not_flat_indices():
+    """check_finite names the prompts along the given axis (it once listed the flattened
+    (prompt, edge) index pairs of a [batch, edge] tensor as "prompts")."""
+    from mechdiff.metrics import check_finite
+
+    per_prompt = torch.zeros(5, 7)  # [batch, edge]
+    per_prompt[3, 2] = per_prompt[3, 5] = float("inf")
+    per_prompt[1, 0] = float("nan")
+    with pytest.raises(MetricError, match=r"NaN/inf in an estimate \(prompts \[1, 3\]\)"):
+        check_finite(per_prompt, "an estimate")
+    vals = torch.zeros(2, 5)  # [circuit, batch]
+    vals[1, 4] = float("nan")
+    with pytest.raises(MetricError, match=r"\(prompts \[4\]\)"):
+        check_finite(vals, "a circuit", prompt_dim=1)
+    many = torch.full((12,), float("nan"))
+    with pytest.raises(MetricError, match=r"prompts \[0, 1, 2, 3, 4, 5, 6, 7\] and 4 more"):
+        check_finite(many, "x")
+    check_finite(torch.zeros(3, 2), "finite values pass")
