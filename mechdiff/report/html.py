@@ -22,6 +22,7 @@ import html
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from matplotlib.figure import Figure
 from mechdiff.errors import OptionError, check_count
 from mechdiff.report import sections
 from mechdiff.results import Provenance, SavableResult, atomic_write_text, load_result
+from mechdiff.results.folder import shown_path
 from mechdiff.viz._save import figure_svg
 from mechdiff.viz.views import ViewSet
 
@@ -320,7 +322,7 @@ def render_page(page: Page, summary: dict[str, Any], run: dict[str, Any],
     """The whole page's HTML."""
     import mechdiff.viz.html_sections  # noqa: F401  (registers HTML of mechdiff's own types)
 
-    heading = title or summary.get("title") or f"mechdiff report: {page.root.name}"
+    heading = title or summary.get("title") or f"mechdiff report: {shown_path(page.root).name}"
     for e in page.entries:
         name = (sections.title_of(e.result) if e.result is not None
                 else f"{e.meta.get('type') or 'unreadable'} ({e.folder})")
@@ -340,10 +342,15 @@ def render_page(page: Page, summary: dict[str, Any], run: dict[str, Any],
     intro = summary.get("intro", "")
     nav = "".join(f'<li><a href="#{a}">{html.escape(n)}</a></li>' for a, n in toc)
     return TEMPLATE.format(
-        title=html.escape(heading), intro=f"<p>{html.escape(intro)}</p>" if intro else "",
+        title=html.escape(heading), intro=f"<p>{inline_code(intro)}</p>" if intro else "",
         meta=meta_html(page, run), nav=nav, body="\n".join(body), style=STYLE,
         scripts=page.views.scripts(),
     )
+
+
+def inline_code(text: str) -> str:
+    """Escaped HTML of one line of Markdown-ish text, its `code` spans as ``<code>``."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def render_entry(page: Page, entry: Entry) -> tuple[str, str, str]:
@@ -432,7 +439,8 @@ def meta_html(page: Page, run: dict[str, Any]) -> str:
         mine = version("mechdiff")
     except PackageNotFoundError:
         mine = "unknown"
-    parts = [f"Results folder <code>{html.escape(str(page.root))}</code>"]
+    shown = html.escape(str(shown_path(page.root)))  # not a run's temporary folder
+    parts = [f"Results folder <code>{shown}</code>"]
     if run.get("command"):
         opts = ", ".join(f"{k}={v}" for k, v in (run.get("options") or {}).items()
                          if v is not None)
@@ -442,10 +450,11 @@ def meta_html(page: Page, run: dict[str, Any]) -> str:
                         if run.get("finished") else ""))
     n_ok = sum(e.result is not None for e in page.entries)
     n_bad = len(page.entries) - n_ok
-    parts.append(f"{n_ok} results" + (f", {n_bad} not loaded" if n_bad else ""))
+    parts.append(f"{n_ok} result{'s' if n_ok != 1 else ''}"
+                 + (f", {n_bad} not loaded" if n_bad else ""))
     now = datetime.now(UTC).isoformat(timespec="seconds")
     parts.append(f"page written {now} by mechdiff {html.escape(mine)}; rebuild it with "
-                 f"<code>mechdiff report {html.escape(str(page.root))}</code>")
+                 f"<code>mechdiff report {shown}</code>")
     return "<p class=\"meta\">" + " \u00b7 ".join(parts) + "</p>"
 
 

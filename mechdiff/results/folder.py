@@ -83,6 +83,22 @@ from mechdiff.results.signals import deferred_signals, raise_if_interrupted
 
 log = logging.getLogger(__name__)
 
+_ACTIVE: dict[int, OutputFolder] = {}
+"""The output folders this process is inside (for :func:`shown_path`)."""
+
+
+def shown_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a reader should see it: under an output folder this process is writing, the
+    place it will have once committed (a report written in the temporary folder must not name
+    that folder, which is gone after the commit); any other path unchanged (absolute)."""
+    p = Path(os.path.abspath(path))
+    for folder in list(_ACTIVE.values()):
+        shown = folder.final_path(p)
+        if shown != p:
+            return shown
+    return p
+
+
 MANIFEST = "mechdiff_run.json"
 RUN_FORMAT = 1
 REPLACE_FLAG = "--replace"
@@ -196,11 +212,13 @@ class OutputFolder:
             work = sibling(self.out, "work")
             os.mkdir(work)
             self.work = work
+            _ACTIVE[id(self)] = self
             write_durable(work / MANIFEST, _json(self._manifest("running")))
         except BaseException as e:
             if self.work is not None:
                 remove(self.work)
                 self.work = None
+            _ACTIVE.pop(id(self), None)
             self._unlock()
             if isinstance(e, OSError):
                 raise self._cannot_write(e) from e
@@ -231,6 +249,7 @@ class OutputFolder:
             if isinstance(exc, OSError | DiskFullError) and is_disk_full(exc):
                 raise self._disk_full(exc) from exc
         finally:
+            _ACTIVE.pop(id(self), None)
             self._unlock()
 
     def _commit(self) -> None:

@@ -40,3 +40,8 @@ def test_patch_ends_with_a_report(ckpts, tmp_path: Path) -> None:
     assert f"report: {(out / 'report.html').resolve()}" in stdout
     page = (out / "report.html").read_text()
     assert '<div class="head-label">L2H2' in page  # the planted head's patterns, both models
+    # written inside the run's temporary folder, the page names the folder it ends up in
+    # (it named the temporary one, gone after the commit), and renders the intro's `code`
+    assert f"Results folder <code>{out.resolve()}</code>" in page
+    assert f"<code>mechdiff report {out.resolve()}</code>" in page
+    assert "mechdiff-work" not in page and "Base `" not in page and "Base <code>" in page
