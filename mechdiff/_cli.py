@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(circ)
     circ.add_argument("--method", choices=METHODS, default="eap_ig",
                       help="edge attribution: eap_ig (integrated gradients, default) or eap")
-    circ.add_argument("--steps", type=_positive, default=5,
-                      help="integration steps of eap_ig (default 5)")
+    circ.add_argument("--steps", type=_positive, default=None,
+                      help="integration steps of eap_ig (default 5; eap takes none)")
     circ.add_argument("--edges", type=_positive, default=None, metavar="N",
                       help="each model's circuit is its N strongest edges (pruned) instead of "
                       "the smallest MIB fraction of edges faithful within 0.2")
@@ -279,7 +279,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 
 
 def _cmd_circuits(args: argparse.Namespace) -> int:
-    from mechdiff.circuits._prep import check_ablation_prompts, check_method_metric
+    from mechdiff.circuits._prep import check_ablation_prompts, check_behaviour_metric
     from mechdiff.pipeline import analyse_circuits
     from mechdiff.report.html import REPORT_NAME, write_report
     from mechdiff.report.sections import render_markdown
@@ -290,14 +290,18 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
 
     if args.cross_top < 0:
         return _fail(f"--cross-top must be 0 or more, got {args.cross_top}")
+    if args.method == "eap" and args.steps is not None:
+        return _fail("--steps is for --method eap_ig (integration steps); eap takes the "
+                     "gradient at the clean run only: drop --steps or use --method eap_ig")
+    steps = (args.steps or 5) if args.method == "eap_ig" else 1
     task = Task.from_file(args.prompts)  # prompt errors before any model is loaded
     check_ablation_prompts(task, args.ablation)
-    check_method_metric(args.method, task)
+    check_behaviour_metric(task)
     spec = RunSpec(
         command="circuits",
         inputs={"base": args.base, "finetuned": args.finetuned, "prompts": str(args.prompts),
                 "prompts_sha256": _file_digest(args.prompts)},
-        options={"method": args.method, "steps": args.steps, "edges": args.edges,
+        options={"method": args.method, "steps": steps, "edges": args.edges,
                  "ablation": args.ablation, "cross_top": args.cross_top,
                  "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
                  "processing": args.processing},
@@ -305,7 +309,7 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
     with OutputFolder(args.out, run=spec, replace=args.replace) as work:
         pair = _load(args)
         analysis = analyse_circuits(
-            pair, task, label=task.name, method=args.method, steps=args.steps,
+            pair, task, label=task.name, method=args.method, steps=steps,
             ablation=args.ablation, edges=args.edges, cross_top=args.cross_top,
             seed=args.seed, prompt_batch_size=args.batch_size, progress=not args.quiet,
         )

@@ -93,6 +93,7 @@ def test_fixed_edges_and_the_saved_comparison_loads_alone(ckpts, circuits_run,
     (["--ablation", "corrupted"], ("corrupted",)),
     (["--edges", "100000000"], ("edges", "100000000")),
     (["--cross-top", "-1"], ("--cross-top",)),
+    (["--method", "eap", "--steps", "3"], ("--steps is for --method eap_ig",)),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(ckpts, circuits_run, tmp_path: Path, extra,
                                                   needles) -> None:
@@ -122,6 +123,29 @@ def test_prompts_that_cannot_be_ablated_are_refused_before_loading(tmp_path: Pat
     ])
     assert_one_line_error(code, stderr, *needles)
     assert "no_base" not in stderr and not out.exists()
+
+
+def test_a_prompt_file_without_answers_is_refused_before_loading(tmp_path: Path) -> None:
+    """No answers means the 'kl' metric: each model compared with itself, no gap between the
+    models, so a comparison could only end 'undetermined' (with EAP it also scored nothing but
+    float noise, a review found, and reported circuits built from it)."""
+    import json
+
+    from support import random_prompts
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in random_prompts(6)),
+                       encoding="utf-8")
+    for method in ("eap", "eap_ig"):
+        out = tmp_path / f"out_{method}"
+        code, _, stderr = run_cli([
+            "circuits", "--base", str(tmp_path / "no_base"), "--finetuned",
+            str(tmp_path / "no_ft"), "--prompts", str(prompts), "--out", str(out), "--quiet",
+            "--method", method,
+        ])
+        assert_one_line_error(code, stderr, "metric 'kl' compares each model with itself",
+                              "answers")
+        assert not out.exists()
 
 
 def test_zero_gap_is_refused_before_the_comparison(ckpts, circuits_run, tmp_path: Path) -> None:

@@ -89,6 +89,20 @@ def check_method_metric(method: str, task: Task) -> None:
         )
 
 
+def check_behaviour_metric(task: Task) -> None:
+    """Raise OptionError for a comparison of circuits on a ``kl`` / ``kl_all`` task (no model
+    needed: the command line checks this before loading any). Its verdict rests on the gap
+    between the models' behaviour, and a KL metric compares each model with its own clean run:
+    its gap is always 0, so the comparison could only end "undetermined"."""
+    if task.metric_name in ("kl", "kl_all"):
+        raise OptionError(
+            f"comparing circuits needs a behaviour both models are scored on; metric "
+            f"{task.metric_name!r} compares each model with itself (the gap between the models "
+            "is always 0). Give answers and wrong answers (logit_diff) or answers (logprob) in "
+            "the task or prompt file"
+        )
+
+
 def check_ablation_prompts(task: Task, ablation: str) -> None:
     """Raise PromptError if ``task`` cannot be ablated as asked (no model needed: the command
     line checks this before loading any)."""

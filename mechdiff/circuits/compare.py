@@ -258,7 +258,7 @@ def compare_circuits(
         _prep.check_positive(edges=edges)
     _prep.check_pair(pair)
     graph, tokens = _prep.prepare(pair.base, task, ablation)
-    _prep.check_method_metric(method, task)
+    _prep.check_behaviour_metric(task)
     if edges is not None and edges > graph.n_edges:
         raise OptionError(f"edges={edges} is more than the graph's {graph.n_edges} edges")
     graph_ft, _ = _prep.prepare(pair.finetuned, task, ablation)
@@ -459,6 +459,11 @@ def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
     }
 
 
+FEW_PROMPTS = 8
+"""Below this many prompts a comparison's verdict gets a note that its intervals are rough
+(4 prompts have 35 distinct bootstrap resamples; 2 have 3)."""
+
+
 def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str, float],
              thresholds: dict[str, float] | None, n_boot: int, seed: int, size: float,
              *, fixed: bool = False, empty_hint: str = "") -> Verdict:
@@ -494,6 +499,10 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
         intervals[k] = ((float(x.quantile(0.025)), float(x.quantile(0.975))) if len(x)
                         else (math.nan, math.nan))
     notes = sensitivity(numbers, intervals, t) + undetermined(numbers, intervals)
+    if n < FEW_PROMPTS:
+        notes.append(f"only {n} prompts ({len(seen)} distinct resamples): the intervals are "
+                     f"rough and a ratio to a small gap can swing far on some resamples; use "
+                     f"{FEW_PROMPTS} or more prompts for intervals to rely on")
     if size >= 1.0:
         why = ("edges= asked for every edge" if fixed else
                "no base circuit smaller than the whole graph was faithful within CLOSE")

@@ -23,7 +23,15 @@ from mechdiff.circuits.circuit import Circuit
 from mechdiff.circuits.compare import CircuitComparison
 from mechdiff.circuits.cross import CrossEdgeScores
 from mechdiff.circuits.faithfulness import Faithfulness, FaithfulnessCurve
-from mechdiff.circuits.verdict import _USES, NUMBERS, Verdict, fixed, signed
+from mechdiff.circuits.verdict import (
+    _USES,
+    FIXED,
+    NUMBERS,
+    Verdict,
+    fixed,
+    share,
+    signed,
+)
 from mechdiff.report.sections import register
 
 _esc = html.escape
@@ -67,7 +75,7 @@ def _num(value: float, sign: bool = True) -> str:
 def _interval(lo: float, hi: float) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "\u2013"
-    return f"[{signed(lo, 2)}, {signed(hi, 2)}]"
+    return f"[{signed(lo)}, {signed(hi)}]"
 
 
 # ---------------------------------------------------------------- text and Markdown
@@ -80,7 +88,7 @@ def comparison_text(c: CircuitComparison, top: int | None = None) -> str:
 def comparison_markdown(c: CircuitComparison, top: int | None = None) -> str:
     v = c.verdict
     return (f"## {title(c)}\n\n**Verdict: {v.label}** (in "
-            f"{100 * v.frequency.get(v.label, 0):.0f}% of {v.n_boot} prompt resamples)\n\n"
+            f"{share(v.frequency.get(v.label, 0))} of {v.n_boot} prompt resamples)\n\n"
             f"```\n{c.summary()}\n```\n")
 
 
@@ -94,8 +102,8 @@ def _block_markdown(heading: str, body: str) -> str:
 def verdict_html(v: Verdict) -> str:
     """The verdict as the page's reading box: label, reasons, numbers with intervals and the
     thresholds each is compared with, notes."""
-    share = 100 * v.frequency.get(v.label, 0)
-    firm = "firm" if not v.notes and share >= FIRM_SHARE else "tentative"
+    freq = v.frequency.get(v.label, 0)
+    firm = "firm" if not v.notes and 100 * freq >= FIRM_SHARE else "tentative"
     reasons = "".join(f"<li>{_esc(r)}</li>" for r in v.reasons)
     rows = []
     for key in NUMBERS:
@@ -106,15 +114,16 @@ def verdict_html(v: Verdict) -> str:
                          if name in v.thresholds) or "\u2013 (reported)"
         rows.append(f"<tr><td><code>{_esc(key)}</code></td><td>{_esc(NUMBER_WORDS.get(key, ''))}"
                     f"</td><td class=\"num\"><b>{_num(v.numbers[key])}</b></td>"
-                    f"<td class=\"num\">{_interval(lo, hi)}</td><td>{cuts}</td></tr>")
+                    f"<td class=\"num\">{_interval(lo, hi) if key not in FIXED else 'circuits held fixed'}"
+                    f"</td><td>{cuts}</td></tr>")
     table = ('<table class="verdict"><thead><tr><th>number</th><th>what it measures</th>'
              "<th>value</th><th>95% interval</th><th>compared with</th></tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
     notes = "".join(f'<div class="note">Note: {_esc(n)}</div>' for n in v.notes)
-    others = ", ".join(f"{_esc(k)} {100 * f:.0f}%" for k, f in v.frequency.items()
+    others = ", ".join(f"{_esc(k)} {share(f)}" for k, f in v.frequency.items()
                        if k != v.label and f > 0)
     return (f'<div class="reading {firm} verdict"><div class="words">Verdict: {_esc(v.label)}'
-            f'</div><div class="numbers">in {share:.0f}% of {v.n_boot} resamples of the prompts '
+            f'</div><div class="numbers">in {share(freq)} of {v.n_boot} resamples of the prompts '
             f"(seed {v.seed})" + (f"; otherwise {others}" if others else "")
             + f"</div><ul>{reasons}</ul>{notes}</div>{table}"
             '<p class="note">Thresholds: ' + ", ".join(

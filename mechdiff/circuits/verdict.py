@@ -227,21 +227,48 @@ class Verdict(SavableResult, name="circuits.Verdict"):
 
     def text(self) -> str:
         """The verdict, its reasons, the numbers with intervals, and the notes."""
-        lines = [f"verdict: {self.label} (in {100 * self.frequency.get(self.label, 0):.0f}% of "
+        lines = [f"verdict: {self.label} (in {share(self.frequency.get(self.label, 0))} of "
                  f"{self.n_boot} prompt resamples, seed {self.seed})"]
         lines += [f"  because {r}" for r in self.reasons]
         nums = []
         for k in NUMBERS:
             if k in self.numbers:
                 lo, hi = self.intervals.get(k, (math.nan, math.nan))
-                nums.append(f"{k} {signed(self.numbers[k])} [{signed(lo, 2)}, {signed(hi, 2)}]")
-        lines.append("  numbers (95% interval): " + "; ".join(nums))
+                nums.append(f"{k} {number_and_interval(k, self.numbers[k], lo, hi)}")
+        lines.append("  numbers (95% interval over prompts): " + "; ".join(nums))
         lines.append("  thresholds: " + ", ".join(f"{k} {v:g}" for k, v in self.thresholds.items()))
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.text()
+
+
+FIXED: tuple[str, ...] = ("edge_iou", "node_iou")
+"""Numbers of the two circuits alone: the circuits are held at their full-sample selection, so
+resampling prompts cannot move them and they have no interval."""
+
+
+def share(frequency: float) -> str:
+    """A share of resamples as a percentage that never rounds a split to ``100%`` or ``0%``
+    (199 of 200 is ``99.5%``)."""
+    p = 100 * frequency
+    if p == round(p):
+        return f"{p:.0f}%"
+    shown = math.floor(p * 10) / 10 if p > 50 else math.ceil(p * 10) / 10
+    return f"{shown:g}%"
+
+
+def number_and_interval(key: str, value: float, lo: float, hi: float) -> str:
+    """``+0.998 [+0.981, +1.000]``; ``n/a`` for a number that is not defined; no interval for
+    the circuits' own numbers (:data:`FIXED`)."""
+    if not math.isfinite(value):
+        return "n/a (not defined)"
+    if key in FIXED:
+        return f"{signed(value)} (circuits held fixed)"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{signed(value)} [interval n/a]"
+    return f"{signed(value)} [{signed(lo)}, {signed(hi)}]"
 
 
 def sensitivity(numbers: dict[str, float], intervals: dict[str, tuple[float, float]],

@@ -15,8 +15,8 @@ saved result alone (no model).
   proportional to ``|score|`` (the fine-tuned model's score for shared and new edges, the base
   model's for dropped ones). Edges into a head end at its query (left), key (middle) or value
   (right) input; with grouped-query attention a key or value input sits between the query heads
-  that share it. At most ``max_edges`` edges are drawn (the largest ``|score|``), and the title
-  says how many of how many.
+  that share it. At most ``max_edges`` edges are drawn (an equal share per kind, each kind's
+  largest ``|score|``; :func:`drawn_edges`), and the title and legend say how many of how many.
 
 Colours are Okabe-Ito throughout (:mod:`._style`): base = blue, fine-tuned = vermillion, in both
 figures; line styles and markers differ as well, so nothing depends on hue alone.
@@ -132,6 +132,19 @@ def _mark_outside(ax: Axes, x: float, y: float, limits: tuple[float, float], col
                 bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
 
 
+def _mark_cut_bars(ax: Axes, x: np.ndarray, iv: tuple[np.ndarray, np.ndarray],
+                   limits: tuple[float, float], colour: str) -> None:
+    """An arrow at the axis edge for each interval bar that runs beyond the y range (the
+    axis cuts it: without a mark a bar to -40 looked like one to the axis)."""
+    for xi, lo, hi in zip(x.tolist(), iv[0].tolist(), iv[1].tolist(), strict=True):
+        for cut, edge, mark in ((hi > limits[1], limits[1], "\u2191"),
+                                (lo < limits[0], limits[0], "\u2193")):
+            if cut and math.isfinite(edge):
+                ax.annotate(mark, (xi, edge), ha="center", va="top" if edge == limits[1]
+                            else "bottom", fontsize=st.NOTE_PT, color=colour, zorder=6,
+                            annotation_clip=False, gid="cut_bar")
+
+
 OUTSIDE_STEP = 1.12
 """Factor between the x of points marked beyond the y range at the same fraction."""
 
@@ -174,11 +187,14 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
                label=f"faithful: |1 \u2212 f| \u2264 {close:g}")
     ax.axhline(1.0, color="0.35", linewidth=0.7, zorder=1)
     ax.axhline(0.0, color="0.35", linewidth=0.7, linestyle=(0, (1, 1.5)), zorder=1)
-    for y, words in ((1.0, "full model"), (0.0, "every edge ablated")):
-        if limits[0] <= y <= limits[1]:
-            ax.annotate(words, (0.0, y), xycoords=("axes fraction", "data"), xytext=(3, 2),
-                        textcoords="offset points", fontsize=st.NOTE_PT - 0.5,
-                        color=st.NOTE_COLOUR, va="bottom")
+    # what f = 1 and f = 0 mean, as ticks of a right-hand axis: outside the plot, where no
+    # curve or bar can run through them (inside, they were overdrawn)
+    right = ax.secondary_yaxis("right")
+    right.set_yticks([y for y in (0.0, 1.0) if limits[0] <= y <= limits[1]],
+                     [w for y, w in ((0.0, "every edge\nablated"), (1.0, "full model"))
+                      if limits[0] <= y <= limits[1]])
+    right.tick_params(labelsize=st.NOTE_PT - 0.5, labelcolor=st.NOTE_COLOUR, length=0)
+    right.spines["right"].set_visible(False)
     for name, curve, colour, marker, style in curves:
         x = np.asarray(curve.fractions, dtype=float)
         y = curve.values.double().numpy()
@@ -192,6 +208,7 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
             err = np.nan_to_num(err, nan=0.0)
             ax.errorbar(x, y, yerr=err, fmt="none", ecolor=colour, elinewidth=0.7, capsize=1.8,
                         capthick=0.7, zorder=3, label=f"_{gid}_interval")
+            _mark_cut_bars(ax, x, iv, limits, colour)
         for xi, yi in zip(x.tolist(), y.tolist(), strict=True):
             _mark_outside(ax, xi, yi, limits, colour, taken)
     for key, words, faith, size, colour, marker in crosses:
@@ -202,19 +219,21 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
                     capsize=2.2, capthick=0.9, zorder=5, gid=key,
                     label=f"{words}: f = {st.fmt_signed(faith.value)}")
         _mark_outside(ax, x, faith.value, limits, colour, taken)
+        _mark_cut_bars(ax, np.array([x]), (np.array([lo]), np.array([hi])), limits, colour)
+    # the chosen sizes: wide pale bands behind everything, so that they cannot be read as
+    # another interval bar (thin lines of the curves' colours were)
+    band = {"linewidth": 5.0, "alpha": 0.22, "zorder": 0.5, "solid_capstyle": "butt"}
     if c.base_size == c.ft_size:
-        ax.axvline(c.base_size, color="0.25", linewidth=0.9, linestyle=(0, (4, 1.5, 1, 1.5)),
-                   zorder=2, gid="size",
+        ax.axvline(c.base_size, color="0.25", gid="size", **band,
                    label=f"both circuits: {100 * c.base_size:.3g}% of edges (base "
                          f"{c.base_circuit.n_edges}, fine-tuned {c.ft_circuit.n_edges} kept)")
     else:
-        for name, size, circuit, colour, style in (
-                ("base", c.base_size, c.base_circuit, BASE_COLOUR, (0, (1, 1.5))),
-                ("fine-tuned", c.ft_size, c.ft_circuit, FT_COLOUR, (0, (4, 2)))):
-            ax.axvline(size, color=colour, linewidth=0.9, linestyle=style, zorder=2,
-                       gid="base_size" if name == "base" else "ft_size",
-                       label=f"{name} circuit: {100 * size:.3g}% of edges ({circuit.n_edges} "
-                             "kept)")
+        for name, size, circuit, colour in (
+                ("base", c.base_size, c.base_circuit, BASE_COLOUR),
+                ("fine-tuned", c.ft_size, c.ft_circuit, FT_COLOUR)):
+            ax.axvline(size, color=colour, gid="base_size" if name == "base" else "ft_size",
+                       **band, label=f"{name} circuit chosen: {100 * size:.3g}% of edges "
+                                     f"({circuit.n_edges} kept)")
     fractions = list(c.base_curve.fractions)
     left = min([*fractions, c.base_size, c.ft_size])
     ax.set_xscale("log")
@@ -222,7 +241,8 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
     ax.set_xticks(fractions, [f"{100 * f:g}%" for f in fractions])
     ax.minorticks_off()
     ax.set_ylim(*limits)
-    ax.set_xlabel("circuit size: fraction of edges kept (log scale)", fontsize=st.LABEL_PT)
+    ax.set_xlabel("circuit size: fraction of edges selected, then pruned (log scale)",
+                  fontsize=st.LABEL_PT)
     ax.set_ylabel("normalized faithfulness f", fontsize=st.LABEL_PT)
     st.style_axes(ax)
     ax.tick_params(axis="x", labelsize=st.TICK_PT - 0.5)
@@ -231,7 +251,7 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
         f"{st.plain_text(_model_name(p.base))} \u2192 {st.plain_text(_model_name(p.finetuned))}"
         f" \u00b7 task {st.plain_text(p.task)} ({p.n_prompts} prompts)\ncircuits from "
         f"{c.base_curve.method} scores, {c.base_curve.ablation} ablation; bars: 95% interval "
-        "over prompts"), fontsize=st.TITLE_PT)
+        "over prompts (\u2191 \u2193: cut at the axis)"), fontsize=st.TITLE_PT)
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", fontsize=st.NOTE_PT, frameon=False,
                ncols=1, handlelength=2.6)
@@ -252,19 +272,38 @@ class _Drawn:
 
 
 def drawn_edges(comparison: CircuitComparison, max_edges: int | None = MAX_EDGES) -> _Drawn:
-    """The edges :func:`plot_circuit_graph` draws: of the union of the two circuits, the
-    ``max_edges`` with the largest ``|score|`` (fine-tuned score for shared and new edges, base
-    score for dropped), by kind."""
+    """The edges :func:`plot_circuit_graph` draws, by kind, each kind's largest ``|score|``
+    first (fine-tuned score for shared and new edges, base score for dropped).
+
+    With ``max_edges``, each kind present gets an equal share of them (its strongest edges) and
+    what a kind cannot fill goes to the strongest remaining edges of any kind: large circuits
+    share most of their strongest edges, and a cut by ``|score|`` alone drew no new or dropped
+    edge at all, hiding what the figure is for."""
     c = comparison
     eb, ef = c.base_circuit.edges.bool(), c.ft_circuit.edges.bool()
     kinds = {"shared": eb & ef, "new": ef & ~eb, "dropped": eb & ~ef}
     weight = torch.where(kinds["dropped"], c.base_scores.scores.abs().float(),
                          c.ft_scores.scores.abs().float()).nan_to_num(0.0)
-    union = (eb | ef).nonzero().flatten()
-    order = union[weight[union].argsort(descending=True, stable=True)].tolist()
-    keep = order if max_edges is None else order[:max_edges]
-    out = {k: [e for e in keep if bool(kinds[k][e])] for k in KINDS}
-    return _Drawn(out, {e: float(weight[e]) for e in keep}, len(order))
+
+    def strongest(mask: torch.Tensor) -> list[int]:
+        idx = mask.nonzero().flatten()
+        return idx[weight[idx].argsort(descending=True, stable=True)].tolist()
+
+    order = {k: strongest(kinds[k]) for k in KINDS}
+    n_union = sum(len(v) for v in order.values())
+    if max_edges is None or max_edges >= n_union:
+        out = order
+    else:
+        present = [k for k in KINDS if order[k]]
+        share = max_edges // len(present)
+        out = {k: order[k][:share] for k in KINDS}
+        rest = sorted((e for k in present for e in order[k][share:]),
+                      key=lambda e: -float(weight[e]))[:max_edges - sum(map(len, out.values()))]
+        for k in KINDS:
+            extra = [e for e in rest if bool(kinds[k][e])]
+            out[k] = sorted(out[k] + extra, key=lambda e: -float(weight[e]))
+    kept = [e for k in KINDS for e in out[k]]
+    return _Drawn(out, {e: float(weight[e]) for e in kept}, n_union)
 
 
 def _node_label(label: str) -> str:
@@ -289,8 +328,9 @@ def plot_circuit_graph(comparison: CircuitComparison, *, max_edges: int | None =
 
     Args:
         comparison: e.g. ``CircuitComparison.load(folder)``.
-        max_edges: draw at most this many edges, those with the largest ``|score|`` (None: all);
-            nodes without a drawn edge are then left out, and the title says so.
+        max_edges: draw at most this many edges, an equal share of each kind with its largest
+            ``|score|`` (None: all; :func:`drawn_edges`); nodes without a drawn edge are then
+            left out, and the title says so.
         title: main title; defaults to the models, the task and the edge counts.
 
     Returns:
@@ -370,13 +410,14 @@ def plot_circuit_graph(comparison: CircuitComparison, *, max_edges: int | None =
                for k in ("shared", "new", "dropped")]
     fig.legend(handles=handles, loc="outside lower center", fontsize=st.NOTE_PT, frameon=False,
                ncols=1, handlelength=3.0)
-    drawn_words = (f"{len(kept)} of {drawn.n_union} edges drawn (largest |score|; nodes without "
-                   "a drawn edge left out)" if capped else f"all {drawn.n_union} edges drawn")
+    drawn_words = (f"{len(kept)} of {drawn.n_union} edges drawn (each kind's largest |score|; "
+                   "nodes without a drawn edge left out)" if capped
+                   else f"all {drawn.n_union} edges drawn")
     fig.suptitle(title or (
         f"{st.plain_text(_model_name(p.base))} \u2192 {st.plain_text(_model_name(p.finetuned))}"
         f" \u00b7 task {st.plain_text(p.task)} \u00b7 circuits of {100 * c.base_size:.3g}% (base)"
         f" and {100 * c.ft_size:.3g}% (fine-tuned) of {g.n_edges} edges\n{drawn_words}; width "
-        "\u221d |score|; into a head: q left, k middle, v right"), fontsize=st.TITLE_PT)
+        "grows with |score|; into a head: q left, k middle, v right"), fontsize=st.TITLE_PT)
 
     # Node boxes are sized in points: their half height in data units, after the layout.
     _, height_pt = st.axes_size_pt(ax)

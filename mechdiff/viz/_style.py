@@ -126,8 +126,9 @@ def fmt_score(value: float) -> str:
 
 
 def fmt_signed(value: float) -> str:
-    """A signed number with 3 significant digits and a typographic minus (``+2.00``, ``−0.512``)."""
-    return f"{value:+#.3g}".replace("-", MINUS)
+    """A signed number with 3 significant digits and a typographic minus (``+2.00``, ``−0.512``;
+    ``+0.00`` for a negative zero)."""
+    return f"{value + 0.0:+#.3g}".replace("-", MINUS)
 
 
 def plain_text(text: str) -> str:

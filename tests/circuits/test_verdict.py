@@ -4,6 +4,7 @@ is known by construction, and the synthetic zoo's re-weighting and new-skill fin
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -138,6 +139,9 @@ def test_bad_options(constructed) -> None:
         compare(pair, task, thresholds={"REUSE_FAITH": 0.5})
     with pytest.raises(OptionError, match="NEW_RANK = 0.9 is above REUSE_RANK"):
         compare(pair, task, thresholds={"NEW_RANK": 0.9})
+    kl = mechdiff.Task(task.prompts, metric="kl", corrupted=task.corrupted)
+    with pytest.raises(OptionError, match="metric 'kl' compares each model with itself"):
+        compare(pair, kl, ablation="corrupted")
     with pytest.raises(OptionError, match="pair must be a ModelPair.*got TransformerBridge"):
         compare(pair.base, task)
     with pytest.raises(OptionError, match="rule"):
@@ -186,6 +190,17 @@ def test_a_whole_graph_base_circuit_says_what_is_one_by_construction(constructed
     note = next(n for n in v.notes if "whole graph" in n)
     assert "base_in_ft is 1 by construction" in note
     assert f"carried ({signed(v.numbers['carried'])}) is every edge patched at once" in note
+
+
+def test_few_prompts_are_said_to_give_rough_intervals(constructed) -> None:
+    """4 prompts have at most 35 distinct resamples: the verdict says its intervals are rough
+    (a review met 2-prompt intervals like [-347832, +0.94] with nothing said)."""
+    pair = mechdiff.load_pair(constructed["base"], constructed["rescaled"], device="cpu")
+    c = compare_circuits(pair, successor_task(4), ablation="corrupted", edges=6, n_boot=50,
+                         progress=False)
+    note = next(n for n in c.verdict.notes if n.startswith("only 4 prompts"))
+    distinct = int(note.split("(")[1].split()[0])
+    assert 1 < distinct <= 35 and "use 8 or more prompts" in note
 
 
 def test_an_empty_base_circuit_gives_no_verdict(constructed) -> None:
@@ -281,3 +296,24 @@ def test_numbers_that_round_to_zero_read_without_a_minus_sign() -> None:
     assert signed(-1e-9) == "+0.000" and signed(-0.0) == "+0.000"
     assert signed(-0.0004) == "+0.000" and signed(-0.0006) == "-0.001"
     assert signed(0.25, 2) == "+0.25" and signed(float("nan")) == "+nan"
+
+
+def test_shares_and_numbers_read_as_measured() -> None:
+    """199 of 200 resamples is not '100%'; an undefined number reads n/a, not '+nan'; the
+    circuits' own overlap has no interval (the circuits are held fixed), where it printed a
+    zero-width '[+0.61, +0.61]'; intervals have the value's decimals ('+0.998 [+1.00, +1.00]'
+    looked like a value outside its interval)."""
+    from mechdiff.circuits.verdict import number_and_interval, share
+
+    assert [share(f) for f in (1.0, 0.995, 0.005, 0.68, 0.9995, 0.0)] == [
+        "100%", "99.5%", "0.5%", "68%", "99.9%", "0%"]
+    assert number_and_interval("carried", float("nan"), float("nan"), float("nan")) == \
+        "n/a (not defined)"
+    assert number_and_interval("edge_iou", 0.608, 0.608, 0.608) == "+0.608 (circuits held fixed)"
+    assert number_and_interval("carried", 0.998, 0.9961, 1.0) == "+0.998 [+0.996, +1.000]"
+    v = Verdict(label=MIXED, reasons=("r",), numbers={"base_in_ft": 0.5, "carried": math.nan},
+                intervals={"base_in_ft": (0.4, 0.6)}, thresholds=dict(THRESHOLDS),
+                frequency={MIXED: 0.995, NEW: 0.005}, notes=(), n_boot=200, seed=0)
+    text = v.text()
+    assert "(in 99.5% of 200 prompt resamples" in text and "nan" not in text
+    assert "carried n/a (not defined)" in text

@@ -18,6 +18,7 @@ from circuit_models import gpt2, random_task, save_dir  # noqa: E402
 
 import mechdiff  # noqa: E402
 from mechdiff.circuits import CircuitComparison, compare_circuits  # noqa: E402
+from mechdiff.circuits.verdict import share, signed  # noqa: E402
 from mechdiff.report import sections  # noqa: E402
 from mechdiff.report.html import write_report  # noqa: E402
 
@@ -86,15 +87,14 @@ def test_report_shows_the_verdict_figures_nodes_and_edges(saved: Path,
     assert "could not be drawn" not in text and "no report section is registered" not in text
     sec = _section(text, "circuits")
     assert f'<div class="words">Verdict: {v.label}</div>' in sec
-    share = f"in {100 * v.frequency[v.label]:.0f}% of {v.n_boot} resamples"
-    assert share in sec
+    assert f"in {share(v.frequency[v.label])} of {v.n_boot} resamples" in sec
     for reason in v.reasons:
         assert reason.replace("'", "&#x27;").replace("<", "&lt;").replace(">", "&gt;") in sec
     for key in ("base_in_ft", "score_rank", "carried"):
         lo, hi = v.intervals[key]
         row = sec[sec.index(f"<td><code>{key}</code></td>"):]
         row = row[:row.index("</tr>")]
-        assert f"<b>{v.numbers[key]:+.3f}</b>" in row and f"[{lo:+.2f}, {hi:+.2f}]" in row
+        assert f"<b>{signed(v.numbers[key])}</b>" in row and f"[{signed(lo)}, {signed(hi)}]" in row
     assert "REUSE_FAITHFULNESS 0.7, NEW_FAITHFULNESS 0.4" in sec
     for note in v.notes:
         assert note.split(":")[0].replace("'", "&#x27;") in sec
