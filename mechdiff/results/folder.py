@@ -420,8 +420,12 @@ def _difference(old: dict[str, Any], run: RunSpec) -> str:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 48 else text[:45] + "..."
+    """``value`` as JSON in at most about 48 characters: a long string keeps its quotes, its
+    start and its end (a path's file name, a hash's last digits) around an ellipsis."""
+    if isinstance(value, str) and len(value) > 44:
+        return json.dumps(value[:20] + "\u2026" + value[-20:], ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 48 else text[:45] + "\u2026"
 
 
 def _inputs(inputs: Any) -> dict[str, str]:

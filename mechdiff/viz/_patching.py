@@ -209,7 +209,8 @@ def _panel(result: PatchResult, token_labels: Sequence[str] | None) -> _Panel:
     if dims == ("layer",):
         return _Panel(scores, "layer", None, "", low, high)
     if dims == ("layer", "head"):
-        return _Panel(scores, "head", None, _dot_note(low), low, high)
+        note = "; ".join(x for x in (_dot_note(low), _grey_note(scores)) if x)
+        return _Panel(scores, "head", None, note, low, high)
     note = ""
     if dims == ("layer", "head", "pos"):
         strongest = np.abs(np.nan_to_num(scores, nan=0.0)).argmax(axis=1)[:, None, :]
@@ -228,12 +229,18 @@ def _panel(result: PatchResult, token_labels: Sequence[str] | None) -> _Panel:
             )
         labels = [st.token_text(t) for t in labels]
     dots = _dot_note(low)
-    note = "; ".join(x for x in (note, dots) if x)
+    note = "; ".join(x for x in (note, dots, _grey_note(scores)) if x)
     return _Panel(scores, "position", labels, note, low, high)
 
 
 def _dot_note(low: np.ndarray | None) -> str:
     return "" if low is None else "\u00b7 = 95% interval over prompts includes 0"
+
+
+def _grey_note(scores: np.ndarray) -> str:
+    """What grey cells are, where there are any (sites left unscored, e.g. not among the
+    candidates patched exactly): the figure must say it without its HTML caption."""
+    return "grey: not scored" if bool(np.isnan(scores).any()) else ""
 
 
 def _mark_uncertain(ax: Axes, panel: _Panel) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from mechdiff.errors import ResultError
 from mechdiff.patching import PatchResult
@@ -69,7 +70,7 @@ def plot_layer_profiles(
             x = np.arange(values.shape[0])
             if result.receiver.shape[0] > 1:  # the 95% interval over prompts, as a band
                 low, high = (t.float().cpu().numpy() for t in result.interval())
-                ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+                ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0, gid="band")
             ax.plot(x, values, color=colour, marker=marker,
                     linestyle=style, linewidth=1.0, markersize=2.5, label=st.plain_text(label))
         st.style_axes(ax)
@@ -80,5 +81,8 @@ def plot_layer_profiles(
     axes[-1].set_xticks(ticks, [str(i) for i in ticks])
     axes[-1].set_xlabel("layer", fontsize=st.LABEL_PT)
     handles, labels = axes[0].get_legend_handles_labels()  # one legend, below, covering no data
+    if any(coll.get_gid() == "band" for ax in axes for coll in ax.collections):
+        handles.append(Patch(color="0.5", alpha=0.3, linewidth=0))
+        labels.append("shaded: 95% interval over prompts")
     fig.legend(handles, labels, loc="outside lower center", fontsize=st.NOTE_PT, frameon=False)
     return fig

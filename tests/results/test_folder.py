@@ -100,6 +100,14 @@ def test_another_run_is_refused_naming_the_difference_and_the_flag(tmp_path: Pat
     assert 'finetuned: "ft-a" there, "ft-b" now' in msg and "\n" not in msg
     with pytest.raises(OutputConflictError, match="command 'patch' there, 'demo' now"):
         write_run(out, RunSpec(command="demo"))
+    # long values (hashes, paths) are shortened in the middle, quotes balanced
+    new_hash = "cd" * 32
+    with pytest.raises(OutputConflictError) as info:
+        write_run(out, RunSpec(command="patch", inputs={
+            "base": "base-dir", "finetuned": "ft-a", "prompts": new_hash},
+            options={"sites": ("heads",), "positions": "all"}))
+    assert f'prompts: "sha:1234" there, "{new_hash[:20]}\u2026{new_hash[-20:]}" now' in str(
+        info.value)
     assert snapshot(out) == before and temporaries(tmp_path) == []
 
 def test_replace_replaces_whole_never_mixed(tmp_path: Path) -> None:

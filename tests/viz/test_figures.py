@@ -87,6 +87,17 @@ def test_heads_heatmap_shows_the_scores_on_a_symmetric_scale(heads: PatchResult)
     assert "logit_diff" in heading and "4 prompts" in heading and "gap +2.00" in heading
 
 
+def test_grey_cells_are_explained_in_the_figure_itself(tmp_path: Path) -> None:
+    """Unscored sites (NaN: not among the candidates patched exactly) are grey; the figure says
+    so in its own heading (only the HTML caption did)."""
+    scores = HEADS.clone()
+    scores[0, 1] = float("nan")
+    partial = _round_trip(_result(scores, ("layer", "head"), "heads"), tmp_path)
+    assert "grey: not scored" in plot_patch(partial).get_suptitle()
+    assert "grey" not in plot_patch(_result(HEADS.clone(), ("layer", "head"),
+                                            "heads")).get_suptitle()
+
+
 def test_small_grids_are_annotated_in_a_legible_colour(heads: PatchResult) -> None:
     ax = plot_patch(heads).axes[0]
     cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t for t in ax.texts}

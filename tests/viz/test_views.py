@@ -192,6 +192,8 @@ def test_style_is_colour_blind_safe_and_tokens_are_decoded() -> None:
         to_hex(st.OKABE_ITO[5]), to_hex(st.OKABE_ITO[6])]
     assert len({line.get_marker() for line in lines}) == 2  # not by colour alone
     assert len({line.get_linestyle() for line in lines}) == 2
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["a", "b", "shaded: 95% interval over prompts"]  # 3 prompts: bands drawn
     gap = GapResult(
         base_metric=torch.zeros(3), finetuned_metric=torch.ones(3), kl_final=torch.ones(3),
         kl_mean=torch.ones(3), rose_tokens=("\u0120yes", "\u010a"),
