@@ -512,7 +512,8 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
                      "outside the graph's edges (layer norms, biases, positions, unembedding)")
     if numbers["base_in_ft"] > 1 + (1 - t["REUSE_FAITHFULNESS"]):
         notes.append(f"the base circuit overshoots inside the fine-tuned model "
-                     f"({fixed(numbers['base_in_ft'], 2)}): edges outside it oppose the behaviour there")
+                     f"({numbers['base_in_ft']:.2f}): edges outside it oppose the behaviour "
+                     "there")  # (> 1.3: never a negative zero)
     return Verdict(label=label, reasons=reasons, numbers=numbers, intervals=intervals,
                    thresholds=t, frequency={k: v / n_boot for k, v in counts.items()},
                    notes=tuple(notes), n_boot=n_boot, seed=seed,

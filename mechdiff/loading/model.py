@@ -14,6 +14,7 @@ loads several fine-tunes) without being processed or checked again.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +239,15 @@ def check_loaded(source: Source, processing: Processing,
     return info
 
 
+FLOAT64_COMPAT = (
+    "a float64 model with processing='compat': TransformerLens 4.3 processes weights in float32 "
+    "(ProcessWeights.process_weights casts every other dtype to float32), so the processed "
+    "weights carry float32 rounding (logits within about 1e-7 of their range, not 1e-15); "
+    "load with processing='none' for float64-exact weights"
+)
+"""Warned when a float64 model is processed (the probe check passes: the loss is float32's)."""
+
+
 def boot_raw(source: Source, processing: Processing) -> TransformerBridge:
     """A raw bridge of a source to check and process (a bridge passed in is used as it is for
     ``"none"``; for ``"compat"`` a copy is processed, the caller's bridge is left alone)."""
@@ -256,6 +266,8 @@ def complete(
         return []
     if processing == "none":
         return [_finish(m, LoadInfo(s.model_id, "none")) for s, m in zip(sources, booted, strict=True)]
+    if any(p.dtype == torch.float64 for m in booted for p in m.parameters()):
+        warnings.warn(FLOAT64_COMPAT, UserWarning, stacklevel=3)
     raws = [Raw.of(s.model_id, m, s.boot) for s, m in zip(sources, booted, strict=True)]
     models, skipped, checks = process_checked(raws, skip)
     return [_finish(m, LoadInfo(s.model_id, "compat", skipped, c))

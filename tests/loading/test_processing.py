@@ -157,6 +157,29 @@ def test_bfloat16_processing_passes_its_check(family_dir):
     assert info.probe.passed and info.probe.rtol == 16 * 2.0**-7 and info.processing_skipped == ()
 
 
+def test_a_float64_model_is_told_compat_processing_is_float32_accurate(gpt2_dir):
+    """TransformerLens 4.3 casts float64 weights to float32 to process them: the processed
+    logits are float32-accurate (a review measured 4.2e-7 against transformers in float64,
+    2.7e-15 unprocessed). Loading says so; 'none' keeps float64 exact and says nothing."""
+    from transformers import AutoModelForCausalLM
+
+    ids = _ids()
+    with torch.no_grad():
+        ref = _centred(AutoModelForCausalLM.from_pretrained(
+            gpt2_dir, torch_dtype=torch.float64).eval()(ids).logits)
+    with pytest.warns(UserWarning, match="processes weights in float32.*processing='none'"):
+        processed, _ = load_model(gpt2_dir, device="cpu", dtype=torch.float64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        raw, _ = load_model(gpt2_dir, device="cpu", dtype=torch.float64, processing="none")
+    with torch.no_grad():
+        assert float((_centred(raw(ids)) - ref).abs().max()) < 1e-12
+        err = float((_centred(processed(ids)) - ref).abs().max())
+    assert 1e-12 < err < 1e-4 * float(ref.abs().max())  # float32 rounding, within the check
+
+
 # ------------------------------------------------------------------------------ bridges passed in
 
 
