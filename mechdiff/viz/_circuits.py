@@ -133,16 +133,19 @@ def _mark_outside(ax: Axes, x: float, y: float, limits: tuple[float, float], col
 
 
 def _mark_cut_bars(ax: Axes, x: np.ndarray, iv: tuple[np.ndarray, np.ndarray],
-                   limits: tuple[float, float], colour: str) -> None:
+                   limits: tuple[float, float], colour: str) -> int:
     """An arrow at the axis edge for each interval bar that runs beyond the y range (the
-    axis cuts it: without a mark a bar to -40 looked like one to the axis)."""
+    axis cuts it: without a mark a bar to -40 looked like one to the axis); how many."""
+    n = 0
     for xi, lo, hi in zip(x.tolist(), iv[0].tolist(), iv[1].tolist(), strict=True):
         for cut, edge, mark in ((hi > limits[1], limits[1], "\u2191"),
                                 (lo < limits[0], limits[0], "\u2193")):
             if cut and math.isfinite(edge):
+                n += 1
                 ax.annotate(mark, (xi, edge), ha="center", va="top" if edge == limits[1]
                             else "bottom", fontsize=st.NOTE_PT, color=colour, zorder=6,
                             annotation_clip=False, gid="cut_bar")
+    return n
 
 
 OUTSIDE_STEP = 1.12
@@ -182,6 +185,7 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
     spans += [v for ci in cross_ci.values() for v in ci]
     limits = _limits(points, spans)
     taken: dict[tuple[float, bool], int] = {}
+    cut = 0  # interval bars cut by the y range
 
     ax.axhspan(1 - close, 1 + close, color="0.93", zorder=0, linewidth=0,
                label=f"faithful: |1 \u2212 f| \u2264 {close:g}")
@@ -208,7 +212,7 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
             err = np.nan_to_num(err, nan=0.0)
             ax.errorbar(x, y, yerr=err, fmt="none", ecolor=colour, elinewidth=0.7, capsize=1.8,
                         capthick=0.7, zorder=3, label=f"_{gid}_interval")
-            _mark_cut_bars(ax, x, iv, limits, colour)
+            cut += _mark_cut_bars(ax, x, iv, limits, colour)
         for xi, yi in zip(x.tolist(), y.tolist(), strict=True):
             _mark_outside(ax, xi, yi, limits, colour, taken)
     for key, words, faith, size, colour, marker in crosses:
@@ -219,7 +223,8 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
                     capsize=2.2, capthick=0.9, zorder=5, gid=key,
                     label=f"{words}: f = {st.fmt_signed(faith.value)}")
         _mark_outside(ax, x, faith.value, limits, colour, taken)
-        _mark_cut_bars(ax, np.array([x]), (np.array([lo]), np.array([hi])), limits, colour)
+        cut += _mark_cut_bars(ax, np.array([x]), (np.array([lo]), np.array([hi])), limits,
+                              colour)
     # the chosen sizes: wide pale bands behind everything, so that they cannot be read as
     # another interval bar (thin lines of the curves' colours were)
     band = {"linewidth": 5.0, "alpha": 0.22, "zorder": 0.5, "solid_capstyle": "butt"}
@@ -251,7 +256,8 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
         f"{st.plain_text(_model_name(p.base))} \u2192 {st.plain_text(_model_name(p.finetuned))}"
         f" \u00b7 task {st.plain_text(p.task)} ({p.n_prompts} prompts)\ncircuits from "
         f"{c.base_curve.method} scores, {c.base_curve.ablation} ablation; bars: 95% interval "
-        "over prompts (\u2191 \u2193: cut at the axis)"), fontsize=st.TITLE_PT)
+        "over prompts" + (" (\u2191 \u2193: cut at the axis)" if cut else "")),
+        fontsize=st.TITLE_PT)
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", fontsize=st.NOTE_PT, frameon=False,
                ncols=1, handlelength=2.6)

@@ -148,6 +148,34 @@ def test_two_curves_beyond_the_range_at_one_fraction_are_both_readable(compariso
     assert not boxes[0].overlaps(boxes[1])
 
 
+def test_interval_bars_cut_by_the_axis_end_in_arrows(comparison) -> None:
+    """A bar to -40 drawn to the axis edge looked like a bar to the edge (a review of the real
+    demo's figures): bars the y range cuts get an arrow there, and the title explains them."""
+    c = comparison
+    i = 4
+    curve = c.base_curve
+    n = curve.circuit.shape[1]
+    # every prompt of every fraction at the curve's value (no spread), but fraction i: +-40
+    gap = (curve.full - curve.empty).double()
+    values = torch.full_like(curve.values, 0.5)
+    spread = torch.tensor([40.0 if k % 2 else -40.0 for k in range(n)], dtype=torch.float64)
+    per = values.double()[:, None].expand(-1, n).clone()
+    per[i] = spread
+    values[i] = float((gap * spread).mean() / gap.mean())
+    circuit = (curve.empty.double() + gap * per).to(curve.circuit.dtype)
+    wide = dataclasses.replace(curve, circuit=circuit, values=values)
+    fig = plot_faithfulness(dataclasses.replace(c, base_curve=wide))
+    base = to_rgba(vc.BASE_COLOUR)
+    arrows = [t for t in fig.axes[0].texts
+              if t.get_gid() == "cut_bar" and to_rgba(t.get_color()) == base
+              and t.xy[0] in curve.fractions]  # (not the cross-evaluated marker's, right of it)
+    lo, hi = fig.axes[0].get_ylim()
+    at = sorted((t.get_text(), t.xy[0], t.xy[1]) for t in arrows)
+    f = curve.fractions[i]
+    assert at == [("\u2191", f, pytest.approx(hi)), ("\u2193", f, pytest.approx(lo))]
+    assert "\u2191 \u2193: cut at the axis" in fig.get_suptitle()
+
+
 def _nodes(fig) -> dict[str, tuple[float, float]]:
     return {t.get_text(): t.get_position() for t in fig.axes[0].texts if t.get_gid() == "node"}
 
