@@ -280,6 +280,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 
 def _cmd_circuits(args: argparse.Namespace) -> int:
     from mechdiff.circuits._prep import check_ablation_prompts, check_behaviour_metric
+    from mechdiff.circuits.graph import graph_of_config
     from mechdiff.pipeline import analyse_circuits
     from mechdiff.report.html import REPORT_NAME, write_report
     from mechdiff.report.sections import render_markdown
@@ -297,6 +298,11 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
     task = Task.from_file(args.prompts)  # prompt errors before any model is loaded
     check_ablation_prompts(task, args.ablation)
     check_behaviour_metric(task)
+    graph = graph_of_config(args.base)  # None for a hub id: the check runs after loading
+    if args.edges is not None and graph is not None and args.edges > graph.n_edges:
+        return _fail(f"--edges {args.edges} is more than the {graph.n_edges} edges of "
+                     f"{args.base}'s graph (config.json: {graph.n_layers} layers, "
+                     f"{graph.n_heads} heads, {graph.n_kv_heads} key-value heads)")
     spec = RunSpec(
         command="circuits",
         inputs={"base": args.base, "finetuned": args.finetuned, "prompts": str(args.prompts),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from support import assert_one_line_error, check_figure, run_cli, write_jsonl
 
+import mechdiff
 from mechdiff.circuits import CircuitComparison
 from mechdiff.pipeline import CircuitAnalysis
 from mechdiff.report.summary import json_ready
@@ -123,6 +124,24 @@ def test_prompts_that_cannot_be_ablated_are_refused_before_loading(tmp_path: Pat
     ])
     assert_one_line_error(code, stderr, *needles)
     assert "no_base" not in stderr and not out.exists()
+
+
+def test_more_edges_than_the_graph_has_are_refused_before_loading(ckpts, tmp_path: Path) -> None:
+    """The graph's size is read from the base's config.json: --edges beyond it fails before any
+    model is loaded (it took 13 s on SmolLM2, and named 'edges', not '--edges'). The fine-tune
+    here does not exist: the error is still about --edges."""
+    from mechdiff.circuits import graph_of
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", n=4)
+    n = graph_of(mechdiff.load_pair(ckpts["base"], ckpts["base"], device="cpu").base).n_edges
+    out = tmp_path / "out"
+    code, _, stderr = run_cli([
+        "circuits", "--base", str(ckpts["base"]), "--finetuned", str(tmp_path / "no_ft"),
+        "--prompts", str(prompts), "--out", str(out), "--quiet", "--edges", str(n + 1),
+    ])
+    assert_one_line_error(code, stderr, f"--edges {n + 1} is more than the {n} edges",
+                          "config.json")
+    assert not out.exists()
 
 
 def test_a_prompt_file_without_answers_is_refused_before_loading(tmp_path: Path) -> None:

@@ -46,9 +46,12 @@ reads the block input in parallel with attention are refused before any forward.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -463,6 +466,31 @@ def check_exact(model: TransformerBridge, graph: Graph, acts: dict[str, Tensor],
     name = logits_in_hook(graph.n_layers)
     compare(name, acts[name], total + consts[graph.n_layers])
     return worst
+
+
+def graph_of_config(folder: str | os.PathLike[str]) -> Graph | None:
+    """The graph of the checkpoint in ``folder`` from its ``config.json`` alone (no model
+    loaded), for checks before loading; None where the file or its sizes are not there
+    (GPT-2's ``n_layer`` / ``n_head`` or LLaMA-style ``num_hidden_layers`` /
+    ``num_attention_heads`` / ``num_key_value_heads``)."""
+    path = Path(folder) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+    layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    heads = cfg.get("num_attention_heads", cfg.get("n_head"))
+    kv = cfg.get("num_key_value_heads") or heads
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+               for v in (layers, heads, kv)):
+        return None
+    try:
+        return Graph(layers, heads, kv)
+    except GraphError:
+        return None
 
 
 def check_hooks(model: TransformerBridge, graph: Graph) -> None:

@@ -396,7 +396,20 @@ def plot_circuit_graph(comparison: CircuitComparison, *, max_edges: int | None =
     xs = [x for x, _ in pos.values()]
     ax.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
     ax.set_ylim(-0.45, top + 0.45)
-    ax.set_yticks([0, *row.values(), top], ["input", *(f"layer {la}" for la in row), "logits"])
+    # a layer with no drawn node has no row: a gap between rows gets a mark, so that layers
+    # 25 and 27 on adjacent rows are not read as neighbours
+    ends_at = [-1, *layers, g.n_layers]
+    gaps = [(k + 0.5, ends_at[k] + 1, ends_at[k + 1] - 1) for k in range(len(ends_at) - 1)
+            if ends_at[k + 1] - ends_at[k] > 1]
+    ticks = sorted([(0.0, "input"), *((float(r), f"layer {la}") for la, r in row.items()),
+                    (float(top), "logits"),
+                    *((y, f"\u22ee layer {a}" if a == b else f"\u22ee layers {a}-{b}")
+                      for y, a, b in gaps)])
+    ax.set_yticks([y for y, _ in ticks], [t for _, t in ticks])
+    for label in ax.get_yticklabels():
+        if label.get_text().startswith("\u22ee"):
+            label.set_color(st.NOTE_COLOUR)
+            label.set_fontsize(st.NOTE_PT - 0.5)
     ax.set_xticks([])
     st.style_axes(ax)
     ax.tick_params(axis="y", length=0)

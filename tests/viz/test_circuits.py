@@ -176,6 +176,27 @@ def test_interval_bars_cut_by_the_axis_end_in_arrows(comparison) -> None:
     assert "\u2191 \u2193: cut at the axis" in fig.get_suptitle()
 
 
+def test_graph_marks_layers_it_leaves_out(comparison) -> None:
+    """Rows exist only for layers with a drawn node; skipped layers are named between the rows
+    (a review read layer 27 right above layer 25 as its neighbour)."""
+    c = comparison
+    fig = plot_circuit_graph(c, max_edges=1)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    shown = [int(t.split()[1]) for t in labels if t.startswith("layer ")]
+    assert labels[0] == "input" and labels[-1] == "logits"
+    missing = [la for la in range(c.graph.n_layers) if la not in shown]
+    assert missing  # one edge: some layer has no node
+    named = set()
+    for t in labels:
+        if t.startswith("\u22ee"):
+            span = t.split()[-1].split("-")
+            named |= set(range(int(span[0]), int(span[-1]) + 1))
+    assert named == set(missing)
+    ys = [float(y) for y in ax.get_yticks()]
+    assert ys == sorted(ys)  # the gap marks sit between their neighbours' rows
+
+
 def _nodes(fig) -> dict[str, tuple[float, float]]:
     return {t.get_text(): t.get_position() for t in fig.axes[0].texts if t.get_gid() == "node"}
 
