@@ -148,8 +148,35 @@ def spearman_samples(
     a: Float[Tensor, "sites sample"], b: Float[Tensor, "sites sample"]
 ) -> Float[Tensor, " sample"]:
     """Spearman's rho between ``a[:, s]`` and ``b[:, s]`` for every sample ``s`` (mean ranks for
-    ties; NaN where a column is constant or not finite)."""
-    out = torch.full((a.shape[1],), torch.nan)
-    for s in range(a.shape[1]):
-        out[s] = spearman(a[:, s], b[:, s])
-    return out
+    ties; NaN where a column is constant or not finite), all columns at once: :func:`spearman`
+    column by column cost 2,000 Python-level calls per interval (half of a demo's patching
+    analysis)."""
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"cannot correlate {tuple(a.shape)} with {tuple(b.shape)} samples")
+    x, y = a.detach().double(), b.detach().double()
+    ok = torch.isfinite(x).all(0) & torch.isfinite(y).all(0)
+    x, y = _column_ranks(x.nan_to_num(0.0, 0.0, 0.0)), _column_ranks(y.nan_to_num(0.0, 0.0, 0.0))
+    x, y = x - x.mean(0), y - y.mean(0)
+    denom = x.norm(dim=0) * y.norm(dim=0)
+    rho = (x * y).sum(0) / denom
+    ok &= denom > 0
+    if x.shape[0] < 2:
+        ok &= False
+    return torch.where(ok, rho, torch.nan).float()
+
+
+def _column_ranks(x: Float[Tensor, "n cols"]) -> Float[Tensor, "n cols"]:
+    """Ranks within each column (1-based, mean ranks for ties), as :func:`ranks` per column."""
+    n, cols = x.shape
+    order = x.argsort(dim=0, stable=True)
+    sorted_x = x.gather(0, order)
+    new = torch.ones_like(sorted_x, dtype=torch.bool)
+    new[1:] = sorted_x[1:] != sorted_x[:-1]
+    group = new.long().cumsum(0) - 1 + n * torch.arange(cols)[None, :]  # unique per column
+    position = torch.arange(1, n + 1, dtype=x.dtype)[:, None].expand(n, cols)
+    total = torch.zeros(n * cols, dtype=x.dtype).scatter_add_(0, group.flatten(),
+                                                              position.flatten())
+    count = torch.zeros(n * cols, dtype=x.dtype).scatter_add_(
+        0, group.flatten(), torch.ones(n * cols, dtype=x.dtype))
+    mean_rank = (total / count.clamp_min(1))[group]
+    return torch.empty_like(x).scatter_(0, order, mean_rank)

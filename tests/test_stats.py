@@ -40,3 +40,21 @@ def test_top_overlap_counts_shared_strongest_sites() -> None:
     b = torch.tensor([[-0.7, 0.0], [0.6, 0.05]])
     assert top_overlap(a, b, 2) == 1  # a: {0, 1}; b: {0, 2} (by |value|)
     assert top_overlap(a, a, 10) == 4
+
+
+@pytest.mark.parametrize(("n", "samples"), [(12, 300), (30, 50), (2, 9), (1, 4)])
+def test_spearman_samples_is_spearman_of_every_column(n: int, samples: int) -> None:
+    """The batched rank correlation of bootstrap samples equals spearman() column by column
+    (its old loop, the oracle): ties (integer draws), a constant column and a non-finite one
+    are NaN or mean-ranked alike."""
+    from mechdiff.stats import spearman_samples
+
+    gen = torch.Generator().manual_seed(n)
+    a = torch.randint(0, 4, (n, samples), generator=gen).float()
+    b = torch.randn(n, samples, generator=gen)
+    a[:, 1] = 2.0
+    b[0, 2] = float("inf")
+    ref = torch.tensor([spearman(a[:, s], b[:, s]) for s in range(samples)])
+    got = spearman_samples(a, b)
+    torch.testing.assert_close(got, ref.float(), atol=1e-6, rtol=0, equal_nan=True)
+    assert bool(got[1:3].isnan().all())

@@ -170,18 +170,20 @@ def test_fixed_number_of_edges(constructed) -> None:
     assert c.verdict.extra["size_rule"] == "fixed edges"
 
 
-def test_a_whole_graph_base_circuit_says_what_is_one_by_construction(constructed) -> None:
+def test_a_whole_graph_base_circuit_and_few_prompts_are_said_as_they_are(constructed) -> None:
     """edges=every edge: the base circuit is the model, so base_in_ft is 1 by construction; its
     carried share is every edge patched at once, cross_edge_attribution's ``all_edges``, which
     is 1 only when nothing outside the edges changed (a review found the note calling it 1 when
-    it was 16.3 on another pair): the note gives its value, and says what it is."""
+    it was 16.3 on another pair): the note gives its value, and says what it is. And 4 prompts
+    have at most 35 distinct resamples: the verdict says its intervals are rough (a review met
+    2-prompt intervals like [-347832, +0.94] with nothing said)."""
     from mechdiff.circuits import cross_edge_attribution
     from mechdiff.circuits.verdict import signed
 
     pair = mechdiff.load_pair(constructed["base"], constructed["rescaled"], device="cpu")
-    task = successor_task(8)
+    task = successor_task(4)
     n_edges = mechdiff.circuits.graph_of(pair.base).n_edges
-    c = compare_circuits(pair, task, ablation="corrupted", edges=n_edges, n_boot=10,
+    c = compare_circuits(pair, task, ablation="corrupted", edges=n_edges, n_boot=50,
                          progress=False)
     v = c.verdict
     assert abs(v.numbers["base_in_ft"] - 1) < 1e-5
@@ -190,17 +192,9 @@ def test_a_whole_graph_base_circuit_says_what_is_one_by_construction(constructed
     note = next(n for n in v.notes if "whole graph" in n)
     assert "base_in_ft is 1 by construction" in note
     assert f"carried ({signed(v.numbers['carried'])}) is every edge patched at once" in note
-
-
-def test_few_prompts_are_said_to_give_rough_intervals(constructed) -> None:
-    """4 prompts have at most 35 distinct resamples: the verdict says its intervals are rough
-    (a review met 2-prompt intervals like [-347832, +0.94] with nothing said)."""
-    pair = mechdiff.load_pair(constructed["base"], constructed["rescaled"], device="cpu")
-    c = compare_circuits(pair, successor_task(4), ablation="corrupted", edges=6, n_boot=50,
-                         progress=False)
-    note = next(n for n in c.verdict.notes if n.startswith("only 4 prompts"))
-    distinct = int(note.split("(")[1].split()[0])
-    assert 1 < distinct <= 35 and "use 8 or more prompts" in note
+    few = next(n for n in v.notes if n.startswith("only 4 prompts"))
+    distinct = int(few.split("(")[1].split()[0])
+    assert 1 < distinct <= 35 and "use 8 or more prompts" in few
 
 
 def test_an_empty_base_circuit_gives_no_verdict(constructed) -> None:
