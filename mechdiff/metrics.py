@@ -32,6 +32,8 @@ def metric_values(
     read: Tensor,
     tokens: Tokens,
     ref_logprobs: Tensor | None = None,
+    *,
+    keep_float64: bool = False,
 ) -> Float[Tensor, " batch"]:
     """One value per prompt.
 
@@ -41,8 +43,10 @@ def metric_values(
         tokens: the tokenized task (answers, lengths).
         ref_logprobs: log-probabilities of the reference (donor) model at the same positions;
             needed by ``kl`` and ``kl_all``.
+        keep_float64: compute in float64 when ``read`` is float64 (default: float32 always).
     """
-    read = read.float()
+    dtype = torch.float64 if keep_float64 and read.dtype == torch.float64 else torch.float32
+    read = read.to(dtype)
     if metric == "logit_diff":
         idx = torch.arange(read.shape[0], device=read.device)
         return read[idx, tokens.answer_ids] - read[idx, tokens.wrong_ids]
@@ -51,17 +55,18 @@ def metric_values(
         return read.log_softmax(-1)[idx, tokens.answer_ids]
     if ref_logprobs is None:
         raise MetricError(f"metric {metric!r} needs the reference model's log-probabilities")
-    kl = kl_div(ref_logprobs, read.log_softmax(-1))
+    kl = kl_div(ref_logprobs, read.log_softmax(-1), dtype=dtype)
     if metric == "kl":
         return -kl
     mask = tokens.position_mask()[:, : kl.shape[1]].to(kl.dtype)
     return -(kl * mask).sum(-1) / mask.sum(-1)
 
 
-def kl_div(ref_logprobs: Tensor, logprobs: Tensor) -> Tensor:
+def kl_div(ref_logprobs: Tensor, logprobs: Tensor, *,
+           dtype: torch.dtype = torch.float32) -> Tensor:
     """KL(ref || model) over the last axis, from log-probabilities (``F.kl_div`` with a log
-    target; clamped at 0 against rounding)."""
-    kl = F.kl_div(logprobs.float(), ref_logprobs.float(), reduction="none", log_target=True)
+    target; clamped at 0 against rounding), computed in ``dtype``."""
+    kl = F.kl_div(logprobs.to(dtype), ref_logprobs.to(dtype), reduction="none", log_target=True)
     return kl.sum(-1).clamp_min(0.0)
 
 

@@ -159,9 +159,7 @@ def spearman_samples(
     x, y = x - x.mean(0), y - y.mean(0)
     denom = x.norm(dim=0) * y.norm(dim=0)
     rho = (x * y).sum(0) / denom
-    ok &= denom > 0
-    if x.shape[0] < 2:
-        ok &= False
+    ok &= (denom > 0) & (x.shape[0] >= 2)
     return torch.where(ok, rho, torch.nan).float()
 
 

@@ -24,6 +24,7 @@ from mechdiff.circuits.graph import (
 )
 from mechdiff.errors import OptionError, PromptError, check_count
 from mechdiff.loading import model_device
+from mechdiff.loading.bridges import require_bridge
 from mechdiff.metrics import metric_values
 from mechdiff.tasks import Task, Tokens
 
@@ -32,11 +33,6 @@ def check_kind(name: str, value: Any, kind: type, what: str) -> None:
     """Raise OptionError unless ``value`` is a ``kind`` (``what`` says what is expected)."""
     if not isinstance(value, kind):
         raise OptionError(f"{name} must be {what}, got {type(value).__name__}")
-
-
-def check_model(model: Any, name: str = "model") -> None:
-    check_kind(name, model, TransformerBridge, "a TransformerBridge (one model of "
-               "mechdiff.load_pair(...), e.g. pair.base)")
 
 
 def check_pair(pair: Any) -> None:
@@ -67,7 +63,7 @@ def prepare(model: object, task: object, ablation: str) -> tuple[Graph, Tokens]:
             ``ablation="corrupted"`` without corrupted prompts.
     """
     check_option("ablation", ablation, ABLATIONS)
-    check_model(model)
+    require_bridge(model)
     check_kind("task", task, Task, "a mechdiff.Task (prompts, answers, metric)")
     graph = graph_of(model)
     check_hooks(model, graph)
@@ -148,23 +144,10 @@ CHECKED_PROMPTS = 4
 def metric(task: Task, read: Tensor, sub: Tokens, ref: Tensor | None) -> Tensor:
     """Per-prompt metric; ``ref`` are the reference log-probabilities of ``kl`` metrics.
 
-    Metrics of a float64 model stay in float64 (``mechdiff.metrics`` computes in float32), so
+    Metrics of a float64 model stay in float64 (``mechdiff.metrics`` uses float32 by default), so
     exact effects far below float32 resolution can be compared in tests.
     """
-    name = task.metric_name
-    if read.dtype == torch.float64 and name in ("logit_diff", "logprob"):
-        rows = torch.arange(read.shape[0], device=read.device)
-        if name == "logit_diff":
-            return read[rows, sub.answer_ids] - read[rows, sub.wrong_ids]
-        return read.log_softmax(-1)[rows, sub.answer_ids]
-    if read.dtype == torch.float64 and ref is not None:  # kl, kl_all (metric_values' formula)
-        kl = torch.nn.functional.kl_div(read.log_softmax(-1), ref.to(read.dtype),
-                                        reduction="none", log_target=True).sum(-1).clamp_min(0.0)
-        if name == "kl":
-            return -kl
-        mask = sub.position_mask()[:, : kl.shape[1]].to(kl.dtype)
-        return -(kl * mask).sum(-1) / mask.sum(-1)
-    return metric_values(name, read, sub, ref)
+    return metric_values(task.metric_name, read, sub, ref, keep_float64=True)
 
 
 def reference(task: Task, read: Tensor) -> Tensor | None:

@@ -116,7 +116,8 @@ class Circuit(SavableResult, OnGraph, name="circuits.Circuit"):
                 f"edges ({100 * self.fraction:.2f}%), {int(self.nodes.sum())} of {g.n_writers} nodes")
         if self.scores is None:
             return head + "\n  " + ", ".join(self.edge_list()[:k])
-        rows = [f"{r:>4}  {e.label:<24} {fixed(e.score, 4, sign=True):>10}" for r, e in enumerate(self.top(k), 1)]
+        rows = [f"{r:>4}  {e.label:<24} {fixed(e.score, 4, sign=True):>10}"
+                for r, e in enumerate(self.top(k), 1)]
         return "\n".join([head, *rows])
 
     def ablated(self) -> Float[Tensor, "reader writer"]:

@@ -56,6 +56,7 @@ from mechdiff.circuits.verdict import (
     checked_thresholds,
     decide,
     fixed,
+    label_of,
     sensitivity,
     signed,
     undetermined,
@@ -491,7 +492,7 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
         nums = seen[key]
         for k in NUMBERS:
             boots[k].append(nums[k])
-        counts["undetermined" if empty else decide(nums, t)[0]] += 1
+        counts["undetermined" if empty else label_of(nums, t)[0]] += 1
     intervals = {}
     for k, vals in boots.items():
         x = torch.tensor(vals, dtype=torch.float64)

@@ -140,8 +140,9 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
         lines = [
             f"edge patching {self.direction} on {p.task!r} ({p.n_prompts} prompts, metric "
             f"{p.metric}): receiver {fixed(float(self.receiver.mean()), 4)}, donor "
-            f"{fixed(float(self.donor.mean()), 4)}, gap {fixed(self.gap, 4, sign=True)}; {len(self.exact_edges)} of {self.graph.n_edges} edges "
-            f"patched for real, all estimated ({name}); every edge at once closes "
+            f"{fixed(float(self.donor.mean()), 4)}, gap {fixed(self.gap, 4, sign=True)}; "
+            f"{len(self.exact_edges)} of {self.graph.n_edges} edges patched for real, all "
+            f"estimated ({name}); every edge at once closes "
             f"{fixed(self.all_edges)} of the gap",
             f"{'rank':>4}  {'edge':<24} {'exact':>9} {'95% interval':>16} {'estimate':>9}",
         ]

@@ -110,12 +110,12 @@ def verdict_html(v: Verdict) -> str:
         if key not in v.numbers:
             continue
         lo, hi = v.intervals.get(key, (math.nan, math.nan))
+        span = "circuits held fixed" if key in FIXED else _interval(lo, hi)
         cuts = ", ".join(f"{_esc(name)} {v.thresholds[name]:g}" for name in _USES.get(key, ())
                          if name in v.thresholds) or "\u2013 (reported)"
         rows.append(f"<tr><td><code>{_esc(key)}</code></td><td>{_esc(NUMBER_WORDS.get(key, ''))}"
                     f"</td><td class=\"num\"><b>{_num(v.numbers[key])}</b></td>"
-                    f"<td class=\"num\">{_interval(lo, hi) if key not in FIXED else 'circuits held fixed'}"
-                    f"</td><td>{cuts}</td></tr>")
+                    f"<td class=\"num\">{span}</td><td>{cuts}</td></tr>")
     table = ('<table class="verdict"><thead><tr><th>number</th><th>what it measures</th>'
              "<th>value</th><th>95% interval</th><th>compared with</th></tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")

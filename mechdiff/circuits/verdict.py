@@ -158,18 +158,23 @@ def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None
         OptionError: bad thresholds (:func:`checked_thresholds`) or a deciding number missing
             from ``numbers``.
     """
-    t = checked_thresholds(thresholds)
     absent = [k for k in _USES if k not in numbers]
     if absent:
         raise OptionError(f"numbers lack {absent}: the verdict needs {sorted(_USES)}")
+    return label_of(numbers, checked_thresholds(thresholds))
+
+
+def label_of(numbers: dict[str, float], t: dict[str, float]) -> tuple[Label, tuple[str, ...]]:
+    """:func:`decide` for numbers and thresholds already checked (every threshold in ``t``):
+    the bootstrap re-derives the label on each resample without checking them again."""
     f, rank, carried = numbers["base_in_ft"], numbers["score_rank"], numbers["carried"]
-    missing = [k for k in ("base_in_ft", "score_rank", "carried") if not math.isfinite(numbers[k])]
+    missing = [k for k in _USES if not math.isfinite(numbers[k])]
     if missing:
         return "undetermined", tuple(f"{k} is not defined: {UNDEFINED[k]}" for k in missing)
     new = []
     if carried < t["NEW_CARRIED"]:
-        new.append(f"the base circuit alone carries only {fixed(carried, 2)} of the gap (< NEW_CARRIED "
-                   f"{t['NEW_CARRIED']:g}): the change happened outside it")
+        new.append(f"the base circuit alone carries only {fixed(carried, 2)} of the gap "
+                   f"(< NEW_CARRIED {t['NEW_CARRIED']:g}): the change happened outside it")
     if f < t["NEW_FAITHFULNESS"]:
         new.append(f"the base circuit inside the fine-tuned model keeps only {fixed(f, 2)} of its "
                    f"behaviour (< NEW_FAITHFULNESS {t['NEW_FAITHFULNESS']:g})")
@@ -285,8 +290,8 @@ def sensitivity(numbers: dict[str, float], intervals: dict[str, tuple[float, flo
                 notes.append(f"{key} = {fixed(value)} lies within {near:g} of {name} = {th:g}: "
                              "the verdict is sensitive to it")
             elif lo <= th <= hi:
-                notes.append(f"{key}'s 95% interval [{fixed(lo, 2)}, {fixed(hi, 2)}] contains {name} = "
-                             f"{th:g}: more prompts would settle it")
+                notes.append(f"{key}'s 95% interval [{fixed(lo, 2)}, {fixed(hi, 2)}] contains "
+                             f"{name} = {th:g}: more prompts would settle it")
     return notes
 
 

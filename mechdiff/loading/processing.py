@@ -19,8 +19,9 @@ absolute difference must be at most ``rtol * R``, where ``R`` is the largest log
 (max - min over the vocabulary) of any probe position before processing and ``rtol`` is
 :func:`probe_rtol` of the dtype: ``1e-4`` in float32 and float64 (measured error of correct
 processing: about ``1e-6``; TransformerLens processes float64 weights in float32, so a float64
-model stays float32-accurate, and loading warns: ``mechdiff.loading.model.FLOAT64_COMPAT``), ``16 * eps`` in 16-bit types (bfloat16: 0.125, float16: 0.0156,
-where correct processing of SmolLM2-135M already moves logits by 2.3% and 0.34% of ``R``) and
+model stays float32-accurate, and loading warns: ``mechdiff.loading.model.FLOAT64_COMPAT``),
+``16 * eps`` in 16-bit types (bfloat16: 0.125, float16: 0.0156, where correct processing of
+SmolLM2-135M already moves logits by 2.3% and 0.34% of ``R``) and
 under TF32 matmuls; only gross changes are caught there, so check toy models in float32. The
 cost is two forwards of a few tokens (SmolLM2-135M on a CPU: 0.4 CPU-seconds of a 2.7 s load).
 

@@ -140,7 +140,7 @@ def _mark_cut_bars(ax: Axes, x: np.ndarray, iv: tuple[np.ndarray, np.ndarray],
     for xi, lo, hi in zip(x.tolist(), iv[0].tolist(), iv[1].tolist(), strict=True):
         for cut, edge, mark in ((hi > limits[1], limits[1], "\u2191"),
                                 (lo < limits[0], limits[0], "\u2193")):
-            if cut and math.isfinite(edge):
+            if cut:  # (comparisons with a NaN end are False)
                 n += 1
                 ax.annotate(mark, (xi, edge), ha="center", va="top" if edge == limits[1]
                             else "bottom", fontsize=st.NOTE_PT, color=colour, zorder=6,
