@@ -15,6 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechdiff.errors import MetricError, ZeroGapError
+from mechdiff.stats import GAP_TOLERANCE
 from mechdiff.tasks import MetricName, Tokens
 
 
@@ -86,9 +87,6 @@ def check_finite(values: Tensor, what: str, *, prompt_dim: int = 0) -> None:
         )
 
 
-GAP_TOLERANCE = 1e-6
-"""A difference of two mean metrics at most this times their scale (at least 1) is rounding, not
-a gap: ratios to it (a share of the gap, normalized faithfulness) are not defined."""
 
 
 def negligible(difference: float, *values: float) -> bool:

@@ -66,6 +66,11 @@ def top_overlap(a: Float[Tensor, "*a_dims"], b: Float[Tensor, "*b_dims"], k: int
 
 # ------------------------------------------------------------------ intervals over prompts
 
+GAP_TOLERANCE = 1e-6
+"""A difference of two mean metrics at most this times their scale (at least 1) is rounding, not
+a gap: ratios to it (a share of the gap, normalized faithfulness) are not defined
+(:func:`mechdiff.metrics.negligible`, :func:`fraction_samples`)."""
+
 CI_LEVEL = 0.95
 """Coverage of every interval mechdiff reports (two-sided, percentile bootstrap)."""
 BOOTSTRAP_SAMPLES = 2000
@@ -113,7 +118,10 @@ def fraction_samples(
     p = patched.double().reshape(-1, patched.shape[-1]) @ w.T  # [sites, sample]
     r, d = w @ receiver.double(), w @ donor.double()
     gap = d - r
-    frac = (p - r) / torch.where(gap == 0, torch.nan, gap)
+    # a resample whose gap is rounding noise has no fraction (NaN, left out of the interval), by
+    # the test the point value uses (metrics.negligible): a ratio to noise would widen the interval
+    scale = torch.maximum(w @ receiver.double().abs(), w @ donor.double().abs()).clamp(min=1.0)
+    frac = (p - r) / torch.where(gap.abs() <= GAP_TOLERANCE * scale, torch.nan, gap)
     return frac.reshape(*dims, w.shape[0]).float()
 
 

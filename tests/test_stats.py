@@ -8,7 +8,14 @@ import math
 import pytest
 import torch
 
-from mechdiff.stats import pearson, ranks, spearman, top_overlap
+from mechdiff.stats import (
+    fraction_interval,
+    fraction_samples,
+    pearson,
+    ranks,
+    spearman,
+    top_overlap,
+)
 
 
 def test_ranks_share_the_mean_rank_of_ties() -> None:
@@ -58,3 +65,20 @@ def test_spearman_samples_is_spearman_of_every_column(n: int, samples: int) -> N
     got = spearman_samples(a, b)
     torch.testing.assert_close(got, ref.float(), atol=1e-6, rtol=0, equal_nan=True)
     assert bool(got[1:3].isnan().all())
+
+
+def test_fraction_samples_drop_resamples_whose_gap_is_rounding() -> None:
+    # two prompts: on one the donor differs from the receiver by 1, on the other by 1e-9 (float
+    # noise next to values of 1000). Resamples of only the second prompt have no gap to share:
+    # NaN (left out of intervals), not a fraction of 1e9 made of noise.
+    receiver = torch.tensor([0.0, 1000.0], dtype=torch.float64)
+    donor = torch.tensor([1.0, 1000.0 + 1e-9], dtype=torch.float64)
+    patched = torch.tensor([[0.5, 1000.0 + 1e-9]], dtype=torch.float64)
+    weights = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    got = fraction_samples(patched, receiver, donor, weights)
+    # hand computation: (mean patched - mean receiver) / (mean donor - mean receiver)
+    assert got[0, 0].item() == pytest.approx((0.25 + 0.5e-9) / (0.5 + 0.5e-9), rel=1e-6)
+    assert got[0, 1].item() == pytest.approx(0.5)
+    assert torch.isnan(got[0, 2])
+    lo, hi = fraction_interval(patched, receiver, donor, samples=200)
+    assert 0.4 < lo.item() <= hi.item() < 0.6
