@@ -237,6 +237,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_patch(args: argparse.Namespace) -> int:
+    from mechdiff.loading.checkpoints import check_task_tokens
     from mechdiff.pipeline import analyse_pair
     from mechdiff.report import text
     from mechdiff.report.html import REPORT_NAME, write_report
@@ -248,6 +249,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 
     extra = {} if args.metric is None else {"metric": args.metric}
     task = Task.from_file(args.prompts, **extra)  # prompt errors before any model is loaded
+    check_task_tokens(args.base, task)  # and token errors, with the base's tokenizer
     spec = RunSpec(
         command="patch",
         inputs={"base": args.base, "finetuned": args.finetuned, "prompts": str(args.prompts),
@@ -281,6 +283,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 def _cmd_circuits(args: argparse.Namespace) -> int:
     from mechdiff.circuits._prep import check_ablation_prompts, check_behaviour_metric
     from mechdiff.circuits.graph import graph_of_config
+    from mechdiff.loading.checkpoints import check_task_tokens
     from mechdiff.pipeline import analyse_circuits
     from mechdiff.report.html import REPORT_NAME, write_report
     from mechdiff.report.sections import render_markdown
@@ -297,6 +300,7 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
     steps = (args.steps or 5) if args.method == "eap_ig" else 1
     task = Task.from_file(args.prompts)  # prompt errors before any model is loaded
     check_ablation_prompts(task, args.ablation)
+    check_task_tokens(args.base, task)  # and token errors, with the base's tokenizer
     check_behaviour_metric(task)
     graph = graph_of_config(args.base)  # None for a hub id: the check runs after loading
     if args.edges is not None and graph is not None and args.edges > graph.n_edges:

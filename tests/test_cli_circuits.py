@@ -144,6 +144,35 @@ def test_more_edges_than_the_graph_has_are_refused_before_loading(ckpts, tmp_pat
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("command", "change", "needles"), [
+    ("circuits", "corrupted", ("has 5 tokens but its clean prompt has 4", "p.jsonl:2")),
+    ("circuits", "unknown", ("zzz", "p.jsonl:1")),
+    ("patch", "unknown", ("zzz", "p.jsonl:1")),
+])
+def test_token_errors_are_refused_before_loading(ckpts, tmp_path: Path, command, change,
+                                                 needles) -> None:
+    """Token errors need only the base's tokenizer: they are reported before any model is loaded
+    (here the fine-tune does not exist, and the error is still about the prompt file's line)."""
+    import json
+
+    rows = [{"prompt": "t1 t2 t3", "answer": "t1", "wrong_answer": "t2",
+             "corrupted": "t4 t5 t6"} for _ in range(4)]
+    if change == "corrupted":
+        rows[1]["corrupted"] = "t4 t5 t6 t7"
+    else:
+        rows[0]["prompt"] = "t1 zzz t3"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    extra = ["--ablation", "corrupted"] if command == "circuits" else []
+    code, _, stderr = run_cli([
+        command, "--base", str(ckpts["base"]), "--finetuned", str(tmp_path / "no_ft"),
+        "--prompts", str(prompts), "--out", str(out), "--quiet", *extra,
+    ])
+    assert_one_line_error(code, stderr, *needles)
+    assert "no_ft" not in stderr and not out.exists()
+
+
 def test_a_prompt_file_without_answers_is_refused_before_loading(tmp_path: Path) -> None:
     """No answers means the 'kl' metric: each model compared with itself, no gap between the
     models, so a comparison could only end 'undetermined' (with EAP it also scored nothing but

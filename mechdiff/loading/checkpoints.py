@@ -345,3 +345,41 @@ def local_dir(spec: str | Path) -> Path:
             f"directory). Cause: {type(e).__name__}: {e}"
         ) from e
     return path
+
+
+# ------------------------------------------------------------------- prompts, before any weight
+
+
+def check_task_tokens(spec: Any, task: Any) -> None:
+    """Tokenize ``task`` with the tokenizer saved in the local checkpoint folder ``spec``, before
+    any weight is loaded, so that the command line reports prompt and answer errors (words the
+    tokenizer does not know, a corrupted prompt of another token length, an answer of several
+    tokens, a prompt longer than the context) in a second rather than after loading both models.
+
+    Does nothing for a hub name or a folder without a readable tokenizer or ``config.json``: the
+    same checks run on the loaded pair (``Task.tokenize``), which stays the authority (the
+    context length here is the configuration's, which the loaded model can only shorten).
+
+    Raises:
+        PromptError, AnswerTokenError: as :meth:`mechdiff.tasks.Task.tokenize`.
+    """
+    if not is_local(spec):
+        return
+    folder = Path(spec).expanduser()
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        return
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception:  # noqa: BLE001 - a broken folder: load_pair reports it with its own checks
+        return
+    if not isinstance(config, dict):
+        return
+    config = config.get("text_config", config) if isinstance(config.get("text_config"),
+                                                             dict) else config
+    n_ctx = config.get("n_positions", config.get("max_position_embeddings"))
+    if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1:
+        n_ctx = 2**31 - 1  # unknown here: the loaded model's context is checked after loading
+    task.tokenize(tokenizer, n_ctx=n_ctx)
