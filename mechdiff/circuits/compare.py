@@ -57,13 +57,15 @@ from mechdiff.circuits.verdict import (
     decide,
     fixed,
     label_of,
+    number_and_interval,
     sensitivity,
+    share,
     signed,
     undetermined,
 )
 from mechdiff.errors import OptionError
 from mechdiff.loading import ModelPair, model_provenance
-from mechdiff.metrics import negligible
+from mechdiff.metrics import checked_gap, negligible
 from mechdiff.results import Provenance, SavableResult
 from mechdiff.stats import spearman
 from mechdiff.tasks import Task
@@ -94,7 +96,10 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             the base circuit.
         n_shared_edges, n_new_edges, n_dropped_edges: edge counts likewise.
         strengthened, weakened: ``(edge, base score, fine-tuned score)`` of the edges whose
-            ``|score|`` grew / shrank most.
+            ``|score|`` grew / shrank most, keeping their sign (scores estimate ``M(edge
+            ablated) - M(clean)``: negative for an edge that supports the behaviour).
+        flipped: edges whose score changed sign (supporting in one model, opposing in the
+            other), by how far the score moved.
         verdict: the verdict, its numbers, thresholds and bootstrap intervals.
         n_layers, n_heads, n_kv_heads: the graph.
         provenance: both models, task, metric; ``seed`` is the bootstrap's.
@@ -125,6 +130,7 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
     n_heads: int
     n_kv_heads: int
     provenance: Provenance
+    flipped: tuple[tuple[str, float, float], ...] = ()
 
     def summary(self) -> str:
         """The comparison and the verdict as text (what a report prints)."""
@@ -143,14 +149,20 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             f"  edges shared {self.n_shared_edges}, new {self.n_new_edges}, dropped "
             f"{self.n_dropped_edges}; nodes new: {_names(self.new_nodes)}; dropped: "
             f"{_names(self.dropped_nodes)}",
-            f"  cross-faithfulness: base circuit in fine-tuned {signed(self.base_in_ft.value)}, "
-            f"fine-tuned circuit in base {signed(self.ft_in_base.value)}",
-            "  strengthened most: " + ", ".join(f"{e} ({signed(b)} -> {signed(f)})"
-                                                 for e, b, f in self.strengthened[:5]),
-            "  weakened most: " + ", ".join(f"{e} ({signed(b)} -> {signed(f)})"
-                                            for e, b, f in self.weakened[:5]),
+            f"  cross-faithfulness: base circuit in fine-tuned "
+            f"{self._number('base_in_ft', self.base_in_ft.value)}, fine-tuned circuit in base "
+            f"{self._number('ft_in_base', self.ft_in_base.value)}",
+            "  edge scores (base -> fine-tuned) estimate M(edge ablated) - M(clean): negative "
+            "for an edge that supports the behaviour",
+            "  |score| grew most: " + _edges(self.strengthened),
+            "  |score| shrank most: " + _edges(self.weakened),
+            "  sign flipped (role switched): " + _edges(self.flipped),
         ]
         return "\n".join(lines + [self.verdict.text()])
+
+    def _number(self, key: str, value: float) -> str:
+        lo, hi = self.verdict.intervals.get(key, (math.nan, math.nan))
+        return number_and_interval(key, value, lo, hi)
 
     def _size(self, size: float, c: Circuit) -> str:
         kept = f"{c.n_edges} edges, {int(c.nodes.sum())} nodes"
@@ -166,6 +178,13 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
     @property
     def _sized(self) -> str:
         return "circuits of a fixed size" if self._fixed else "smallest faithful circuits"
+
+
+def _edges(rows: tuple[tuple[str, float, float], ...], k: int = 5) -> str:
+    """Up to ``k`` ``edge (base score -> fine-tuned score)``; "-" for none."""
+    if not rows:
+        return "-"
+    return ", ".join(f"{e} ({signed(b)} -> {signed(f)})" for e, b, f in rows[:k])
 
 
 def _names(labels: tuple[str, ...], k: int = 12) -> str:
@@ -247,6 +266,8 @@ def compare_circuits(
         GraphError: the models have no exact graph or not the same one.
         OptionError, PromptError, AnswerTokenError, MetricError: bad arguments (before any
             forward).
+        ZeroGapError: the two models score the same on the task (after the edge attribution,
+            before the faithfulness curves): there is no change to explain.
     """
     if rule not in ("top_n", "greedy"):
         raise OptionError(f"rule must be 'top_n' or 'greedy', got {rule!r}")
@@ -291,14 +312,18 @@ def compare_circuits(
             repl.means = mean_outputs(model, graph, tokens, prompt_batch_size, progress)
         scores = given or attribute_edges(model, graph, task, tokens, repl, method=method,
                                           steps=steps, positions="all", model_id=ids[name], **kw)
-        if name == "base" and base_curve is not None:
-            curve = base_curve
-        else:
-            circuits = [select_circuit(scores, rule=rule, fraction=f) for f in MIB_FRACTIONS]
-            curve = _curve(model, graph, task, tokens, repl, scores, circuits, rule, ablation,
-                           ids[name], circuit_batch, kw)
-        side[name] = {"model": model, "repl": repl, "scores": scores, "curve": curve}
+        side[name] = {"model": model, "repl": repl, "scores": scores}
     b, f = side["base"], side["finetuned"]
+    # no behaviour gap: nothing for a verdict to explain (refused before the costlier curves)
+    checked_gap(b["scores"].clean, f["scores"].clean, task.metric_name, task.name)
+    for name, s in side.items():
+        if name == "base" and base_curve is not None:
+            s["curve"] = base_curve
+        else:
+            circuits = [select_circuit(s["scores"], rule=rule, fraction=fr)
+                        for fr in MIB_FRACTIONS]
+            s["curve"] = _curve(s["model"], graph, task, tokens, s["repl"], s["scores"],
+                                circuits, rule, ablation, ids[name], circuit_batch, kw)
     if edges is None:
         size_b, size_f = _smallest(b["curve"]), _smallest(f["curve"])
         cb, cf = b["curve"].circuit_at(size_b), f["curve"].circuit_at(size_f)
@@ -328,7 +353,7 @@ def compare_circuits(
         base_scores=b["scores"], ft_scores=f["scores"], base_curve=b["curve"],
         ft_curve=f["curve"], base_size=size_b, ft_size=size_f, base_circuit=cb, ft_circuit=cf,
         base_in_ft=b_in_f, ft_in_base=f_in_b, patched=patched, iou_curve=_iou_curve(b["curve"], f["curve"]),
-        **_overlap(graph, cb, cf), **_changes(graph, b["scores"], f["scores"]), verdict=verdict,
+        **_overlap(graph, cb, cf), **_changes(graph, b["scores"].scores, f["scores"].scores), verdict=verdict,
         **graph.dims, provenance=pair.provenance(task, seed=seed),
     )
 
@@ -426,15 +451,28 @@ def _overlap(graph: Graph, cb: Circuit, cf: Circuit) -> dict:
     }
 
 
-def _changes(graph: Graph, sb: EdgeScores, sf: EdgeScores) -> dict:
-    delta = sf.scores.abs() - sb.scores.abs()
-    order = delta.argsort(descending=True, stable=True)
+def _changes(graph: Graph, b: Tensor, f: Tensor) -> dict:
+    """Of the edge scores ``b`` (base) and ``f`` (fine-tuned): the edges whose ``|score|`` grew /
+    shrank most with their sign kept (an edge that switched role, supporting in one model and
+    opposing in the other, is neither: it is listed under ``flipped``, by how far its score
+    moved)."""
+    flip = (b * f) < 0
+    delta = f.abs() - b.abs()
 
-    def rows(idx: list[int]) -> tuple[tuple[str, float, float], ...]:
-        return tuple((graph.edge_label(e), float(sb.scores[e]), float(sf.scores[e])) for e in idx)
+    def rows(idx: Tensor) -> tuple[tuple[str, float, float], ...]:
+        return tuple((graph.edge_label(e), float(b[e]), float(f[e])) for e in idx.tolist())
 
-    return {"strengthened": rows(order[:TOP_CHANGES].tolist()),
-            "weakened": rows(order.flip(0)[:TOP_CHANGES].tolist())}
+    def top(values: Tensor, keep: Tensor) -> Tensor:
+        order = values.argsort(descending=True, stable=True)
+        return order[keep[order] & (values[order] > 0)][:TOP_CHANGES]
+
+    return {"strengthened": rows(top(delta, ~flip)), "weakened": rows(top(-delta, ~flip)),
+            "flipped": rows(top((f - b).abs(), flip))}
+
+
+def _shown(x: float) -> str:
+    """A verdict number in a reason: signed, 2 decimals, or "undefined"."""
+    return signed(x, 2) if math.isfinite(x) else "undefined"
 
 
 def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
@@ -465,6 +503,28 @@ FEW_PROMPTS = 8
 (4 prompts have 35 distinct bootstrap resamples; 2 have 3)."""
 
 
+SMALL_SCALE = 0.25
+"""A model whose full-minus-empty difference is below this share of the other model's gets a
+note: normalized faithfulness inside it is a ratio to a small difference."""
+
+
+def _small_scale(pp: dict[str, Tensor]) -> list[str]:
+    """Notes for a model whose full and every-edge-ablated values nearly agree next to the
+    other model's (a review met a base curve reaching f = 51.6 over a difference of 0.228)."""
+    den = {name: float(pp[f"{k}_full"].double().mean() - pp[f"{k}_empty"].double().mean())
+           for name, k in (("base", "b"), ("fine-tuned", "f"))}
+    notes = []
+    for name, other, inside in (("base", "fine-tuned", "ft_in_base"),
+                                ("fine-tuned", "base", "base_in_ft")):
+        if abs(den[name]) < SMALL_SCALE * abs(den[other]):
+            notes.append(
+                f"the {name} model's full and every-edge-ablated values differ by only "
+                f"{fixed(den[name], 3)} (the {other} model's by {fixed(den[other], 3)}): "
+                f"faithfulness inside the {name} model (its own curve, {inside}) is a ratio to a "
+                "small difference and swings far; its circuit sizes rest on it")
+    return notes
+
+
 def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str, float],
              thresholds: dict[str, float] | None, n_boot: int, seed: int, size: float,
              *, fixed: bool = False, empty_hint: str = "") -> Verdict:
@@ -473,10 +533,20 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
     t = checked_thresholds(thresholds)
     label, reasons = decide(numbers, t)
     empty = cb.n_edges == 0  # no evidence: an empty circuit inside the fine-tune is not "new"
+    whole = bool(cb.edges.all())  # base_in_ft and carried are then fixed by construction
     if empty:
         label, reasons = "undetermined", (
             "the base circuit is empty: its selected edges have no path from the input to the "
             "logits once pruned" + (f"; {empty_hint}" if empty_hint else ""),)
+    elif whole:
+        why = ("edges= asked for every edge" if fixed else
+               f"no smaller base circuit was faithful within CLOSE {CLOSE:g}: the base model's "
+               "behaviour on this task has no sparse circuit")
+        label, reasons = "undetermined", (
+            f"the base circuit is the whole graph ({why}), so base_in_ft is 1 and carried is "
+            "every edge patched at once by construction: they cannot tell re-use from a new "
+            f"mechanism, and score_rank ({_shown(numbers['score_rank'])}) alone does not "
+            "decide; compare circuits of a fixed size (edges=, --edges) for a verdict",)
     n = pp["b_full"].shape[0]
     gen = torch.Generator().manual_seed(seed)
     boots: dict[str, list[float]] = {k: [] for k in NUMBERS}
@@ -492,31 +562,42 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
         nums = seen[key]
         for k in NUMBERS:
             boots[k].append(nums[k])
-        counts["undetermined" if empty else label_of(nums, t)[0]] += 1
+        counts["undetermined" if empty or whole else label_of(nums, t)[0]] += 1
     intervals = {}
     for k, vals in boots.items():
         x = torch.tensor(vals, dtype=torch.float64)
         x = x[torch.isfinite(x)]
         intervals[k] = ((float(x.quantile(0.025)), float(x.quantile(0.975))) if len(x)
                         else (math.nan, math.nan))
-    notes = sensitivity(numbers, intervals, t) + undetermined(numbers, intervals)
+    frequency = {k: v / n_boot for k, v in counts.items()}
+    settled = empty or whole or label == "undetermined" or frequency[label] >= t["MIN_SHARE"]
+    if not settled:
+        split = ", ".join(f"{k} {share(v)}" for k, v in sorted(
+            frequency.items(), key=lambda kv: -kv[1]) if v > 0)
+        reasons = (f"the prompts do not settle it: all prompts give '{label}', but only "
+                   f"{share(frequency[label])} of {n_boot} resamples do (< MIN_SHARE "
+                   f"{t['MIN_SHARE']:g}; {split}); on all prompts:", *reasons)
+        label = "undetermined"
+    notes = [] if empty or whole else sensitivity(numbers, intervals, t)
+    notes += undetermined(numbers, intervals)
     if n < FEW_PROMPTS:
         notes.append(f"only {n} prompts ({len(seen)} distinct resamples): the intervals are "
                      f"rough and a ratio to a small gap can swing far on some resamples; use "
                      f"{FEW_PROMPTS} or more prompts for intervals to rely on")
-    if size >= 1.0:
-        why = ("edges= asked for every edge" if fixed else
-               "no base circuit smaller than the whole graph was faithful within CLOSE")
-        notes.append(f"the base circuit is the whole graph ({why}), so base_in_ft is 1 by "
+    if whole:
+        notes.append(f"the base circuit is the whole graph, so base_in_ft is 1 by "
                      f"construction, and carried ({signed(numbers['carried'], 3)}) is every edge "
                      "patched at once: it differs from 1 only by what fine-tuning changed "
-                     "outside the graph's edges (layer norms, biases, positions, unembedding)")
+                     "outside the graph's edges (layer norms, biases, positions, unembedding); "
+                     "its shared / dropped edges are every edge of the fine-tuned circuit / "
+                     "every other edge, not findings")
+    notes += _small_scale(pp)
     if numbers["base_in_ft"] > 1 + (1 - t["REUSE_FAITHFULNESS"]):
         notes.append(f"the base circuit overshoots inside the fine-tuned model "
                      f"({numbers['base_in_ft']:.2f}): edges outside it oppose the behaviour "
                      "there")  # (> 1.3: never a negative zero)
     return Verdict(label=label, reasons=reasons, numbers=numbers, intervals=intervals,
-                   thresholds=t, frequency={k: v / n_boot for k, v in counts.items()},
+                   thresholds=t, frequency=frequency,
                    notes=tuple(notes), n_boot=n_boot, seed=seed,
                    extra={"base_size": f"{size:g}", "close": f"{CLOSE:g}",
                           "size_rule": "fixed edges" if fixed else "smallest faithful"})

@@ -176,14 +176,17 @@ def comparison_html(c: CircuitComparison, page: Any) -> str:
         + f'<p class="note">Edges: {c.n_shared_edges} shared, {c.n_new_edges} new, '
           f"{c.n_dropped_edges} dropped.</p>")
     rows = []
-    for kind, edges in (("strengthened", c.strengthened), ("weakened", c.weakened)):
+    for kind, edges in (("|score| grew", c.strengthened), ("|score| shrank", c.weakened),
+                        ("sign flipped", c.flipped)):
         for edge, b, f in edges[: page.top]:
             rows.append([kind, f"<code>{_esc(edge)}</code>", _num(b), _num(f),
                          _num(abs(f) - abs(b))])
     out.append("<h3>Edges whose |score| changed most</h3>" + page.table(
         ["", "edge", "base score", "fine-tuned score", "\u0394|score|"], rows, "ranked")
         + '<p class="note">Scores estimate M(edge ablated) \u2212 M(clean) of the mean metric '
-          "(EAP-IG's sign: an edge that supports the behaviour scores negative).</p>")
+          "(EAP-IG's sign: an edge that supports the behaviour scores negative). Grew / shrank: "
+          "the same sign in both models; sign flipped: the edge supports the behaviour in one "
+          "model and opposes it in the other.</p>")
     out.append(f"<details><summary>Summary as text</summary><pre>{_esc(c.summary())}</pre>"
                "</details>")
     out.append(page.provenance(c))

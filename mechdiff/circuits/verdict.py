@@ -33,14 +33,23 @@ Rules, with the named thresholds below (stored in every :class:`Verdict`):
   were partly rearranged);
 * **"undetermined"**: first of all, when one of the three deciding numbers is not defined (NaN:
   no behaviour gap between the models, a model whose full and empty-circuit values are equal,
-  constant edge scores) or the base circuit is empty: no evidence either way, and the reasons
-  say which number is missing and why.
+  constant edge scores), when the base circuit is empty (no path survives pruning) or is the
+  whole graph (no smaller base circuit is faithful: ``base_in_ft`` is then 1 and ``carried`` is
+  every edge patched at once *by construction*, so they test nothing), and when the prompts do not
+  settle the label: fewer than ``MIN_SHARE`` of the prompt resamples give the label the full
+  sample gives. The reasons say which case and why.
+
+``carried`` counts every change that flows along the base circuit's edges, a base path switched
+off or reversed included; it is evidence of re-use only beside the other two numbers (a
+"new mechanism" verdict lists the numbers that point the other way as well).
 
 **Uncertainty**: every number is recomputed on ``n_boot`` resamples of the prompts (with
 replacement; a seeded ``torch.Generator``, seed recorded), with the circuits held at their
-full-sample selection; the verdict is re-derived on each resample and its frequency reported.
-A number whose 95% interval contains a threshold it is compared with, or that lies within
-:data:`NEAR` of it, gets a sensitivity note.
+full-sample selection (the intervals are conditional on the selected circuits: they do not
+include the uncertainty of selecting them); the verdict is re-derived on each resample and its
+frequency reported. A number whose 95% interval contains a threshold it is compared with, or
+that lies within :data:`NEAR` of it, gets a sensitivity note, when moving it across that
+threshold would change the label.
 """
 
 from __future__ import annotations
@@ -70,6 +79,9 @@ NEW_CARRIED = 0.25
 """Below this share of the gap carried by the base circuit, the change happened elsewhere."""
 NEAR = 0.1
 """A number this close to a threshold it is compared with gets a sensitivity note."""
+MIN_SHARE = 0.5
+"""At least this share of the prompt resamples must give the full sample's label; below it the
+verdict is "undetermined" (the prompts do not settle it) and the reasons give the split."""
 
 THRESHOLDS: dict[str, float] = {
     "REUSE_FAITHFULNESS": REUSE_FAITHFULNESS,
@@ -79,6 +91,7 @@ THRESHOLDS: dict[str, float] = {
     "STRENGTHENED": STRENGTHENED,
     "NEW_CARRIED": NEW_CARRIED,
     "NEAR": NEAR,
+    "MIN_SHARE": MIN_SHARE,
 }
 """Every threshold of the rules, by name (the defaults of :func:`decide`)."""
 
@@ -142,6 +155,9 @@ def checked_thresholds(thresholds: dict[str, Any] | None) -> dict[str, float]:
     t = {**THRESHOLDS, **{k: float(v) for k, v in given.items()}}
     if t["NEAR"] < 0:
         raise OptionError(f"threshold NEAR must be >= 0, got {t['NEAR']:g}")
+    if not 0 <= t["MIN_SHARE"] <= 1:
+        raise OptionError(f"threshold MIN_SHARE is a share of resamples, from 0 to 1; got "
+                          f"{t['MIN_SHARE']:g}")
     for low, high in _ORDERED:
         if t[low] > t[high]:
             raise OptionError(
@@ -182,7 +198,20 @@ def label_of(numbers: dict[str, float], t: dict[str, float]) -> tuple[Label, tup
         new.append(f"edge scores of the two models rank-correlate at {signed(rank, 2)} "
                    f"(< NEW_RANK {t['NEW_RANK']:g}): the paths' importance was rearranged")
     if new:
-        return "new mechanism", tuple(new)
+        # the numbers that point the other way, so a reader sees the whole evidence
+        against = []
+        if carried >= t["STRENGTHENED"]:
+            against.append(f"although the base circuit carries {fixed(carried, 2)} of the gap "
+                           f"(>= STRENGTHENED {t['STRENGTHENED']:g}): the change flows along its "
+                           "edges (switching a base path off or reversing it counts too)")
+        if f >= t["REUSE_FAITHFULNESS"]:
+            against.append(f"although the base circuit inside the fine-tuned model keeps "
+                           f"{fixed(f, 2)} of its behaviour (>= REUSE_FAITHFULNESS "
+                           f"{t['REUSE_FAITHFULNESS']:g})")
+        if rank >= t["REUSE_RANK"]:
+            against.append(f"although edge scores rank-correlate at {signed(rank, 2)} "
+                           f"(>= REUSE_RANK {t['REUSE_RANK']:g})")
+        return "new mechanism", tuple(new + against)
     reuse = [
         (f >= t["REUSE_FAITHFULNESS"],
          f"the base circuit inside the fine-tuned model keeps {fixed(f, 2)} of its behaviour "
@@ -232,15 +261,23 @@ class Verdict(SavableResult, name="circuits.Verdict"):
 
     def text(self) -> str:
         """The verdict, its reasons, the numbers with intervals, and the notes."""
-        lines = [f"verdict: {self.label} (in {share(self.frequency.get(self.label, 0))} of "
-                 f"{self.n_boot} prompt resamples, seed {self.seed})"]
+        own = self.frequency.get(self.label, 0)
+        if own > 0:
+            lines = [f"verdict: {self.label} (in {share(own)} of {self.n_boot} prompt "
+                     f"resamples, seed {self.seed})"]
+        else:
+            lines = [f"verdict: {self.label} ({self.n_boot} prompt resamples, seed {self.seed})"]
         lines += [f"  because {r}" for r in self.reasons]
+        if own < 1:
+            split = sorted(((v, k) for k, v in self.frequency.items() if v > 0), reverse=True)
+            lines.append("  resamples: " + ", ".join(f"{k} {share(v)}" for v, k in split))
         nums = []
         for k in NUMBERS:
             if k in self.numbers:
                 lo, hi = self.intervals.get(k, (math.nan, math.nan))
                 nums.append(f"{k} {number_and_interval(k, self.numbers[k], lo, hi)}")
-        lines.append("  numbers (95% interval over prompts): " + "; ".join(nums))
+        lines.append("  numbers (95% interval over prompt resamples, circuits held at their "
+                     "selection): " + "; ".join(nums))
         lines.append("  thresholds: " + ", ".join(f"{k} {v:g}" for k, v in self.thresholds.items()))
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
@@ -278,14 +315,22 @@ def number_and_interval(key: str, value: float, lo: float, hi: float) -> str:
 
 def sensitivity(numbers: dict[str, float], intervals: dict[str, tuple[float, float]],
                 thresholds: dict[str, float]) -> list[str]:
-    """Notes for numbers near, or with an interval across, a threshold they are compared with."""
-    near = thresholds.get("NEAR", NEAR)
+    """Notes for numbers near, or with an interval across, a threshold they are compared with,
+    where that threshold decides the label: the number just below and just above it, the
+    other numbers as they are, give different labels (a number that sits near a threshold
+    while another rule fixes the label gets no note)."""
+    t = {**THRESHOLDS, **thresholds}
+    near = t["NEAR"]
     notes = []
     for key, names in _USES.items():
         value = numbers.get(key, math.nan)
         lo, hi = intervals.get(key, (math.nan, math.nan))
         for name in names:
-            th = thresholds[name]
+            th = t[name]
+            eps = 1e-9 * max(1.0, abs(th))
+            if label_of({**numbers, key: th - eps}, t)[0] == \
+                    label_of({**numbers, key: th + eps}, t)[0]:
+                continue  # this threshold does not decide the label here
             if abs(value - th) <= near:
                 notes.append(f"{key} = {fixed(value)} lies within {near:g} of {name} = {th:g}: "
                              "the verdict is sensitive to it")
@@ -301,14 +346,24 @@ RATIOS: tuple[str, ...] = ("base_in_ft", "ft_in_base", "carried")
 
 def undetermined(numbers: dict[str, float], intervals: dict[str, tuple[float, float]]
                  ) -> list[str]:
-    """Notes for ratios whose full-sample value lies outside their own bootstrap interval: the
-    denominator nears 0 on some resamples, so the ratio is not determined by these prompts."""
+    """Notes for numbers whose full-sample value lies outside their own bootstrap interval: a
+    ratio whose denominator nears 0 on some resamples (not determined by these prompts), or the
+    rank correlation, which resampling biases (a repeated prompt's noise enters both models'
+    mean scores alike)."""
     notes = []
-    for key in RATIOS:
+    for key in (*RATIOS, "score_rank"):
         value = numbers.get(key, math.nan)
         lo, hi = intervals.get(key, (math.nan, math.nan))
         if math.isfinite(value) and math.isfinite(lo) and math.isfinite(hi) \
                 and not lo <= value <= hi:
+            if key == "score_rank":
+                notes.append(
+                    f"score_rank = {fixed(value)} lies outside its own 95% interval "
+                    f"[{fixed(lo)}, {fixed(hi)}]: resampling prompts with replacement biases a "
+                    "rank correlation of mean scores (a repeated prompt's noise enters both "
+                    "models' means alike); read the full-sample value, and the interval as its "
+                    "rough spread")
+                continue
             notes.append(f"{key} = {value:.3g} lies outside its own 95% interval [{fixed(lo, 2)}, "
                          f"{fixed(hi, 2)}]: a ratio whose denominator nears 0 on some resamples; "
                          "read it as undetermined")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mechdiff.circuits.verdict import FIXED
 from mechdiff.compare import FinetuneComparison, PromptedBaseComparison
 from mechdiff.pipeline.circuits import CircuitAnalysis
 from mechdiff.pipeline.pair import PairAnalysis
@@ -90,16 +91,20 @@ def circuits_summary(a: CircuitAnalysis) -> dict[str, Any]:
                   "dropped": list(c.dropped_nodes)},
         "edges": {"shared": c.n_shared_edges, "new": c.n_new_edges,
                   "dropped": c.n_dropped_edges},
+        "flipped_edges": [{"edge": e, "base": b, "finetuned": f} for e, b, f in c.flipped],
         "verdict": {"label": v.label, "reasons": list(v.reasons), "numbers": v.numbers,
-                    "intervals": {k: list(x) for k, x in v.intervals.items()},
+                    # the circuits' own overlap has no interval: they are held fixed
+                    "intervals": {k: list(x) for k, x in v.intervals.items() if k not in FIXED},
                     "thresholds": v.thresholds, "frequency": v.frequency,
                     "notes": list(v.notes), "n_boot": v.n_boot, "seed": v.seed},
     }
     if a.cross is not None:
+        lo, hi = a.cross.exact_interval()
         summary["gap_edges"] = {
             "direction": a.cross.direction, "all_edges": a.cross.all_edges,
             "top": [{"edge": r.label, "estimate": float(a.cross.estimate[r.index]),
-                     "exact": float(a.cross.exact[r.index])}  # NaN (not patched): null
+                     "exact": float(a.cross.exact[r.index]),  # NaN (not patched): null
+                     "exact_interval": [float(lo[r.index]), float(hi[r.index])]}
                     for r in a.cross.top(10, by=a.cross.ranked_by)]}
     return summary
 

@@ -116,17 +116,22 @@ def _mark_outside(ax: Axes, x: float, y: float, limits: tuple[float, float], col
                   taken: dict[tuple[float, bool], int]) -> None:
     """A point beyond the y range: a triangle at the edge with its value. Points already marked
     at the same ``x`` and edge (``taken`` counts them) push this one's triangle right and its
-    value further in, so that two curves leaving the axis at one fraction both stay readable."""
+    value further in, so that two curves leaving the axis at one fraction both stay readable;
+    successive marks along an edge alternate between two rows of values (neighbouring
+    fractions are closer than a value is wide)."""
     if not math.isfinite(y) or limits[0] <= y <= limits[1]:
         return
     top = y > limits[1]
     edge = limits[1] if top else limits[0]
     k = taken.get((x, top), 0)
     taken[(x, top)] = k + 1
+    row = taken.get((-1.0, top), 0)  # marks along this edge so far (fractions are > 0)
+    taken[(-1.0, top)] = row + 1
+    depth = 9 * k + 9 * (row % 2)
     x_at = x * OUTSIDE_STEP ** k  # the x axis is logarithmic
     ax.plot([x_at], [edge], marker="^" if top else "v", color=colour, markersize=5,
             clip_on=False, zorder=6, gid="outside")
-    ax.annotate(st.fmt_signed(y), (x_at, edge), xytext=(3, -7 - 9 * k if top else 3 + 9 * k),
+    ax.annotate(st.fmt_signed(y), (x_at, edge), xytext=(3, -7 - depth if top else 3 + depth),
                 textcoords="offset points", fontsize=st.NOTE_PT, color=colour,
                 annotation_clip=False, zorder=7,
                 bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
@@ -215,6 +220,12 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
             cut += _mark_cut_bars(ax, x, iv, limits, colour)
         for xi, yi in zip(x.tolist(), y.tolist(), strict=True):
             _mark_outside(ax, xi, yi, limits, colour, taken)
+        empty = np.asarray(curve.kept) == 0  # nothing left after pruning: f = 0, no measurement
+        if empty.any():
+            ax.plot(x[empty], y[empty], linestyle="none", marker="x", color=colour,
+                    markersize=6.5, markeredgewidth=1.3, zorder=6, gid=f"{gid}_empty",
+                    label=f"{name}: empty circuit (no input-to-logits path after pruning; "
+                          "f = 0 by definition)")
     for key, words, faith, size, colour, marker in crosses:
         x = size * CROSS_OFFSET
         lo, hi = cross_ci[key]
@@ -436,7 +447,8 @@ def plot_circuit_graph(comparison: CircuitComparison, *, max_edges: int | None =
         f"{st.plain_text(_model_name(p.base))} \u2192 {st.plain_text(_model_name(p.finetuned))}"
         f" \u00b7 task {st.plain_text(p.task)} \u00b7 circuits of {100 * c.base_size:.3g}% (base)"
         f" and {100 * c.ft_size:.3g}% (fine-tuned) of {g.n_edges} edges\n{drawn_words}; width "
-        "grows with |score|; into a head: q left, k middle, v right"), fontsize=st.TITLE_PT)
+        "grows with |score| (the fine-tuned model's; the base's for dropped edges); into a "
+        "head: q left, k middle, v right"), fontsize=st.TITLE_PT)
 
     # Node boxes are sized in points: their half height in data units, after the layout.
     _, height_pt = st.axes_size_pt(ax)

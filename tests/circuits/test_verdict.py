@@ -15,7 +15,7 @@ from support import unchecked
 
 import mechdiff
 from mechdiff.circuits import CircuitComparison, Verdict, compare_circuits, decide
-from mechdiff.circuits.verdict import THRESHOLDS, sensitivity
+from mechdiff.circuits.verdict import THRESHOLDS, sensitivity, share
 from mechdiff.errors import OptionError
 
 REUSED, NEW, MIXED = "re-used and strengthened", "new mechanism", "mixed"
@@ -38,13 +38,28 @@ def test_rules() -> None:
     assert label == "undetermined" and len(reasons) == 1
     assert reasons[0].startswith("carried is not defined") and "gap" in reasons[0]
     label, reasons = decide(_numbers(score_rank=0.1, carried=0.0))
-    assert len(reasons) == 2 and all("<" in r for r in reasons)
+    # the two rules that fired, then the number that points the other way (a review found a
+    # "new mechanism" whose carried share of 0.87 was never mentioned)
+    assert len(reasons) == 3 and all("<" in r for r in reasons[:2])
+    assert reasons[2].startswith("although the base circuit inside the fine-tuned model keeps "
+                                 "0.95") and "(>= REUSE_FAITHFULNESS 0.7)" in reasons[2]
+    label, reasons = decide(_numbers(base_in_ft=0.1))
+    assert label == NEW and [r.split()[0] for r in reasons] == ["the", "although", "although"]
+    assert "carries 0.90 of the gap (>= STRENGTHENED 0.5)" in reasons[1]
     # Thresholds are arguments: the same numbers, a stricter rule.
     assert decide(_numbers(), {"REUSE_RANK": 0.95})[0] == MIXED
     notes = sensitivity(_numbers(score_rank=0.55), {"score_rank": (0.3, 0.8)}, THRESHOLDS)
     assert any("REUSE_RANK" in n and "sensitive" in n for n in notes)
     notes = sensitivity(_numbers(carried=0.9), {"carried": (0.2, 1.0)}, THRESHOLDS)
     assert any("interval" in n and "NEW_CARRIED" in n for n in notes)
+    # a number near a threshold that does not decide the label gets no note: carried 0.1 makes
+    # it "new mechanism" whatever base_in_ft (0.45, near NEW_FAITHFULNESS 0.4) is
+    notes = sensitivity(_numbers(carried=0.1, base_in_ft=0.45),
+                        {"base_in_ft": (0.2, 0.9), "carried": (0.05, 0.15)}, THRESHOLDS)
+    assert notes == []
+    notes = sensitivity(_numbers(base_in_ft=0.45), {"base_in_ft": (0.2, 0.9)}, THRESHOLDS)
+    assert any(n.startswith("base_in_ft = 0.450 lies within 0.1 of NEW_FAITHFULNESS")
+               for n in notes)
 
 
 @pytest.mark.parametrize(("thresholds", "message"), [
@@ -189,6 +204,11 @@ def test_a_whole_graph_base_circuit_and_few_prompts_are_said_as_they_are(constru
     assert abs(v.numbers["base_in_ft"] - 1) < 1e-5
     every = cross_edge_attribution(pair, task, method="eap", exact_top=0, progress=False)
     assert abs(v.numbers["carried"] - every.all_edges) < 1e-4
+    # 1 by construction: no evidence of re-use (a review met "re-used 100%" resting on them)
+    assert v.label == "undetermined" and v.frequency["undetermined"] == 1.0
+    assert v.reasons[0].startswith("the base circuit is the whole graph (edges= asked for every "
+                                   "edge)") and "compare circuits of a fixed size" in v.reasons[0]
+    assert not any("sensitive" in n or "would settle" in n for n in v.notes)
     note = next(n for n in v.notes if "whole graph" in n)
     assert "base_in_ft is 1 by construction" in note
     assert f"carried ({signed(v.numbers['carried'])}) is every edge patched at once" in note
@@ -311,3 +331,89 @@ def test_shares_and_numbers_read_as_measured() -> None:
     text = v.text()
     assert "(in 99.5% of 200 prompt resamples" in text and "nan" not in text
     assert "carried n/a (not defined)" in text
+
+
+def test_a_label_most_resamples_reject_is_not_the_verdict() -> None:
+    """A review met 'new mechanism (in 25.5% of 200 prompt resamples)': the full sample's label
+    was the rarest of three. Built here by hand: base_in_ft is the mean of per-prompt values, 0
+    on nine prompts and 4.1 on one (0.41, just above NEW_FAITHFULNESS 0.4: 'mixed'); a resample
+    without the tenth prompt (probability 0.9^10 = 0.35) reads 'new mechanism', one with it
+    twice or more (0.26) 're-used': 'mixed' has about 39%. The verdict is 'undetermined', its
+    reasons give the split and the full sample's reasons."""
+    from mechdiff.circuits import Circuit
+    from mechdiff.circuits.compare import _numbers, _verdict
+    from mechdiff.circuits.graph import Graph
+
+    graph = Graph(2, 2, 2)
+    half = torch.arange(graph.n_edges) % 2 == 0
+    cb = Circuit(half, **graph.dims)
+    n = 10
+    scores = torch.randn(n, graph.n_edges, generator=torch.Generator().manual_seed(0))
+    pp = {"b_full": torch.zeros(n), "f_full": torch.ones(n), "b_empty": torch.zeros(n) - 1,
+          "f_empty": torch.zeros(n), "b_patched": torch.full((n,), 0.9),
+          "f_cb": torch.tensor([0.0] * 9 + [4.1]), "b_cf": torch.zeros(n),
+          "s_b": scores, "s_f": scores}
+    numbers = _numbers(pp, cb, cb, None)
+    assert numbers["base_in_ft"] == pytest.approx(0.41) and numbers["carried"] == pytest.approx(0.9)
+    assert decide(numbers)[0] == MIXED
+    v = _verdict(pp, cb, cb, numbers, None, 400, 0, 0.5)
+    assert 0.3 < v.frequency[MIXED] < 0.5 and v.frequency[NEW] > 0.25 and v.frequency[REUSED] > 0.15
+    assert v.label == "undetermined"
+    assert v.reasons[0].startswith("the prompts do not settle it: all prompts give 'mixed', but "
+                                   f"only {share(v.frequency[MIXED])} of 400 resamples do")
+    assert v.reasons[1:] == decide(numbers)[1]
+    text = v.text()
+    assert text.startswith("verdict: undetermined (400 prompt resamples, seed 0)")
+    assert f"resamples: mixed {share(v.frequency[MIXED])}" in text
+    # the same numbers with MIN_SHARE 0.3: the label stands
+    assert _verdict(pp, cb, cb, numbers, {"MIN_SHARE": 0.3}, 400, 0, 0.5).label == MIXED
+
+
+def test_identical_models_are_refused_not_judged(constructed) -> None:
+    """No behaviour gap: compare_circuits refused nothing and printed 'undetermined' with a
+    reason about 'kl' metrics on a logit_diff task (the command line refused it); now the
+    same ZeroGapError as the command line, after the edge scores, before the curves."""
+    from mechdiff.errors import ZeroGapError
+
+    pair = mechdiff.load_pair(constructed["base"], constructed["base"], device="cpu")
+    with pytest.raises(ZeroGapError, match="same mean logit_diff"):
+        compare_circuits(pair, successor_task(8), method="eap", ablation="corrupted",
+                         n_boot=10, progress=False)
+
+
+def test_edges_that_switched_role_are_not_called_strengthened() -> None:
+    """|score| growth alone called +0.996 -> -5.462 'strengthened' (the edge switched from
+    opposing to supporting) and a supporting edge that lost strength while an opposing one
+    grew were ranked together. Hand-made scores: each list keeps its sign, flips are apart."""
+    from mechdiff.circuits.compare import _changes
+    from mechdiff.circuits.graph import Graph
+
+    graph = Graph(1, 1, 1)
+    b = torch.zeros(graph.n_edges)
+    f = torch.zeros(graph.n_edges)
+    b[0], f[0] = 1.0, -5.0   # flipped, moved 6
+    b[1], f[1] = -1.0, -3.0  # grew by 2, same sign
+    b[2], f[2] = 2.0, 0.5    # shrank by 1.5
+    b[3], f[3] = -0.5, 0.25  # flipped, moved 0.75
+    got = _changes(graph, b, f)
+    label = graph.edge_label
+    assert [e for e, _, _ in got["strengthened"]] == [label(1)]
+    assert [e for e, _, _ in got["weakened"]] == [label(2)]
+    assert got["flipped"] == ((label(0), 1.0, -5.0), (label(3), -0.5, 0.25))
+
+
+def test_a_small_full_minus_empty_difference_is_said() -> None:
+    """Normalized faithfulness inside a model whose full and every-edge-ablated values nearly
+    agree is a ratio to a small difference (a review met a base curve at f = 51.6 over 0.228,
+    with nothing said). Hand numbers: base difference 0.2, fine-tuned 2.0."""
+    from mechdiff.circuits.compare import _small_scale
+
+    n = 4
+    pp = {"b_full": torch.full((n,), 1.2), "b_empty": torch.full((n,), 1.0),
+          "f_full": torch.full((n,), 3.0), "f_empty": torch.full((n,), 1.0)}
+    notes = _small_scale(pp)
+    assert len(notes) == 1 and notes[0].startswith(
+        "the base model's full and every-edge-ablated values differ by only 0.200 (the "
+        "fine-tuned model's by 2.000)") and "ft_in_base" in notes[0]
+    pp["b_full"] = torch.full((n,), 1.6)  # 0.6: not small next to 2.0
+    assert _small_scale(pp) == []
