@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mechdiff._progress import report as print_line
 from mechdiff._signals import (
@@ -58,6 +58,28 @@ def _positive(text: str) -> int:
     return value
 
 
+SEED_LIMIT = 2**63
+"""Seeds are integers from 0 to this (exclusive): what every generator seeded here accepts."""
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to 2**63 - 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command (``mechdiff: error:``),
+    with where to read the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mechdiff: error: {message} (see {self.prog} --help)\n")
+
+
 def _add_output(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("mechdiff_out"),
                         help="output folder (default: mechdiff_out); written whole on success, "
@@ -93,7 +115,7 @@ def _add_loading(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mechdiff",
         description="What did fine-tuning change inside this model? Cross-model activation "
         "patching of a base and a fine-tuned model, and the circuit of a behaviour in both.",
@@ -123,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"prompts per task (default {REAL_N_PROMPTS} for the real model, which "
                       "keeps a run from the cache within about 5 minutes on 2 CPU cores; 64 with "
                       "--synthetic)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the task prompts (default 0)")
+    demo.add_argument("--seed", type=_seed, default=0, help="seed of the task prompts (default 0)")
     demo.add_argument("--top", type=_positive, default=10, help="rows per ranked table (default 10)")
     _add_output(demo)
 
@@ -183,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default 50; 0: estimates only)")
     circ.add_argument("--batch-size", type=_positive, default=16,
                       help="prompts per forward; bounds memory (default 16)")
-    circ.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    circ.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap (default 0)")
     _add_loading(circ)
     _add_output(circ)
 
@@ -205,6 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------- commands
+
+
+def _resolve_inputs(args: argparse.Namespace) -> None:
+    """Local model folders and the prompt file as absolute paths, so that the run's identity
+    (``mechdiff_run.json``) and the results' provenance say where the models were: relative
+    names made a run from another folder with other models look like the same run (its
+    output silently replaced the first's) and left provenance reading ``base``."""
+    from mechdiff.loading.checkpoints import is_local
+
+    for name in ("base", "finetuned"):
+        spec = getattr(args, name)
+        if is_local(spec):
+            setattr(args, name, str(Path(spec).expanduser().resolve()))
+    args.prompts = Path(args.prompts).expanduser().resolve()
 
 
 def _file_digest(path: Path) -> str:
@@ -247,6 +283,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
     from mechdiff.views import pair_views
     from mechdiff.viz import pair_figures
 
+    _resolve_inputs(args)
     extra = {} if args.metric is None else {"metric": args.metric}
     task = Task.from_file(args.prompts, **extra)  # prompt errors before any model is loaded
     check_task_tokens(args.base, task)  # and token errors, with the base's tokenizer
@@ -298,6 +335,7 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
         return _fail("--steps is for --method eap_ig (integration steps); eap takes the "
                      "gradient at the clean run only: drop --steps or use --method eap_ig")
     steps = (args.steps or 5) if args.method == "eap_ig" else 1
+    _resolve_inputs(args)
     task = Task.from_file(args.prompts)  # prompt errors before any model is loaded
     check_ablation_prompts(task, args.ablation)
     check_task_tokens(args.base, task)  # and token errors, with the base's tokenizer
@@ -372,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     target = _target(args)
     before = _stamp(target)
     try:
-        with terminate_as_interrupt():
+        with terminate_as_interrupt(), _one_line_warnings():
             try:
                 return _run_command(args)
             except (MechdiffError, OSError):
@@ -390,6 +428,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
     except KeyboardInterrupt as e:
         return _interrupted(e, target, before)
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Warnings as one line each, ``mechdiff: warning: ...``, like the command's errors
+    (Python's format adds the source line of the call, meaningless to a command's user)."""
+    import warnings
+
+    before = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_args, **_kw: f"mechdiff: warning: {message}\n"
+    try:
+        yield
+    finally:
+        warnings.formatwarning = before
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -102,6 +102,11 @@ class DiskFullError(OutputError):
     """No space left on the device (or the quota is used up) while writing ``path``."""
 
 
+class AblationWarning(UserWarning):
+    """An ablation leaves part of what it should remove (e.g. mean ablation at a position only
+    one prompt reaches): the numbers are computed, but read them with the warning in mind."""
+
+
 class ResultWarning(UserWarning):
     """A saved result was loaded with a note, e.g. fields that this mechdiff does not know."""
 

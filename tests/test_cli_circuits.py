@@ -205,3 +205,79 @@ def test_zero_gap_is_refused_before_the_comparison(ckpts, circuits_run, tmp_path
     ])
     assert_one_line_error(code, stderr, "gap")
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("rows", "extra", "needles"), [
+    ([{"prompt": "t3 t4 t5", "answer": "t1", "wrong_answer": "t2"}] * 6, [],
+     ("all 6 prompts are the same", "nothing would be ablated")),
+    ([{"prompt": f"t3 t{i + 4} t5", "answer": "t1", "wrong_answer": "t2",
+       "corrupted": f"t3 t{i + 4} t5"} for i in range(4)], ["--ablation", "corrupted"],
+     ("every corrupted prompt equals its clean prompt",)),
+])
+def test_ablations_that_remove_nothing_are_refused_before_loading(tmp_path: Path, rows, extra,
+                                                                  needles) -> None:
+    """A review ran both to the end: edge scores of 1e-7 ranked as 'strengthened', a CPR of
+    0/0, and an 'undetermined' verdict with a wrong reason."""
+    import json
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    code, _, stderr = run_cli([
+        "circuits", "--base", str(tmp_path / "no_base"), "--finetuned", str(tmp_path / "no_ft"),
+        "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--quiet", *extra,
+    ])
+    assert_one_line_error(code, stderr, *needles)
+
+
+@pytest.mark.parametrize(("argv", "needles"), [
+    (["--seed", str(2**64)], ("--seed", "from 0 to 2**63 - 1", "see mechdiff circuits --help")),
+    (["--edges", "0"], ("--edges", "positive integer")),
+    (["--method", "foo"], ("--method", "invalid choice")),
+])
+def test_usage_errors_are_one_line(tmp_path: Path, argv, needles) -> None:
+    """argparse printed its usage block above the error (and a seed of 2**64 crashed with a
+    traceback after all the computation)."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", n=4)
+    code, _, stderr = run_cli(["circuits", "--base", "b", "--finetuned", "f", "--prompts",
+                               str(prompts), *argv])
+    assert_one_line_error(code, stderr, *needles)
+
+
+def test_paths_that_are_the_wrong_kind_are_named(tmp_path: Path) -> None:
+    prompts = write_jsonl(tmp_path / "p.jsonl", n=4)
+    code, _, stderr = run_cli(["circuits", "--base", str(prompts), "--finetuned", "f",
+                               "--prompts", str(prompts), "--out", str(tmp_path / "o")])
+    assert_one_line_error(code, stderr, "is a file, not a checkpoint directory")
+    code, _, stderr = run_cli(["circuits", "--base", "b", "--finetuned", "f", "--prompts",
+                               str(tmp_path), "--out", str(tmp_path / "o")])
+    assert_one_line_error(code, stderr, "is a folder, not a prompt file")
+
+
+def test_mean_ablation_warns_about_a_read_position_only_one_prompt_reaches(ckpts) -> None:
+    """The mean at a position only one prompt reaches is that prompt: its read position is not
+    ablated (a review found the longest prompt's metric unchanged with every edge ablated)."""
+    from mechdiff.errors import AblationWarning
+
+    base = mechdiff.load_pair(ckpts["base"], ckpts["base"], device="cpu").base
+    words = ["t3 t4", "t5 t6 t7", "t8 t9", "t10 " * 9]
+    task = mechdiff.Task(words, answers=["t1"] * 4, wrong_answers=["t2"] * 4)
+    with pytest.warns(AblationWarning, match=r"prompt 3 \(10 tokens\): read at a position no "
+                                              r"other prompt reaches \(the longest is 10 tokens, "
+                                              r"the next 4\)"):
+        mechdiff.circuits.edge_attribution(base, task, method="eap", progress=False)
+
+
+def test_model_folders_and_prompts_are_recorded_as_absolute_paths(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """Relative names made a run from another folder, with other models, the 'same run' (its
+    output silently replaced the first's) and left provenance reading 'base'."""
+    import argparse
+
+    from mechdiff._cli import _resolve_inputs
+
+    (tmp_path / "base").mkdir()
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(base="base", finetuned="org/hub-model", prompts=Path("p.jsonl"))
+    _resolve_inputs(args)
+    assert args.base == str(tmp_path / "base") and args.prompts == tmp_path / "p.jsonl"
+    assert args.finetuned == "org/hub-model"  # a hub name stays a name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ from mechdiff.circuits.graph import (
     qkv_in_hook,
     resid_pre_hook,
 )
-from mechdiff.errors import OptionError, PromptError, check_count
+from mechdiff.errors import AblationWarning, OptionError, PromptError, check_count
 from mechdiff.loading import model_device
 from mechdiff.loading.bridges import require_bridge
 from mechdiff.metrics import metric_values
@@ -69,7 +70,27 @@ def prepare(model: object, task: object, ablation: str) -> tuple[Graph, Tokens]:
     check_hooks(model, graph)
     check_ablation_prompts(task, ablation)
     tokens = task.tokenize(model.tokenizer, n_ctx=int(model.cfg.n_ctx), device=model_device(model))
+    if ablation == "mean":
+        warn_uncovered(task, tokens)
     return graph, tokens
+
+
+def warn_uncovered(task: Task, tokens: Tokens) -> None:
+    """Warn (:class:`~mechdiff.errors.AblationWarning`) about prompts whose read position no
+    other prompt reaches: mean ablation averages each position over the prompts that have a
+    token there (counted from their start), so there the mean is the prompt itself, and edges
+    into its read position are not ablated."""
+    lengths = tokens.lengths.tolist()
+    alone = [i for i, n in enumerate(lengths) if sum(m >= n for m in lengths) < 2]
+    if alone:
+        shown = "; ".join(f"{task._loc('prompts', i)} ({lengths[i]} tokens)" for i in alone[:5])
+        more = f" and {len(alone) - 5} more" if len(alone) > 5 else ""
+        warnings.warn(
+            f"mean ablation: {shown}{more}: read at a position no other prompt reaches (the "
+            f"longest is {max(lengths)} tokens, the next {sorted(lengths)[-2]}): the mean there "
+            "is the prompt itself, so edges into its read position are not ablated; give at "
+            "least two prompts of each length you read at, or use ablation='corrupted'",
+            AblationWarning, stacklevel=2)
 
 
 def check_method_metric(method: str, task: Task) -> None:
@@ -107,6 +128,19 @@ def check_ablation_prompts(task: Task, ablation: str) -> None:
             "ablation='corrupted' needs a task with corrupted prompts (Task(corrupted=...), one "
             "per prompt, of the same token length; in a prompt file, a \"corrupted\" entry on "
             "every row); use ablation='mean' (--ablation mean) otherwise"
+        )
+    if ablation == "corrupted" and all(c == p for c, p in zip(task.corrupted, task.prompts,
+                                                              strict=True)):
+        raise PromptError(
+            f"ablation='corrupted': every corrupted prompt equals its clean prompt (all "
+            f"{len(task)}), so nothing would be ablated (every edge scores 0 and faithfulness "
+            "is 0/0); give corrupted prompts that differ where the behaviour is decided"
+        )
+    if ablation == "mean" and len(task) >= 2 and len(set(map(repr, task.prompts))) == 1:
+        raise PromptError(
+            f"ablation='mean': all {len(task)} prompts are the same, so their mean is each "
+            "prompt and nothing would be ablated (every edge scores 0); give varied prompts or "
+            "use ablation='corrupted'"
         )
     if ablation == "mean" and len(task) < 2:
         raise PromptError(

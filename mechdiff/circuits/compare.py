@@ -63,7 +63,7 @@ from mechdiff.circuits.verdict import (
     signed,
     undetermined,
 )
-from mechdiff.errors import OptionError
+from mechdiff.errors import OptionError, check_count
 from mechdiff.loading import ModelPair, model_provenance
 from mechdiff.metrics import checked_gap, negligible
 from mechdiff.results import Provenance, SavableResult
@@ -195,6 +195,13 @@ def _names(labels: tuple[str, ...], k: int = 12) -> str:
     return ", ".join(labels[:k]) + more
 
 
+def check_seed(seed: object) -> None:
+    """Raise OptionError unless ``seed`` is an integer from 0 to 2**63 - 1 (a larger one made
+    ``torch.Generator`` fail after all the work)."""
+    if check_count("seed", seed) >= 2**63:
+        raise OptionError(f"seed must be an integer from 0 to 2**63 - 1, got {seed}")
+
+
 def _check_given(name: str, given: EdgeScores, graph: Graph, task: Task, model_id: str,
                  method: str, steps: int, ablation: str) -> None:
     """Raise OptionError, naming every mismatch, unless ``given`` scores are what this
@@ -276,6 +283,7 @@ def compare_circuits(
     checked_thresholds(thresholds)
     _prep.check_positive(n_boot=n_boot, prompt_batch_size=prompt_batch_size,
                          circuit_batch=circuit_batch)
+    check_seed(seed)
     if edges is not None:
         _prep.check_positive(edges=edges)
     _prep.check_pair(pair)

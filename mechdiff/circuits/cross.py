@@ -140,7 +140,7 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
         lines = [
             f"edge patching {self.direction} on {p.task!r} ({p.n_prompts} prompts, metric "
             f"{p.metric}): receiver {fixed(float(self.receiver.mean()), 4)}, donor "
-            f"{fixed(float(self.donor.mean()), 4)}, gap {fixed(self.gap, 4, sign=True)}; "
+            f"{fixed(float(self.donor.mean()), 4)}, gap {_gap(self.gap)}; "
             f"{len(self.exact_edges)} of {self.graph.n_edges} edges patched for real, all "
             f"estimated ({name}); every edge at once closes "
             f"{fixed(self.all_edges)} of the gap",
@@ -151,9 +151,17 @@ class CrossEdgeScores(SavableResult, OnGraph, name="circuits.CrossEdgeScores"):
             i = row.index
             span = (f"[{signed(float(lo[i]), 2)}, {signed(float(hi[i]), 2)}]"
                     if math.isfinite(float(lo[i])) else "")
-            lines.append(f"{r:>4}  {row.label:<24} {fixed(float(self.exact[i])):>9} {span:>16} "
+            exact = float(self.exact[i])
+            shown = fixed(exact) if math.isfinite(exact) else "-"  # not patched for real
+            lines.append(f"{r:>4}  {row.label:<24} {shown:>9} {span:>16} "
                          f"{fixed(float(self.estimate[i])):>9}")
         return "\n".join(lines)
+
+
+def _gap(gap: float) -> str:
+    """The gap with 4 decimals, or in significant digits when those would read 0 (a gap of
+    1e-5 printed as '+0.0000' beside shares of it)."""
+    return fixed(gap, 4, sign=True) if abs(gap) >= 5e-4 or gap == 0 else f"{gap:+.2e}"
 
 
 def cross_edge_attribution(

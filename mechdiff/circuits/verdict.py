@@ -267,7 +267,8 @@ class Verdict(SavableResult, name="circuits.Verdict"):
                      f"resamples, seed {self.seed})"]
         else:
             lines = [f"verdict: {self.label} ({self.n_boot} prompt resamples, seed {self.seed})"]
-        lines += [f"  because {r}" for r in self.reasons]
+        lines += [f"  {r}" if r.startswith("although ") else f"  because {r}"
+                  for r in self.reasons]
         if own < 1:
             split = sorted(((v, k) for k, v in self.frequency.items() if v > 0), reverse=True)
             lines.append("  resamples: " + ", ".join(f"{k} {share(v)}" for v, k in split))

@@ -75,6 +75,9 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
 
 def check_checkpoint(path: Path) -> Checkpoint:
     """Run every check of the module docstring on a local directory; nothing is loaded."""
+    if path.is_file():
+        raise CheckpointError(f"{path} is a file, not a checkpoint directory: give the folder "
+                              "holding config.json and the weights")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     config_file = path / "config.json"

@@ -23,6 +23,7 @@ from mechdiff.circuits import (
     compare_circuits,
     cross_edge_attribution,
 )
+from mechdiff.circuits.compare import check_seed
 from mechdiff.circuits.cross import EXACT_TOP
 from mechdiff.errors import OptionError
 from mechdiff.loading import ModelPair
@@ -104,6 +105,7 @@ def analyse_circuits(
                                   or cross_top < 0):
         raise OptionError(f"cross_top must be a non-negative integer or None, got {cross_top!r}")
     graph, _ = _prep.prepare(pair.base, task, ablation)  # every cheap check, before any forward
+    check_seed(seed)
     n_edges = graph.n_edges
     if edges is not None and (isinstance(edges, bool) or not isinstance(edges, int)
                               or not 1 <= edges <= n_edges):

@@ -38,6 +38,7 @@ from mechdiff.results.errors import DiskFullError, OutputError
 log = logging.getLogger(__name__)
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_TOO_LARGE = frozenset({errno.EFBIG})  # a file-size limit: the file system's or ``ulimit -f``
 _LEFTOVER = re.compile(r"\.mechdiff-(?P<tag>tmp|old|work)-(?P<pid>\d+)-[0-9a-f]{8}")
 _MAX_NAME = 200  # bytes; leaves room for the temporary's prefix and suffix within NAME_MAX (255)
 
@@ -183,31 +184,69 @@ def install_dir(staged: Path, target: Path) -> None:
     remove(backup)
 
 
+def _chain(e: BaseException | None) -> Iterator[BaseException]:
+    """``e``, what caused it, and the exception it was raised while handling, and so on (a
+    writer that fails while cleaning up after a full disk, e.g. matplotlib's PDF stream
+    raising a zlib error, keeps the ``OSError`` only as ``__context__``)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ if e.__cause__ is not None else (
+            None if e.__suppress_context__ else e.__context__)
+
+
+def write_errno(e: BaseException) -> int | None:
+    """The errno of a full disk (``ENOSPC``/``EDQUOT``) or a file-size limit (``EFBIG``) in
+    ``e``'s chain, else None."""
+    for x in _chain(e):
+        if isinstance(x, DiskFullError):
+            return errno.ENOSPC
+        if isinstance(x, OSError) and x.errno in _FULL | _TOO_LARGE:
+            return x.errno
+    return None
+
+
 def is_disk_full(e: BaseException) -> bool:
-    """Whether ``e`` (or what caused it) is an ``ENOSPC``/``EDQUOT`` error."""
-    while e is not None:
-        if isinstance(e, OSError) and e.errno in _FULL:
-            return True
-        if isinstance(e, DiskFullError):
-            return True
-        e = e.__cause__
-    return False
+    """Whether ``e`` (or what caused it, or what it was raised while handling) is an
+    ``ENOSPC``/``EDQUOT`` error."""
+    return write_errno(e) in _FULL
+
+
+def _shown(path: Path) -> Path:
+    """``path`` as the user knows it (its final place, not a run's temporary folder)."""
+    from mechdiff.results.folder import shown_path  # (folder imports this module)
+
+    return shown_path(path)
 
 
 def disk_full(path: Path, what: str = "nothing was written there") -> DiskFullError:
     """The one-line error of a full disk while writing ``path``."""
     return DiskFullError(
-        f"no space left on the device while writing {path}: {what}; free some space or write "
-        "somewhere else", path=path,
+        f"no space left on the device while writing {_shown(path)}: {what}; free some space or "
+        "write somewhere else", path=path,
+    )
+
+
+def too_large(path: Path, what: str = "nothing was written there") -> OutputError:
+    """The one-line error of a file-size limit hit while writing ``path``."""
+    return OutputError(
+        f"the file is larger than allowed while writing {_shown(path)} (the file system's "
+        f"largest file, or the process's file-size limit: ulimit -f): {what}; raise the limit "
+        "or write somewhere else", path=path,
     )
 
 
 def write_error(e: OSError, path: Path) -> OutputError:
     """A typed error for an ``OSError`` raised while writing ``path``."""
-    if e.errno in _FULL:
+    code = write_errno(e)
+    if code in _FULL:
         return disk_full(path)
+    if code in _TOO_LARGE:
+        return too_large(path)
     culprit = e.filename if e.filename else path
-    return OutputError(f"cannot write {path}: {e.strerror or e} ({culprit})", path=path)
+    return OutputError(f"cannot write {_shown(path)}: {e.strerror or e} ({_shown(culprit)})",
+                       path=path)
 
 
 @contextlib.contextmanager
@@ -242,8 +281,11 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
     except BaseException as e:
         remove(tmp)
-        if is_disk_full(e):
+        code = write_errno(e)
+        if code in _FULL:
             raise disk_full(target, f"{target.name} was left as it was") from e
+        if code in _TOO_LARGE:
+            raise too_large(target, f"{target.name} was left as it was") from e
         raise
     if not os.path.isfile(tmp):
         remove(tmp)

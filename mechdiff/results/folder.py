@@ -46,6 +46,7 @@ the fingerprint; anyone else's output never is.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -69,7 +70,9 @@ from mechdiff.results.atomic import (
     recover,
     remove,
     sibling,
+    too_large,
     write_durable,
+    write_errno,
     write_error,
 )
 from mechdiff.results.codec import FieldError, canonical, encode
@@ -246,8 +249,11 @@ class OutputFolder:
                     raise
                 return
             self._discard()
-            if isinstance(exc, OSError | DiskFullError) and is_disk_full(exc):
+            if is_disk_full(exc):  # also a writer's own error raised while handling ENOSPC
                 raise self._disk_full(exc) from exc
+            if write_errno(exc) == errno.EFBIG:
+                raise too_large(self._where(exc), f"the run was discarded and {self.out} was "
+                                "left as it was") from exc
         finally:
             _ACTIVE.pop(id(self), None)
             self._unlock()
@@ -352,10 +358,14 @@ class OutputFolder:
         return OutputError(f"cannot write the output folder {self.out}: {e.strerror or e} "
                            f"({e.filename or self.out.parent})", path=self.out)
 
+    def _where(self, e: BaseException) -> Path:
+        """The file an error names, at its final place (the output folder if none)."""
+        return self.final_path(getattr(e, "path", None) or getattr(e, "filename", None)
+                               or self.out)
+
     def _disk_full(self, e: BaseException) -> DiskFullError:
-        where = getattr(e, "path", None) or getattr(e, "filename", None) or self.out
-        return disk_full(self.final_path(where),
-                         f"the run was discarded and {self.out} was left as it was")
+        return disk_full(self._where(e), f"the run was discarded and {self.out} was left as it "
+                         "was")
 
 
 def _listing(root: Path) -> dict[str, dict[str, Any]]:

@@ -152,6 +152,9 @@ def read_task(path: str | os.PathLike[str], **overrides: Any) -> Task:
         checks.name(overrides["name"])
     if "prepend_bos" in overrides:
         checks.flag(overrides["prepend_bos"], "prepend_bos")
+    if path.is_dir():
+        raise PromptError(f"{path} is a folder, not a prompt file: give a .jsonl, .json or .txt "
+                          "file")
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         shown = repr(path.suffix) if path.suffix else "no suffix"

@@ -446,9 +446,9 @@ def plot_circuit_graph(comparison: CircuitComparison, *, max_edges: int | None =
     fig.suptitle(title or (
         f"{st.plain_text(_model_name(p.base))} \u2192 {st.plain_text(_model_name(p.finetuned))}"
         f" \u00b7 task {st.plain_text(p.task)} \u00b7 circuits of {100 * c.base_size:.3g}% (base)"
-        f" and {100 * c.ft_size:.3g}% (fine-tuned) of {g.n_edges} edges\n{drawn_words}; width "
-        "grows with |score| (the fine-tuned model's; the base's for dropped edges); into a "
-        "head: q left, k middle, v right"), fontsize=st.TITLE_PT)
+        f" and {100 * c.ft_size:.3g}% (fine-tuned) of {g.n_edges} edges\n{drawn_words}; into a "
+        "head: q left, k middle, v right\nwidth grows with |score|: the fine-tuned model's, the "
+        "base's for dropped edges"), fontsize=st.TITLE_PT)
 
     # Node boxes are sized in points: their half height in data units, after the layout.
     _, height_pt = st.axes_size_pt(ax)

@@ -28,7 +28,7 @@ from mechdiff.circuits import (
 )
 from mechdiff.circuits.ablation import Replacements, mean_outputs
 from mechdiff.circuits.faithfulness import areas, evaluate
-from mechdiff.errors import OptionError, ResultError
+from mechdiff.errors import OptionError, PromptError, ResultError
 
 
 def _model(tiny, name, dtype=torch.float32):
@@ -160,8 +160,14 @@ def test_faithfulness_over_rounding_noise_is_not_defined(tiny) -> None:
     Below the gap tolerance of mechdiff.metrics the ratio is NaN, as CPR and CMD are."""
     model = _model(tiny, "gpt2")
     one = random_task(1, seed=2)
-    task = mechdiff.Task(one.prompts * 2, answers=one.answers * 2,
-                         wrong_answers=one.wrong_answers * 2)
+    # the same prompt twice is refused up front (nothing would be ablated) ...
+    with pytest.raises(PromptError, match="all 2 prompts are the same"):
+        edge_attribution(model, mechdiff.Task(one.prompts * 2, answers=one.answers * 2,
+                                              wrong_answers=one.wrong_answers * 2),
+                         progress=False)
+    # ... so spell it twice (a second space: the same tokens) to reach the rounding noise
+    task = mechdiff.Task([one.prompts[0], one.prompts[0].replace(" ", "  ", 1)],
+                         answers=one.answers * 2, wrong_answers=one.wrong_answers * 2)
     scores = edge_attribution(model, task, method="eap_ig", steps=2, progress=False)
     curve = faithfulness_curve(model, task, scores, progress=False)
     assert float((curve.full - curve.empty).abs().max()) < 1e-5

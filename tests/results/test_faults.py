@@ -25,6 +25,7 @@ from mechdiff.errors import ResultError
 from mechdiff.results import (
     MANIFEST,
     DiskFullError,
+    OutputError,
     OutputFolder,
     OutputLockedError,
     RunSpec,
@@ -263,6 +264,36 @@ def test_atomic_text_and_file_writes(tmp_path: Path) -> None:
         tmp.write_text("x")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert path.read_text() == "two" and temporaries(path.parent) == []
+
+
+def test_a_writers_own_error_after_a_full_disk_or_a_size_limit_is_said_in_one_line(
+        tmp_path: Path) -> None:
+    """matplotlib's PDF writer, hitting ENOSPC, raises a zlib error while cleaning up (the
+    OSError only its __context__): a 60-line traceback reached the user. And EFBIG (a FAT32
+    drive, ulimit -f) printed '[Errno 27] File too large' with no file named. Both are now one
+    line naming the destination under the output folder, which is left as it was."""
+    out = tmp_path / "out"
+    with OutputFolder(out, run=RunSpec("toy")) as work:
+        scores().save(work / "gap")
+    before = snapshot(out)
+    with pytest.raises(DiskFullError) as info, OutputFolder(out, run=RunSpec("toy")) as work, \
+            atomic_file(work / "figures" / "gap.pdf") as tmp:
+        tmp.write_bytes(b"%PDF")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("Error -2 while flushing: inconsistent stream state")  # noqa: B904
+    assert f"while writing {out}/figures/gap.pdf" in str(info.value)
+    assert snapshot(out) == before
+    with pytest.raises(OutputError) as info, OutputFolder(out, run=RunSpec("toy")) as work, \
+            atomic_file(work / "figures" / "gap.png") as tmp:
+        tmp.write_bytes(b"PNG")
+        raise OSError(errno.EFBIG, "File too large")
+    msg = str(info.value)
+    assert msg.startswith(f"the file is larger than allowed while writing {out}/figures/gap.png")
+    assert "the run was discarded" in msg
+    assert "ulimit -f" in msg and "mechdiff-work" not in msg and "\n" not in msg
+    assert snapshot(out) == before and temporaries(tmp_path) == []
 
 
 def test_atomic_file_refusals(tmp_path: Path) -> None:
