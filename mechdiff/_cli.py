@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -436,8 +437,16 @@ def _one_line_warnings() -> Iterator[None]:
     (Python's format adds the source line of the call, meaningless to a command's user)."""
     import warnings
 
+    def one_line(message: Warning | str, category: type[Warning], filename: str, *_: Any,
+                 **__: Any) -> str:
+        path = filename.replace("\\", "/")
+        if category.__module__.startswith("mechdiff") or "/mechdiff/" in path:
+            return f"mechdiff: warning: {message}\n"
+        found = re.search(r"(?:site|dist)-packages/([A-Za-z0-9_]+)", path)
+        return f"mechdiff: warning from {found.group(1) if found else Path(path).stem}: {message}\n"
+
     before = warnings.formatwarning
-    warnings.formatwarning = lambda message, *_args, **_kw: f"mechdiff: warning: {message}\n"
+    warnings.formatwarning = one_line
     try:
         yield
     finally:

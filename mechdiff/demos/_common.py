@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 from collections.abc import Callable, Sequence
@@ -27,6 +28,19 @@ def pick(n_total: int, n: int, seed: int) -> list[int]:
     if n >= n_total:
         return list(range(n_total))
     return sorted(random.Random(seed).sample(range(n_total), n))
+
+
+def equal_length(task: Task, tokenizer: Any, n_ctx: int, n: int, seed: int) -> Task:
+    """``n`` prompts of ``task``'s most common token length (:func:`pick` among them, so the
+    same seed gives the same prompts). Mean ablation averages each position over the prompts
+    that reach it: with equal lengths every position, the read position included, averages all
+    of them (with unequal ones the longest prompt's read position is its own mean, not
+    ablated: one of the real demo's 4 prompts was)."""
+    lengths = task.tokenize(tokenizer, n_ctx=n_ctx).lengths.tolist()
+    counts = collections.Counter(lengths)
+    common = max(counts, key=lambda length: (counts[length], -length))
+    same = [i for i, length in enumerate(lengths) if length == common]
+    return subset(task, [same[i] for i in pick(len(same), n, seed)])
 
 
 def subset(task: Task, keep: Sequence[int]) -> Task:

@@ -27,7 +27,7 @@ from mechdiff.compare import (
     compare_finetunes,
     compare_prompted_base,
 )
-from mechdiff.demos._common import FIGURE_FORMATS, Report, pick, quiet, subset
+from mechdiff.demos._common import FIGURE_FORMATS, Report, equal_length, pick, quiet, subset
 from mechdiff.errors import check_count
 from mechdiff.loading import LoadInfo, ModelPair, load_model, load_pair
 from mechdiff.patching import PatchResult, activation_patch, cross_patch
@@ -105,7 +105,10 @@ def run_demo_real(
     Args:
         out: output folder (the command line wraps it in a transactional output folder).
         cache_dir: the real zoo cache (default ``$MECHDIFF_CACHE/real``).
-        n_prompts: prompts per task (a deterministic subset chosen with ``seed``).
+        n_prompts: prompts per task (a deterministic subset chosen with ``seed``); the
+            circuits take as many prompts of the task's most common token length
+            (:func:`~mechdiff.demos._common.equal_length`: mean ablation is exact per position
+            only over prompts of one length).
         seed: seed of the subset.
         top: rows per ranked table.
         device: where to run the models.
@@ -131,6 +134,7 @@ def run_demo_real(
     }
     analyses: dict[str, PairAnalysis] = {}
     circuits: list[CircuitAnalysis] = []
+    circuit_tasks: dict[str, Task] = {}  # per task: n prompts of one token length (equal_length)
     prompted: PromptedBaseComparison | None = None
     lora: FinetuneComparison | None = None
     with torch_threads(threads), progress_bar(total=len(real.EXPERIMENTS),
@@ -172,9 +176,13 @@ def run_demo_real(
                 )
                 lora.save(out / "comparisons" / f"{step}_vs_distill")
                 say("\n" + text.finetunes_text(lora))
+            if exp.task not in circuit_tasks:
+                circuit_tasks[exp.task] = equal_length(
+                    tasks[exp.task], base.tokenizer, int(base.cfg.n_ctx), n_prompts, seed)
+            ctask = circuit_tasks[exp.task]
             same_task = [c for c in circuits if c.comparison.provenance.prompts_hash
-                         == task.fingerprint()]  # distill_lora: the distillation's base side
-            circ = analyse_circuits(pair, task, label=step, method=REAL_CIRCUIT_METHOD,
+                         == ctask.fingerprint()]  # distill_lora: the distillation's base side
+            circ = analyse_circuits(pair, ctask, label=step, method=REAL_CIRCUIT_METHOD,
                                     cross_top=REAL_CROSS_TOP, progress=progress,
                                     mechanism=analysis.mechanism,
                                     base_from=same_task[0] if same_task else None)

@@ -417,3 +417,21 @@ def test_a_small_full_minus_empty_difference_is_said() -> None:
         "fine-tuned model's by 2.000)") and "ft_in_base" in notes[0]
     pp["b_full"] = torch.full((n,), 1.6)  # 0.6: not small next to 2.0
     assert _small_scale(pp) == []
+
+
+def test_the_circuit_size_is_where_the_curve_stays_faithful() -> None:
+    """A curve that passes through the band at a small fraction and then swings far (a real
+    4-prompt curve: 1.02 at 0.2%, -1.24 at 1%, +3.3 at 20%) does not pick that fraction: the
+    size is the smallest fraction faithful at every larger fraction too."""
+    from mechdiff.circuits.compare import _smallest
+    from mechdiff.circuits.faithfulness import MIB_FRACTIONS
+
+    def curve(*values: float) -> torch.Tensor:
+        assert len(values) == len(MIB_FRACTIONS)
+        return torch.tensor(values)
+
+    nan = float("nan")
+    assert _smallest(curve(0, 1.02, 0.98, -1.24, 1.4, 1.9, 2.7, 3.3, 1.5, 1)) == 1.0
+    assert _smallest(curve(0, 1.02, 0.3, 0.5, 0.6, 0.9, 0.95, 1.1, 0.97, 1)) == 0.05
+    assert _smallest(curve(0.9, 0.9, 1, 1, 1, 1, 1, 1, 1, 1)) == 0.001
+    assert _smallest(curve(nan, 1, 1, 1, 1, 1, 1, nan, 1, 1)) == 0.5

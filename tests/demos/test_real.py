@@ -225,3 +225,22 @@ def test_bad_counts_are_refused_before_any_model_is_loaded(tmp_path: Path, optio
     with pytest.raises(OptionError, match=f"{option} must be a positive integer, got {value!r}"):
         unchecked(demo_real.run_demo_real)(tmp_path / "out", **{option: value})
     assert not (tmp_path / "out").exists()
+
+
+def test_circuit_prompts_have_one_token_length() -> None:
+    """The demo's circuits use prompts of the task's most common token length: mean ablation
+    averages each position over the prompts that reach it, and with unequal lengths the longest
+    prompt's read position was its own mean (never ablated; one of the demo's 4 prompts)."""
+    from support import make_tokenizer
+
+    from mechdiff import Task
+    from mechdiff.demos._common import equal_length
+
+    prompts = ["t1 t2", "t3 t4 t5", "t6 t7 t8", "t9 t10 t11", "t12", "t13 t14 t15 t16",
+               "t17 t18 t19"]
+    task = Task(prompts, answers=["t1"] * 7, wrong_answers=["t2"] * 7)
+    chosen = equal_length(task, make_tokenizer(), 64, 3, seed=0)
+    assert len(chosen) == 3 and {len(p.split()) for p in chosen.prompts} == {3}
+    assert chosen.prompts == equal_length(task, make_tokenizer(), 64, 3, seed=0).prompts
+    assert set(equal_length(task, make_tokenizer(), 64, 9, seed=1).prompts) == {
+        "t3 t4 t5", "t6 t7 t8", "t9 t10 t11", "t17 t18 t19"}
