@@ -143,8 +143,7 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             f"circuits of {p.base} and {p.finetuned} on {p.task!r} ({p.n_prompts} prompts, "
             f"{p.metric}; {self.base_scores.method} scores, {bc.ablation} ablation, {bc.rule} "
             f"circuits; graph of {g.n_edges} edges)",
-            f"  own circuits: base CPR {fixed(bc.cpr)} CMD {fixed(bc.cmd)}; fine-tuned CPR "
-            f"{fixed(fc.cpr)} CMD {fixed(fc.cmd)}",
+            f"  own circuits: base {bc.areas_text()}; fine-tuned {fc.areas_text()}",
             f"  {self._sized}: base {self._size(self.base_size, self.base_circuit)}, "
             f"fine-tuned {self._size(self.ft_size, self.ft_circuit)}; edge IoU at matched sizes "
             + ", ".join(f"{100 * f:g}%: {fixed(v, 2)}" for f, v in zip(

@@ -29,6 +29,7 @@ The x axis spans 0.999, so CPR of a circuit perfect from the first point is 0.99
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +48,7 @@ from mechdiff.errors import OptionError
 from mechdiff.loading import model_provenance
 from mechdiff.metrics import check_finite, negligible
 from mechdiff.results import Provenance, SavableResult
+from mechdiff.stats import CI_LEVEL, bootstrap_weights, fraction_samples, percentile_interval
 from mechdiff.tasks import Task, Tokens
 
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -167,16 +169,46 @@ class FaithfulnessCurve(SavableResult, OnGraph, name="circuits.FaithfulnessCurve
                 return i
         return None
 
+    def intervals(self, level: float = CI_LEVEL) -> dict[str, tuple[Tensor, Tensor]]:
+        """Bootstrap intervals over prompts (:mod:`mechdiff.stats`): ``"values"`` (each
+        fraction's ``f``, ``[fraction]`` each), ``"cpr"`` and ``"cmd"`` (0-d): each resample's
+        ``f`` is the ratio of its means, its areas those of its curve (a resample whose
+        full-minus-empty difference is rounding noise is left out)."""
+        weights = bootstrap_weights(int(self.full.shape[0]))
+        f = fraction_samples(self.circuit, self.empty, self.full, weights).double()  # [F, S]
+        dx = torch.tensor(self.fractions, dtype=torch.float64).diff()[:, None]
+        cpr = (dx * (f[:-1] + f[1:]) / 2).sum(0)
+        cmd = (dx * ((1 - f[:-1]).abs() + (1 - f[1:]).abs()) / 2).sum(0)
+        return {"values": percentile_interval(f, level), "cpr": percentile_interval(cpr, level),
+                "cmd": percentile_interval(cmd, level)}
+
+    def areas_text(self) -> str:
+        """``CPR x [lo, hi], CMD y [lo, hi]`` (95% intervals over prompts)."""
+        iv = self.intervals()
+
+        def one(value: float, lo_hi: tuple[Tensor, Tensor]) -> str:
+            lo, hi = (float(x) for x in lo_hi)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                return fixed(value)
+            return f"{fixed(value)} [{fixed(lo)}, {fixed(hi)}]"
+
+        return f"CPR {one(self.cpr, iv['cpr'])}, CMD {one(self.cmd, iv['cmd'])}"
+
     def table(self) -> str:
         p = self.provenance
+        lo, hi = self.intervals()["values"]
         lines = [f"faithfulness curve ({self.rule} circuits from {self.method} scores, "
                  f"{self.ablation} ablation) in {p.base} on {p.task!r} ({p.n_prompts} prompts, "
-                 f"{p.metric}): CPR {fixed(self.cpr)}, CMD {fixed(self.cmd)}; full "
-                 f"{fixed(float(self.full.mean()), 4)}, empty {fixed(float(self.empty.mean()), 4)}",
-                 f"{'edges %':>8} {'selected':>9} {'kept':>7} {'f':>8}"]
+                 f"{p.metric}): {self.areas_text()}; full "
+                 f"{fixed(float(self.full.mean()), 4)}, empty {fixed(float(self.empty.mean()), 4)}"
+                 " (95% intervals over prompts)",
+                 f"{'edges %':>8} {'selected':>9} {'kept':>7} {'f':>8} {'95% interval':>18}"]
         for i, fr in enumerate(self.fractions):
+            span = ("(empty circuit)" if self.kept[i] == 0 else
+                    f"[{fixed(float(lo[i]))}, {fixed(float(hi[i]))}]"
+                    if math.isfinite(float(lo[i])) else "")
             lines.append(f"{100 * fr:>8.1f} {self.requested[i]:>9} {self.kept[i]:>7} "
-                         f"{fixed(float(self.values[i])):>8}")
+                         f"{fixed(float(self.values[i])):>8} {span:>18}")
         return "\n".join(lines)
 
 

@@ -83,10 +83,8 @@ def circuits_summary(a: CircuitAnalysis) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "label": a.label, "mechanism": a.mechanism, "n_edges": int(c.base_scores.scores.numel()),
         "method": c.base_curve.method, "ablation": c.base_curve.ablation,
-        "base": {"size": c.base_size, "edges": c.base_circuit.n_edges, "cpr": c.base_curve.cpr,
-                 "cmd": c.base_curve.cmd},
-        "finetuned": {"size": c.ft_size, "edges": c.ft_circuit.n_edges, "cpr": c.ft_curve.cpr,
-                      "cmd": c.ft_curve.cmd},
+        "base": _side(c.base_size, c.base_circuit.n_edges, c.base_curve),
+        "finetuned": _side(c.ft_size, c.ft_circuit.n_edges, c.ft_curve),
         "nodes": {"shared": list(c.shared_nodes), "new": list(c.new_nodes),
                   "dropped": list(c.dropped_nodes)},
         "edges": {"shared": c.n_shared_edges, "new": c.n_new_edges,
@@ -107,6 +105,14 @@ def circuits_summary(a: CircuitAnalysis) -> dict[str, Any]:
                      "exact_interval": [float(lo[r.index]), float(hi[r.index])]}
                     for r in a.cross.top(10, by=a.cross.ranked_by)]}
     return summary
+
+
+def _side(size: float, edges: int, curve: Any) -> dict[str, Any]:
+    """One model's circuit size and its curve's areas, with their 95% intervals."""
+    iv = curve.intervals()
+    return {"size": size, "edges": edges, "cpr": curve.cpr, "cmd": curve.cmd,
+            "cpr_interval": [float(x) for x in iv["cpr"]],
+            "cmd_interval": [float(x) for x in iv["cmd"]]}
 
 
 def _finite(x: float) -> float | None:

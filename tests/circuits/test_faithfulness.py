@@ -132,6 +132,28 @@ def test_curve_areas_and_saving(tiny, tmp_path) -> None:
     torch.testing.assert_close(loaded.values, curve.values)
     assert loaded.circuit_at(0.1).n_edges == curve.kept[MIB_FRACTIONS.index(0.1)]
     assert "CPR" in curve.table()
+    # CPR and CMD carry intervals over prompts (they had none): each resample's curve from its
+    # means, its areas by areas(); a slow loop over the same resamples is the oracle
+    from mechdiff.circuits.verdict import fixed
+    from mechdiff.stats import bootstrap_weights
+
+    iv = curve.intervals()
+    w = bootstrap_weights(4).double()
+    boot = []
+    for row in w:
+        full, empty = float(row @ curve.full.double()), float(row @ curve.empty.double())
+        scale = max(1.0, float(row @ curve.full.double().abs()),
+                    float(row @ curve.empty.double().abs()))
+        if abs(full - empty) <= 1e-6 * scale:  # no behaviour to keep in this resample
+            continue
+        f = [(float(row @ c.double()) - empty) / (full - empty) for c in curve.circuit]
+        boot.append(areas(curve.fractions, f))
+    ref = torch.tensor(boot, dtype=torch.float64).quantile(
+        torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
+    got = torch.tensor([[float(iv["cpr"][0]), float(iv["cmd"][0])],
+                        [float(iv["cpr"][1]), float(iv["cmd"][1])]], dtype=torch.float64)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    assert f"CPR {fixed(curve.cpr)} [{fixed(float(iv['cpr'][0]))}" in curve.table()
 
 
 def test_a_circuit_of_another_graph_is_refused(tiny) -> None:
