@@ -320,7 +320,7 @@ def _cmd_patch(args: argparse.Namespace) -> int:
 
 def _cmd_circuits(args: argparse.Namespace) -> int:
     from mechdiff.circuits._prep import check_ablation_prompts, check_behaviour_metric
-    from mechdiff.circuits.graph import graph_of_config
+    from mechdiff.circuits.graph import graph_of_config, parallel_in_config
     from mechdiff.loading.checkpoints import check_task_tokens
     from mechdiff.pipeline import analyse_circuits
     from mechdiff.report.html import REPORT_NAME, write_report
@@ -341,6 +341,11 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
     check_ablation_prompts(task, args.ablation)
     check_task_tokens(args.base, task)  # and token errors, with the base's tokenizer
     check_behaviour_metric(task)
+    parallel = parallel_in_config(args.base)  # graph_of refuses it after loading otherwise
+    if parallel:
+        return _fail(f"{args.base}: {parallel} (config.json), so a head does not feed its own "
+                     "block's MLP; mechdiff circuits supports sequential (GPT-2 / LLaMA-style) "
+                     "blocks only")
     graph = graph_of_config(args.base)  # None for a hub id: the check runs after loading
     if args.edges is not None and graph is not None and args.edges > graph.n_edges:
         return _fail(f"--edges {args.edges} is more than the {graph.n_edges} edges of "

@@ -281,3 +281,30 @@ def test_model_folders_and_prompts_are_recorded_as_absolute_paths(tmp_path: Path
     _resolve_inputs(args)
     assert args.base == str(tmp_path / "base") and args.prompts == tmp_path / "p.jsonl"
     assert args.finetuned == "org/hub-model"  # a hub name stays a name
+
+
+@pytest.mark.parametrize(("config", "needle"), [
+    ({"model_type": "gpt_neox"}, "use_parallel_residual is true"),
+    ({"model_type": "gptj"}, "model_type 'gptj' runs attention and MLP in parallel"),
+])
+def test_parallel_blocks_are_refused_from_the_config(tmp_path: Path, config, needle) -> None:
+    """Read from config.json before loading (it was refused only after both models loaded)."""
+    import json
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    prompts = write_jsonl(tmp_path / "p.jsonl", n=4)
+    code, _, stderr = run_cli(["circuits", "--base", str(base), "--finetuned", "f",
+                               "--prompts", str(prompts), "--out", str(tmp_path / "o")])
+    assert_one_line_error(code, stderr, needle, "sequential")
+
+
+def test_sequential_neox_is_not_refused_from_the_config(tmp_path: Path) -> None:
+    from mechdiff.circuits.graph import parallel_in_config
+
+    (tmp_path / "config.json").write_text('{"model_type": "gpt_neox", '
+                                          '"use_parallel_residual": false}', encoding="utf-8")
+    assert parallel_in_config(tmp_path) is None
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}', encoding="utf-8")
+    assert parallel_in_config(tmp_path) is None

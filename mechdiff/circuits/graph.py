@@ -493,6 +493,31 @@ def graph_of_config(folder: str | os.PathLike[str]) -> Graph | None:
         return None
 
 
+_PARALLEL_FAMILIES = ("gptj", "codegen", "phi", "cohere")
+"""Hugging Face model types whose blocks always run attention and MLP in parallel."""
+
+
+def parallel_in_config(folder: str | os.PathLike[str]) -> str | None:
+    """Why the checkpoint in ``folder`` has parallel attention and MLP blocks, read from its
+    ``config.json`` alone (so the command line refuses it before loading, as :func:`graph_of`
+    does after); None when the configuration does not say so or cannot be read."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    kind = cfg.get("model_type")
+    if kind in _PARALLEL_FAMILIES:
+        return f"model_type {kind!r} runs attention and MLP in parallel"
+    if kind == "gpt_neox" and cfg.get("use_parallel_residual", True):  # HF's default: True
+        return "use_parallel_residual is true"
+    if kind == "falcon" and (cfg.get("parallel_attn", True)
+                             or cfg.get("new_decoder_architecture", False)):
+        return "parallel_attn is true"
+    return None
+
+
 def check_hooks(model: TransformerBridge, graph: Graph) -> None:
     """Raise :class:`GraphError` if a hook point the graph needs does not exist."""
     names = [INPUT_HOOK, logits_in_hook(graph.n_layers)]
