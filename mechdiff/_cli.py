@@ -30,7 +30,7 @@ from mechdiff.choices import (
     SITE_KINDS,
 )
 from mechdiff.directions import ALIASES, DIRECTIONS, Direction
-from mechdiff.errors import MechdiffError
+from mechdiff.errors import MechdiffError, check_seed
 
 # The parser needs only the light modules above: --help and bad options are answered before
 # torch, transformers and TransformerLens are imported (inside main, once the arguments parse).
@@ -59,18 +59,15 @@ def _positive(text: str) -> int:
     return value
 
 
-SEED_LIMIT = 2**63
-"""Seeds are integers from 0 to this (exclusive): what every generator seeded here accepts."""
-
-
 def _seed(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"a seed is an integer from 0 to 2**63 - 1, got {value}")
-    return value
+    try:
+        return check_seed(value)
+    except MechdiffError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class _Parser(argparse.ArgumentParser):

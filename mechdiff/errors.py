@@ -29,6 +29,18 @@ def check_count(name: str, value: object, *, minimum: int = 0) -> int:
     return value
 
 
+SEED_LIMIT = 2**63
+"""Seeds are integers from 0 to this (exclusive): what every generator seeded here accepts."""
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` if it is an integer from 0 to 2**63 - 1; else OptionError (a larger one made
+    ``torch.Generator`` fail after all the work)."""
+    if check_count("seed", seed) >= SEED_LIMIT:
+        raise OptionError(f"seed must be an integer from 0 to 2**63 - 1, got {seed}")
+    return seed
+
+
 class CheckpointError(MechdiffError):
     """A checkpoint is missing, unreadable or not a model mechdiff can load."""
 

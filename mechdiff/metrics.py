@@ -87,8 +87,6 @@ def check_finite(values: Tensor, what: str, *, prompt_dim: int = 0) -> None:
         )
 
 
-
-
 def negligible(difference: float, *values: float) -> bool:
     """Whether ``difference`` is within rounding of zero next to ``values`` (:data:`GAP_TOLERANCE`
     times the largest magnitude, at least 1)."""

@@ -64,9 +64,10 @@ from mechdiff.circuits.verdict import (
     sensitivity,
     share,
     signed,
+    split_text,
     undetermined,
 )
-from mechdiff.errors import OptionError, check_count
+from mechdiff.errors import OptionError, check_seed
 from mechdiff.loading import ModelPair, model_provenance
 from mechdiff.metrics import checked_gap, negligible
 from mechdiff.results import Provenance, SavableResult
@@ -195,13 +196,6 @@ def _names(labels: tuple[str, ...], k: int = 12) -> str:
         return "-"
     more = f" (+{len(labels) - k} more)" if len(labels) > k else ""
     return ", ".join(labels[:k]) + more
-
-
-def check_seed(seed: object) -> None:
-    """Raise OptionError unless ``seed`` is an integer from 0 to 2**63 - 1 (a larger one made
-    ``torch.Generator`` fail after all the work)."""
-    if check_count("seed", seed) >= 2**63:
-        raise OptionError(f"seed must be an integer from 0 to 2**63 - 1, got {seed}")
 
 
 def _check_given(name: str, given: EdgeScores, graph: Graph, task: Task, model_id: str,
@@ -584,11 +578,9 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
     frequency = {k: v / n_boot for k, v in counts.items()}
     settled = empty or whole or label == "undetermined" or frequency[label] >= t["MIN_SHARE"]
     if not settled:
-        split = ", ".join(f"{k} {share(v)}" for k, v in sorted(
-            frequency.items(), key=lambda kv: -kv[1]) if v > 0)
         reasons = (f"the prompts do not settle it: all prompts give '{label}', but only "
                    f"{share(frequency[label])} of {n_boot} resamples do (< MIN_SHARE "
-                   f"{t['MIN_SHARE']:g}; {split}); on all prompts:", *reasons)
+                   f"{t['MIN_SHARE']:g}; {split_text(frequency)}); on all prompts:", *reasons)
         label = "undetermined"
     notes = [] if empty or whole else sensitivity(numbers, intervals, t)
     notes += undetermined(numbers, intervals)

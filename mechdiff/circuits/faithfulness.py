@@ -175,16 +175,19 @@ class FaithfulnessCurve(SavableResult, OnGraph, name="circuits.FaithfulnessCurve
         ``f`` is the ratio of its means, its areas those of its curve (a resample whose
         full-minus-empty difference is rounding noise is left out)."""
         weights = bootstrap_weights(int(self.full.shape[0]))
-        f = fraction_samples(self.circuit, self.empty, self.full, weights).double()  # [F, S]
+        samples = fraction_samples(self.circuit, self.empty, self.full, weights)  # [F, S]
+        f = samples.double()
         dx = torch.tensor(self.fractions, dtype=torch.float64).diff()[:, None]
         cpr = (dx * (f[:-1] + f[1:]) / 2).sum(0)
         cmd = (dx * ((1 - f[:-1]).abs() + (1 - f[1:]).abs()) / 2).sum(0)
-        return {"values": percentile_interval(f, level), "cpr": percentile_interval(cpr, level),
-                "cmd": percentile_interval(cmd, level)}
+        # the values' interval as stats.fraction_interval computes it (the same numbers)
+        return {"values": percentile_interval(samples, level),
+                "cpr": percentile_interval(cpr, level), "cmd": percentile_interval(cmd, level)}
 
-    def areas_text(self) -> str:
-        """``CPR x [lo, hi], CMD y [lo, hi]`` (95% intervals over prompts)."""
-        iv = self.intervals()
+    def areas_text(self, iv: dict[str, tuple[Tensor, Tensor]] | None = None) -> str:
+        """``CPR x [lo, hi], CMD y [lo, hi]`` (95% intervals over prompts; ``iv``: the
+        :meth:`intervals` already computed)."""
+        iv = self.intervals() if iv is None else iv
 
         def one(value: float, lo_hi: tuple[Tensor, Tensor]) -> str:
             lo, hi = (float(x) for x in lo_hi)
@@ -196,10 +199,11 @@ class FaithfulnessCurve(SavableResult, OnGraph, name="circuits.FaithfulnessCurve
 
     def table(self) -> str:
         p = self.provenance
-        lo, hi = self.intervals()["values"]
+        iv = self.intervals()
+        lo, hi = iv["values"]
         lines = [f"faithfulness curve ({self.rule} circuits from {self.method} scores, "
                  f"{self.ablation} ablation) in {p.base} on {p.task!r} ({p.n_prompts} prompts, "
-                 f"{p.metric}): {self.areas_text()}; full "
+                 f"{p.metric}): {self.areas_text(iv)}; full "
                  f"{fixed(float(self.full.mean()), 4)}, empty {fixed(float(self.empty.mean()), 4)}"
                  " (95% intervals over prompts)",
                  f"{'edges %':>8} {'selected':>9} {'kept':>7} {'f':>8} {'95% interval':>18}"]

@@ -46,12 +46,10 @@ reads the block input in parallel with attention are refused before any forward.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +58,7 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff.errors import MechdiffError, MetricError
+from mechdiff.loading.checkpoints import local_config
 
 
 class GraphError(MechdiffError):
@@ -473,14 +472,9 @@ def graph_of_config(folder: str | os.PathLike[str]) -> Graph | None:
     loaded), for checks before loading; None where the file or its sizes are not there
     (GPT-2's ``n_layer`` / ``n_head`` or LLaMA-style ``num_hidden_layers`` /
     ``num_attention_heads`` / ``num_key_value_heads``)."""
-    path = Path(folder) / "config.json"
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    cfg = local_config(folder, text=True)
+    if cfg is None:
         return None
-    if not isinstance(cfg, dict):
-        return None
-    cfg = cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
     layers = cfg.get("num_hidden_layers", cfg.get("n_layer"))
     heads = cfg.get("num_attention_heads", cfg.get("n_head"))
     kv = cfg.get("num_key_value_heads") or heads
@@ -501,11 +495,8 @@ def parallel_in_config(folder: str | os.PathLike[str]) -> str | None:
     """Why the checkpoint in ``folder`` has parallel attention and MLP blocks, read from its
     ``config.json`` alone (so the command line refuses it before loading, as :func:`graph_of`
     does after); None when the configuration does not say so or cannot be read."""
-    try:
-        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(cfg, dict):
+    cfg = local_config(folder)
+    if cfg is None:
         return None
     kind = cfg.get("model_type")
     if kind in _PARALLEL_FAMILIES:

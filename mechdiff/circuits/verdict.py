@@ -270,8 +270,7 @@ class Verdict(SavableResult, name="circuits.Verdict"):
         lines += [f"  {r}" if r.startswith("although ") else f"  because {r}"
                   for r in self.reasons]
         if own < 1:
-            split = sorted(((v, k) for k, v in self.frequency.items() if v > 0), reverse=True)
-            lines.append("  resamples: " + ", ".join(f"{k} {share(v)}" for v, k in split))
+            lines.append("  resamples: " + split_text(self.frequency))
         nums = []
         for k in NUMBERS:
             if k in self.numbers:
@@ -300,6 +299,13 @@ def share(frequency: float) -> str:
         return f"{p:.0f}%"
     shown = math.floor(p * 10) / 10 if p > 50 else math.ceil(p * 10) / 10
     return f"{shown:g}%"
+
+
+def split_text(frequency: dict[str, float]) -> str:
+    """The labels the resamples gave, most frequent first: ``mixed 54.5%, new mechanism
+    45.5%``."""
+    return ", ".join(f"{k} {share(v)}" for k, v in sorted(frequency.items(),
+                                                          key=lambda kv: -kv[1]) if v > 0)
 
 
 def number_and_interval(key: str, value: float, lo: float, hi: float) -> str:

@@ -350,7 +350,21 @@ def local_dir(spec: str | Path) -> Path:
     return path
 
 
-# ------------------------------------------------------------------- prompts, before any weight
+# ------------------------------------------------------------------- checks before any weight
+
+
+def local_config(folder: str | Path, *, text: bool = False) -> dict[str, Any] | None:
+    """``config.json`` of a local checkpoint folder, for checks made before loading (the
+    command line's); None where it is missing, unreadable or not an object (loading reports
+    those with :func:`check_checkpoint`). ``text``: a multimodal configuration's
+    ``text_config``, where the language model's sizes are."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    return cfg["text_config"] if text and isinstance(cfg.get("text_config"), dict) else cfg
 
 
 def check_task_tokens(spec: Any, task: Any) -> None:
@@ -371,17 +385,15 @@ def check_task_tokens(spec: Any, task: Any) -> None:
     folder = Path(spec).expanduser()
     if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
         return
+    config = local_config(folder, text=True)
+    if config is None:
+        return
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception:  # noqa: BLE001 - a broken folder: load_pair reports it with its own checks
         return
-    if not isinstance(config, dict):
-        return
-    config = config.get("text_config", config) if isinstance(config.get("text_config"),
-                                                             dict) else config
     n_ctx = config.get("n_positions", config.get("max_position_embeddings"))
     if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or n_ctx < 1:
         n_ctx = 2**31 - 1  # unknown here: the loaded model's context is checked after loading

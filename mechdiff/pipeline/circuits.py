@@ -23,9 +23,8 @@ from mechdiff.circuits import (
     compare_circuits,
     cross_edge_attribution,
 )
-from mechdiff.circuits.compare import check_seed
 from mechdiff.circuits.cross import EXACT_TOP
-from mechdiff.errors import OptionError
+from mechdiff.errors import OptionError, check_seed
 from mechdiff.loading import ModelPair
 from mechdiff.results import SavableResult
 from mechdiff.tasks import Task

@@ -196,7 +196,7 @@ def _chain(e: BaseException | None) -> Iterator[BaseException]:
             None if e.__suppress_context__ else e.__context__)
 
 
-def write_errno(e: BaseException) -> int | None:
+def _write_errno(e: BaseException) -> int | None:
     """The errno of a full disk (``ENOSPC``/``EDQUOT``) or a file-size limit (``EFBIG``) in
     ``e``'s chain, else None."""
     for x in _chain(e):
@@ -205,12 +205,6 @@ def write_errno(e: BaseException) -> int | None:
         if isinstance(x, OSError) and x.errno in _FULL | _TOO_LARGE:
             return x.errno
     return None
-
-
-def is_disk_full(e: BaseException) -> bool:
-    """Whether ``e`` (or what caused it, or what it was raised while handling) is an
-    ``ENOSPC``/``EDQUOT`` error."""
-    return write_errno(e) in _FULL
 
 
 def _shown(path: Path) -> Path:
@@ -237,13 +231,23 @@ def too_large(path: Path, what: str = "nothing was written there") -> OutputErro
     )
 
 
+def limit_error(e: BaseException, path: Path, what: str = "nothing was written there"
+                ) -> OutputError | None:
+    """The one-line error of a full disk or a file-size limit in ``e``'s chain while writing
+    ``path`` (:func:`disk_full`, :func:`too_large`); None for any other failure."""
+    code = _write_errno(e)
+    if code in _FULL:
+        return disk_full(path, what)
+    if code in _TOO_LARGE:
+        return too_large(path, what)
+    return None
+
+
 def write_error(e: OSError, path: Path) -> OutputError:
     """A typed error for an ``OSError`` raised while writing ``path``."""
-    code = write_errno(e)
-    if code in _FULL:
-        return disk_full(path)
-    if code in _TOO_LARGE:
-        return too_large(path)
+    limit = limit_error(e, path)
+    if limit is not None:
+        return limit
     culprit = e.filename if e.filename else path
     return OutputError(f"cannot write {_shown(path)}: {e.strerror or e} ({_shown(culprit)})",
                        path=path)
@@ -281,11 +285,9 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
     except BaseException as e:
         remove(tmp)
-        code = write_errno(e)
-        if code in _FULL:
-            raise disk_full(target, f"{target.name} was left as it was") from e
-        if code in _TOO_LARGE:
-            raise too_large(target, f"{target.name} was left as it was") from e
+        limit = limit_error(e, target, f"{target.name} was left as it was")
+        if limit is not None:
+            raise limit from e
         raise
     if not os.path.isfile(tmp):
         remove(tmp)

@@ -46,7 +46,6 @@ the fingerprint; anyone else's output never is.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -64,20 +63,16 @@ from typing import Any
 from mechdiff.errors import OptionError
 from mechdiff.results.atomic import (
     as_path,
-    disk_full,
     install_dir,
-    is_disk_full,
+    limit_error,
     recover,
     remove,
     sibling,
-    too_large,
     write_durable,
-    write_errno,
     write_error,
 )
 from mechdiff.results.codec import FieldError, canonical, encode
 from mechdiff.results.errors import (
-    DiskFullError,
     OutputConflictError,
     OutputError,
     OutputLockedError,
@@ -242,18 +237,17 @@ class OutputFolder:
                         self._commit()
                 except BaseException as e:
                     self._discard()
-                    if is_disk_full(e):
-                        raise self._disk_full(e) from e
+                    limit = self._limit(e)
+                    if limit is not None:
+                        raise limit from e
                     if isinstance(e, OSError):
                         raise write_error(e, self.out) from e
                     raise
                 return
             self._discard()
-            if is_disk_full(exc):  # also a writer's own error raised while handling ENOSPC
-                raise self._disk_full(exc) from exc
-            if write_errno(exc) == errno.EFBIG:
-                raise too_large(self._where(exc), f"the run was discarded and {self.out} was "
-                                "left as it was") from exc
+            limit = self._limit(exc)  # also a writer's own error raised while handling ENOSPC
+            if limit is not None:
+                raise limit from exc
         finally:
             _ACTIVE.pop(id(self), None)
             self._unlock()
@@ -353,19 +347,18 @@ class OutputFolder:
             os.close(fd)
 
     def _cannot_write(self, e: OSError) -> OutputError:
-        if is_disk_full(e):
-            return disk_full(self.out)
+        limit = limit_error(e, self.out)
+        if limit is not None:
+            return limit
         return OutputError(f"cannot write the output folder {self.out}: {e.strerror or e} "
                            f"({e.filename or self.out.parent})", path=self.out)
 
-    def _where(self, e: BaseException) -> Path:
-        """The file an error names, at its final place (the output folder if none)."""
-        return self.final_path(getattr(e, "path", None) or getattr(e, "filename", None)
-                               or self.out)
-
-    def _disk_full(self, e: BaseException) -> DiskFullError:
-        return disk_full(self._where(e), f"the run was discarded and {self.out} was left as it "
-                         "was")
+    def _limit(self, e: BaseException) -> OutputError | None:
+        """The one-line error of a full disk or a file-size limit in ``e``'s chain, naming the
+        file at its final place (the output folder if none); None for any other failure."""
+        where = getattr(e, "path", None) or getattr(e, "filename", None) or self.out
+        return limit_error(e, self.final_path(where),
+                           f"the run was discarded and {self.out} was left as it was")
 
 
 def _listing(root: Path) -> dict[str, dict[str, Any]]:

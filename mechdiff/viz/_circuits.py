@@ -83,7 +83,7 @@ def _curve_interval(curve: FaithfulnessCurve) -> tuple[np.ndarray, np.ndarray] |
     """95% bootstrap interval over prompts of ``f`` at each fraction (None for one prompt)."""
     if curve.full.shape[0] < 2:
         return None
-    lo, hi = fraction_interval(curve.circuit, curve.empty, curve.full)
+    lo, hi = curve.intervals()["values"]
     return lo.double().numpy(), hi.double().numpy()
 
 
