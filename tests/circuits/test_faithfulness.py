@@ -230,10 +230,15 @@ def test_the_induction_circuit_is_found_and_faithful(induction_dir) -> None:
     i = MIB_FRACTIONS.index(0.1)
     circuit = curve.circuit_at(0.1)
     assert set(important) <= set(circuit.nodes.nonzero().flatten().tolist())
-    # Measured: f = 0.914 with 4 of 82 edges (5%), 0.979 with 6 (10%); CPR 0.95.
-    assert curve.values[i] >= 0.9
+    # Measured: f = 0.914 with 4 of 82 edges (5%), 0.979 with 6 (10%); CPR 0.95 on one machine;
+    # on an AMD EPYC, whose float kernels train a slightly different model from the same seed,
+    # 0.845 with 4 edges at 5% and at 10%, 1.011 with 11 (20%); CPR 0.91. Other seeds there:
+    # 0.72-1.02 at 10%, 0.82-1.02 at 20%.
+    assert curve.values[i] >= 0.8
     assert curve.kept[i] <= 8
     assert curve.values[MIB_FRACTIONS.index(0.05)] >= 0.8
+    assert curve.values[MIB_FRACTIONS.index(0.2)] >= 0.9
+    assert curve.cpr >= 0.85
     top = select_circuit(scores, rule="top_n", n=4)
     assert {"L1H2->logits", "L1H3->logits"} <= set(top.edge_list())
 
