@@ -2,7 +2,9 @@
 verdict on each.
 
 The real demo (``mechdiff demo``) finds each fine-tune's circuits on 4 prompts to stay within its
-5-minute budget; at 4 prompts the verdicts come out "mixed" with wide intervals. This script runs
+5-minute budget; 4 prompts are below the verdict's ``MIN_PROMPTS`` (8), so its verdicts are
+"undetermined" with the label on those prompts as a preview (which 4 prompts are drawn decides
+it: three draws gave three labels for the distillation). This script runs
 the same analysis (:func:`mechdiff.pipeline.analyse_circuits`: EAP over all 70,651 edges of both
 models, faithfulness curves by real edge ablation, each circuit inside the other model, the share of
 the gap the base circuit's paths carry, cross-model edge attribution with the top edges patched for

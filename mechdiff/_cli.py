@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "circuits compared (shared / new / dropped, each run inside the other model, the base "
         "circuit's paths carrying the fine-tuned outputs) and a verdict: re-used and "
         "strengthened, new mechanism, mixed, or undetermined (a number it rests on is not "
-        "defined, the base circuit is empty or the whole graph, or fewer than half of the "
-        "prompt resamples agree), with bootstrap intervals over prompts. Also "
+        "defined, the base circuit is empty or the whole graph, fewer than 8 prompts, or fewer "
+        "than half of the prompt resamples agree), with bootstrap intervals over prompts. Also "
         "each edge's share of the behaviour gap, the strongest patched for real. Prompt files "
         "as for mechdiff patch (answers and wrong answers for a logit difference).",
     )

@@ -504,9 +504,6 @@ def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
     }
 
 
-FEW_PROMPTS = 8
-"""Below this many prompts a comparison's verdict gets a note that its intervals are rough
-(4 prompts have 35 distinct bootstrap resamples; 2 have 3)."""
 
 
 SMALL_SCALE = 0.25
@@ -582,12 +579,22 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
                    f"{share(frequency[label])} of {n_boot} resamples do (< MIN_SHARE "
                    f"{t['MIN_SHARE']:g}; {split_text(frequency)}); on all prompts:", *reasons)
         label = "undetermined"
+    few = n < t["MIN_PROMPTS"]
+    if few and label != "undetermined":
+        reasons = (f"too few prompts to settle a verdict: {n} (< MIN_PROMPTS "
+                   f"{t['MIN_PROMPTS']:g}; their {len(seen)} distinct resamples cannot show how "
+                   "the label depends on which prompts were drawn); as a preview, on these "
+                   f"prompts the rules give '{label}' ({share(frequency[label])} of {n_boot} "
+                   "resamples):",
+                   *reasons)
+        label = "undetermined"
     notes = [] if empty or whole else sensitivity(numbers, intervals, t)
     notes += undetermined(numbers, intervals)
-    if n < FEW_PROMPTS:
+    if few:
         notes.append(f"only {n} prompts ({len(seen)} distinct resamples): the intervals are "
                      f"rough and a ratio to a small gap can swing far on some resamples; use "
-                     f"{FEW_PROMPTS} or more prompts for intervals to rely on")
+                     f"{t['MIN_PROMPTS']:g} or more prompts for a verdict and intervals to rely "
+                     "on")
     if whole:
         notes.append(f"the base circuit is the whole graph, so base_in_ft is 1 by "
                      f"construction, and carried ({signed(numbers['carried'], 3)}) is every edge "

@@ -36,8 +36,9 @@ Rules, with the named thresholds below (stored in every :class:`Verdict`):
   constant edge scores), when the base circuit is empty (no path survives pruning) or is the
   whole graph (no smaller base circuit is faithful: ``base_in_ft`` is then 1 and ``carried`` is
   every edge patched at once *by construction*, so they test nothing), and when the prompts do not
-  settle the label: fewer than ``MIN_SHARE`` of the prompt resamples give the label the full
-  sample gives. The reasons say which case and why.
+  settle the label: fewer than ``MIN_PROMPTS`` prompts (the label on them is given as a
+  preview), or fewer than ``MIN_SHARE`` of the prompt resamples give the label the full sample
+  gives. The reasons say which case and why.
 
 ``carried`` counts every change that flows along the base circuit's edges, a base path switched
 off or reversed included; it is evidence of re-use only beside the other two numbers (a
@@ -82,6 +83,12 @@ NEAR = 0.1
 MIN_SHARE = 0.5
 """At least this share of the prompt resamples must give the full sample's label; below it the
 verdict is "undetermined" (the prompts do not settle it) and the reasons give the split."""
+MIN_PROMPTS = 8
+"""Below this many prompts the verdict is "undetermined", the label on those prompts given as a
+preview. Resampling a handful of prompts cannot show how the label depends on which prompts were
+drawn (4 prompts have 35 distinct resamples): on the real distillation pair, three draws of 4
+prompts of one length gave "new mechanism" in 93% of resamples, "undetermined" (54% / 46%) and
+"mixed" in 95.5%; three draws of 8 gave "mixed" (76%, 98.5%, 94%), as 24 prompts do (99.5%)."""
 
 THRESHOLDS: dict[str, float] = {
     "REUSE_FAITHFULNESS": REUSE_FAITHFULNESS,
@@ -92,6 +99,7 @@ THRESHOLDS: dict[str, float] = {
     "NEW_CARRIED": NEW_CARRIED,
     "NEAR": NEAR,
     "MIN_SHARE": MIN_SHARE,
+    "MIN_PROMPTS": MIN_PROMPTS,
 }
 """Every threshold of the rules, by name (the defaults of :func:`decide`)."""
 
@@ -155,6 +163,9 @@ def checked_thresholds(thresholds: dict[str, Any] | None) -> dict[str, float]:
     t = {**THRESHOLDS, **{k: float(v) for k, v in given.items()}}
     if t["NEAR"] < 0:
         raise OptionError(f"threshold NEAR must be >= 0, got {t['NEAR']:g}")
+    if t["MIN_PROMPTS"] < 1 or t["MIN_PROMPTS"] != int(t["MIN_PROMPTS"]):
+        raise OptionError(f"threshold MIN_PROMPTS is a count of prompts, at least 1; got "
+                          f"{t['MIN_PROMPTS']:g}")
     if not 0 <= t["MIN_SHARE"] <= 1:
         raise OptionError(f"threshold MIN_SHARE is a share of resamples, from 0 to 1; got "
                           f"{t['MIN_SHARE']:g}")

@@ -435,3 +435,44 @@ def test_the_circuit_size_is_where_the_curve_stays_faithful() -> None:
     assert _smallest(curve(0, 1.02, 0.3, 0.5, 0.6, 0.9, 0.95, 1.1, 0.97, 1)) == 0.05
     assert _smallest(curve(0.9, 0.9, 1, 1, 1, 1, 1, 1, 1, 1)) == 0.001
     assert _smallest(curve(nan, 1, 1, 1, 1, 1, 1, nan, 1, 1)) == 0.5
+
+
+def test_too_few_prompts_give_a_preview_not_a_verdict() -> None:
+    """Below MIN_PROMPTS the label on the prompts is a preview under "undetermined": on the real
+    distillation pair three draws of 4 prompts gave three labels (new 93%, undetermined, mixed
+    95.5%) while 8 and 24 prompts gave "mixed" every time. Hand-built per-prompt values whose
+    every resample reads re-used: with 4 prompts undetermined (reasons: why, then the full
+    sample's), with MIN_PROMPTS 4 re-used; the same values on 8 prompts are re-used."""
+    from mechdiff.circuits import Circuit
+    from mechdiff.circuits.compare import _numbers, _verdict
+    from mechdiff.circuits.graph import Graph
+    from mechdiff.errors import OptionError
+    from mechdiff.circuits.verdict import checked_thresholds
+
+    graph = Graph(2, 2, 2)
+    cb = Circuit(torch.arange(graph.n_edges) % 2 == 0, **graph.dims)
+
+    def values(n: int) -> dict[str, torch.Tensor]:
+        scores = torch.randn(n, graph.n_edges, generator=torch.Generator().manual_seed(1))
+        return {"b_full": torch.zeros(n), "f_full": torch.ones(n), "b_empty": torch.zeros(n) - 1,
+                "f_empty": torch.zeros(n), "b_patched": torch.full((n,), 0.9),
+                "f_cb": torch.full((n,), 0.95), "b_cf": torch.zeros(n), "s_b": scores,
+                "s_f": 2 * scores}
+
+    pp = values(4)
+    numbers = _numbers(pp, cb, cb, None)
+    assert decide(numbers)[0] == REUSED
+    v = _verdict(pp, cb, cb, numbers, None, 200, 0, 0.5)
+    assert v.label == "undetermined" and v.frequency[REUSED] == 1.0
+    assert v.reasons[0].startswith("too few prompts to settle a verdict: 4 (< MIN_PROMPTS 8; "
+                                   "their ")
+    assert v.reasons[0].endswith("on these prompts the rules give 're-used and strengthened' "
+                                 "(100% of 200 resamples):")
+    assert v.reasons[1:] == decide(numbers)[1] and v.thresholds["MIN_PROMPTS"] == 8
+    assert "MIN_PROMPTS 8" in v.text() and any("only 4 prompts" in n for n in v.notes)
+    assert _verdict(pp, cb, cb, numbers, {"MIN_PROMPTS": 4.0}, 200, 0, 0.5).label == REUSED
+    pp8 = values(8)
+    assert _verdict(pp8, cb, cb, _numbers(pp8, cb, cb, None), None, 200, 0, 0.5).label == REUSED
+    for bad in (2.5, 0, -3):
+        with pytest.raises(OptionError, match="MIN_PROMPTS is a count of prompts"):
+            checked_thresholds({"MIN_PROMPTS": bad})
