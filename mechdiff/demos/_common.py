@@ -11,9 +11,15 @@ from typing import Any, TypeAlias
 from mechdiff.tasks import Task
 
 FIGURE_FORMATS = ("pdf", "png")
-"""Figure files the demos write: PDF for papers, PNG for a quick look (the demo's HTML report
-inlines its own SVG). ``mechdiff patch`` / ``circuits`` and :func:`mechdiff.viz.save_figure` also
-write SVG; for the real demo's 8 figures of one fine-tune it took 2.9 s of 10 s of writing."""
+"""Figure files the synthetic demo writes: PDF for papers, PNG for a quick look (the demo's HTML
+report inlines its own SVG). ``mechdiff patch`` / ``circuits`` and :func:`mechdiff.viz.save_figure`
+also write SVG; for the real demo's 8 figures of one fine-tune it took 2.9 s of 10 s of writing."""
+REAL_FIGURE_FORMATS = ("png",)
+"""Figure files the real demo writes: PNG (its HTML report inlines vector SVG). Its 28 figures
+took 41 s of drawing and writing as PDF and PNG, of a demo measured at 4.5-5.1 min on a slower
+2-core machine; the PDFs (12 s) are one call away from the saved results:
+``pair_figures(PairAnalysis.load(...), folder)`` / ``circuit_figures(CircuitAnalysis.load(...),
+folder)`` write PDF, PNG and SVG without a model."""
 
 Report: TypeAlias = Callable[[str], None]
 """Where a demo sends its tables and readings as soon as they are ready."""

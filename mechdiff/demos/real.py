@@ -27,7 +27,14 @@ from mechdiff.compare import (
     compare_finetunes,
     compare_prompted_base,
 )
-from mechdiff.demos._common import FIGURE_FORMATS, Report, equal_length, pick, quiet, subset
+from mechdiff.demos._common import (
+    REAL_FIGURE_FORMATS,
+    Report,
+    equal_length,
+    pick,
+    quiet,
+    subset,
+)
 from mechdiff.errors import check_count
 from mechdiff.loading import LoadInfo, ModelPair, load_model, load_pair
 from mechdiff.patching import PatchResult, activation_patch, cross_patch
@@ -157,7 +164,7 @@ def run_demo_real(
             analyses[step] = analysis
             analysis.save(out / step)
             pair_views(pair, task, label=step, heads=analysis).save(out / "views" / step)
-            pair_figures(analysis, out / "figures" / step, formats=FIGURE_FORMATS)
+            pair_figures(analysis, out / "figures" / step, formats=REAL_FIGURE_FORMATS)
             say(text.pair_table(analysis, top))
             if step == "distill":
                 prompted = _prompted_base(pair, analysis, task, chosen["distill_prompted"],
@@ -165,7 +172,7 @@ def run_demo_real(
                 prompted.save(out / "comparisons" / "prompted_base")
                 prompted_figure(prompted, out / "figures" / "prompted_base",
                                 title="Where the system prompt acts vs where distillation acts "
-                                f"\u00b7 {task.name}", formats=FIGURE_FORMATS)
+                                f"\u00b7 {task.name}", formats=REAL_FIGURE_FORMATS)
                 say("\n" + text.prompted_text(prompted))
             elif exp.prompted_task == "distill_prompted" and "distill" in analyses:
                 ref = analyses["distill"]
@@ -187,7 +194,7 @@ def run_demo_real(
                                     mechanism=analysis.mechanism,
                                     base_from=same_task[0] if same_task else None)
             circ.save(out / "circuits" / step)
-            circuit_figures(circ, out / "figures" / step / "circuits", formats=FIGURE_FORMATS)
+            circuit_figures(circ, out / "figures" / step / "circuits", formats=REAL_FIGURE_FORMATS)
             circuits.append(circ)
             say("\n" + circ.summary())
             del pair
