@@ -31,6 +31,7 @@ from mechdiff.circuits.verdict import (
     fixed,
     share,
     signed,
+    split_text,
 )
 from mechdiff.report.sections import register
 
@@ -87,8 +88,12 @@ def comparison_text(c: CircuitComparison, top: int | None = None) -> str:
 
 def comparison_markdown(c: CircuitComparison, top: int | None = None) -> str:
     v = c.verdict
-    return (f"## {title(c)}\n\n**Verdict: {v.label}** (in "
-            f"{share(v.frequency.get(v.label, 0))} of {v.n_boot} prompt resamples)\n\n"
+    own = v.frequency.get(v.label, 0)
+    # an "undetermined" that overrides the rules' label (too few prompts, an unsettled split)
+    # is given by no resample: say what the resamples gave instead of "in 0%"
+    how = (f"in {share(own)} of {v.n_boot} prompt resamples" if own > 0 else
+           f"{v.n_boot} prompt resamples: {split_text(v.frequency)}")
+    return (f"## {title(c)}\n\n**Verdict: {v.label}** ({how})\n\n"
             f"```\n{c.summary()}\n```\n")
 
 
@@ -122,9 +127,11 @@ def verdict_html(v: Verdict) -> str:
     notes = "".join(f'<div class="note">Note: {_esc(n)}</div>' for n in v.notes)
     others = ", ".join(f"{_esc(k)} {share(f)}" for k, f in v.frequency.items()
                        if k != v.label and f > 0)
+    how = (f"in {share(freq)} of {v.n_boot} resamples of the prompts (seed {v.seed})"
+           + (f"; otherwise {others}" if others else "") if freq > 0 else
+           f"{v.n_boot} resamples of the prompts (seed {v.seed}) gave {others}")
     return (f'<div class="reading {firm} verdict"><div class="words">Verdict: {_esc(v.label)}'
-            f'</div><div class="numbers">in {share(freq)} of {v.n_boot} resamples of the prompts '
-            f"(seed {v.seed})" + (f"; otherwise {others}" if others else "")
+            f'</div><div class="numbers">{how}'
             + f"</div><ul>{reasons}</ul>{notes}</div>{table}"
             '<p class="note">Thresholds: ' + ", ".join(
                 f"{_esc(k)} {val:g}" for k, val in v.thresholds.items()) + ".</p>")

@@ -446,8 +446,8 @@ def test_too_few_prompts_give_a_preview_not_a_verdict() -> None:
     from mechdiff.circuits import Circuit
     from mechdiff.circuits.compare import _numbers, _verdict
     from mechdiff.circuits.graph import Graph
-    from mechdiff.errors import OptionError
     from mechdiff.circuits.verdict import checked_thresholds
+    from mechdiff.errors import OptionError
 
     graph = Graph(2, 2, 2)
     cb = Circuit(torch.arange(graph.n_edges) % 2 == 0, **graph.dims)
@@ -470,6 +470,12 @@ def test_too_few_prompts_give_a_preview_not_a_verdict() -> None:
                                  "(100% of 200 resamples):")
     assert v.reasons[1:] == decide(numbers)[1] and v.thresholds["MIN_PROMPTS"] == 8
     assert "MIN_PROMPTS 8" in v.text() and any("only 4 prompts" in n for n in v.notes)
+    # no resample gives the overriding "undetermined": the page says what they gave, not "in 0%"
+    from mechdiff.circuits.sections import verdict_html
+
+    page = verdict_html(v)
+    assert "200 resamples of the prompts (seed 0) gave re-used and strengthened 100%" in page
+    assert "in 0%" not in page
     assert _verdict(pp, cb, cb, numbers, {"MIN_PROMPTS": 4.0}, 200, 0, 0.5).label == REUSED
     pp8 = values(8)
     assert _verdict(pp8, cb, cb, _numbers(pp8, cb, cb, None), None, 200, 0, 0.5).label == REUSED
