@@ -119,6 +119,11 @@ class AblationWarning(UserWarning):
     one prompt reaches): the numbers are computed, but read them with the warning in mind."""
 
 
+class VerdictWarning(UserWarning):
+    """The inputs cannot settle a verdict (fewer prompts than ``MIN_PROMPTS``): the analysis
+    runs, and its verdict is "undetermined" with the label on these inputs as a preview."""
+
+
 class ResultWarning(UserWarning):
     """A saved result was loaded with a note, e.g. fields that this mechdiff does not know."""
 

@@ -31,6 +31,7 @@ per model and shared.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +68,7 @@ from mechdiff.circuits.verdict import (
     split_text,
     undetermined,
 )
-from mechdiff.errors import OptionError, check_seed
+from mechdiff.errors import OptionError, VerdictWarning, check_seed
 from mechdiff.loading import ModelPair, model_provenance
 from mechdiff.metrics import checked_gap, negligible
 from mechdiff.results import Provenance, SavableResult
@@ -285,6 +286,12 @@ def compare_circuits(
     _prep.check_pair(pair)
     graph, tokens = _prep.prepare(pair.base, task, ablation)
     _prep.check_behaviour_metric(task)
+    few = checked_thresholds(thresholds)["MIN_PROMPTS"]
+    if len(task) < few:  # said before the minutes of work, not only in the result
+        warnings.warn(VerdictWarning(
+            f"{len(task)} prompts, fewer than MIN_PROMPTS {few:g}: the circuits and numbers are "
+            "computed, but the verdict will be 'undetermined' with the label on these prompts "
+            f"as a preview; give {few:g} or more prompts for a verdict"), stacklevel=2)
     if edges is not None and edges > graph.n_edges:
         raise OptionError(f"edges={edges} is more than the graph's {graph.n_edges} edges")
     graph_ft, _ = _prep.prepare(pair.finetuned, task, ablation)

@@ -13,6 +13,7 @@ calls analyses, saves their results, draws figures from them and prints their ta
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 from transformer_lens.model_bridge import TransformerBridge
@@ -35,7 +36,7 @@ from mechdiff.demos._common import (
     quiet,
     subset,
 )
-from mechdiff.errors import check_count
+from mechdiff.errors import VerdictWarning, check_count
 from mechdiff.loading import LoadInfo, ModelPair, load_model, load_pair
 from mechdiff.patching import PatchResult, activation_patch, cross_patch
 from mechdiff.pipeline import CircuitAnalysis, PairAnalysis, analyse_circuits, analyse_pair
@@ -189,10 +190,12 @@ def run_demo_real(
             ctask = circuit_tasks[exp.task]
             same_task = [c for c in circuits if c.comparison.provenance.prompts_hash
                          == ctask.fingerprint()]  # distill_lora: the distillation's base side
-            circ = analyse_circuits(pair, ctask, label=step, method=REAL_CIRCUIT_METHOD,
-                                    cross_top=REAL_CROSS_TOP, progress=progress,
-                                    mechanism=analysis.mechanism,
-                                    base_from=same_task[0] if same_task else None)
+            with warnings.catch_warnings():  # its verdict text says why it is a preview
+                warnings.simplefilter("ignore", VerdictWarning)
+                circ = analyse_circuits(pair, ctask, label=step, method=REAL_CIRCUIT_METHOD,
+                                        cross_top=REAL_CROSS_TOP, progress=progress,
+                                        mechanism=analysis.mechanism,
+                                        base_from=same_task[0] if same_task else None)
             circ.save(out / "circuits" / step)
             circuit_figures(circ, out / "figures" / step / "circuits", formats=REAL_FIGURE_FORMATS)
             circuits.append(circ)

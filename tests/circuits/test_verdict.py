@@ -154,6 +154,13 @@ def test_bad_options(constructed) -> None:
         compare(pair, task, thresholds={"REUSE_FAITH": 0.5})
     with pytest.raises(OptionError, match="NEW_RANK = 0.9 is above REUSE_RANK"):
         compare(pair, task, thresholds={"NEW_RANK": 0.9})
+    # too few prompts for a verdict: said before any forward (here an option error follows)
+    from mechdiff.errors import VerdictWarning
+
+    with pytest.warns(VerdictWarning, match="4 prompts, fewer than MIN_PROMPTS 8: the circuits "
+                      "and numbers are computed, but the verdict will be 'undetermined'"), \
+            pytest.raises(OptionError, match="edges=100000 is more than"):
+        compare(pair, task, edges=100000)
     kl = mechdiff.Task(task.prompts, metric="kl", corrupted=task.corrupted)
     with pytest.raises(OptionError, match="metric 'kl' compares each model with itself"):
         compare(pair, kl, ablation="corrupted")
