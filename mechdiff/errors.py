@@ -3,8 +3,10 @@
 Every error mechdiff raises on bad input derives from :class:`MechdiffError`, and is raised before
 any expensive work (model forwards, training) starts; the command line prints each as one line
 (``mechdiff: error: ...``, exit status 2). Output folders add :class:`OutputError` and its
-kinds; :class:`ResultWarning` notes what loading a result tolerated; :class:`Terminated` is how
-SIGTERM stops a command (like Ctrl-C, leaving its output folder as it was).
+kinds; :class:`ResultWarning` notes what loading a result tolerated, :class:`AblationWarning`
+an ablation that leaves part of what it should remove, :class:`VerdictWarning` inputs too few
+for a verdict (the work runs; said before it starts); :class:`Terminated` is how SIGTERM stops
+a command (like Ctrl-C, leaving its output folder as it was).
 """
 
 from __future__ import annotations

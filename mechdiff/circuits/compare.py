@@ -277,7 +277,7 @@ def compare_circuits(
         raise OptionError(f"rule must be 'top_n' or 'greedy', got {rule!r}")
     _prep.check_option("method", method, METHODS)
     _prep.check_positive(steps=steps)
-    checked_thresholds(thresholds)
+    few = checked_thresholds(thresholds)["MIN_PROMPTS"]
     _prep.check_positive(n_boot=n_boot, prompt_batch_size=prompt_batch_size,
                          circuit_batch=circuit_batch)
     check_seed(seed)
@@ -286,7 +286,6 @@ def compare_circuits(
     _prep.check_pair(pair)
     graph, tokens = _prep.prepare(pair.base, task, ablation)
     _prep.check_behaviour_metric(task)
-    few = checked_thresholds(thresholds)["MIN_PROMPTS"]
     if len(task) < few:  # said before the minutes of work, not only in the result
         warnings.warn(VerdictWarning(
             f"{len(task)} prompts, fewer than MIN_PROMPTS {few:g}: the circuits and numbers are "
@@ -509,8 +508,6 @@ def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
         "edge_iou": _iou(cb.edges, cf.edges),
         "node_iou": _iou(cb.nodes, cf.nodes),
     }
-
-
 
 
 SMALL_SCALE = 0.25
