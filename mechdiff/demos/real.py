@@ -16,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from mechdiff import zoo
@@ -59,6 +60,8 @@ REAL_THREADS: int | None = None
 idle cores: all-heads patching of 2 prompts took 10.6 s with 2 threads and 20 s with 1. (With
 another process busy on the same cores, 2 threads spin-wait and can be several times slower;
 pass ``threads=1`` to :func:`run_demo_real` there.)"""
+REAL_STEPS = ("distill", "trigger", "distill_lora")
+"""Experiments of :data:`mechdiff.zoo.real.EXPERIMENTS` the real demo analyses, in order."""
 REAL_EXACT = ("distill", "trigger")
 """Experiments of :data:`mechdiff.zoo.real.EXPERIMENTS` patched exactly as well as by attribution;
 the others (``distill_lora``) get the gap and attribution patching only."""
@@ -132,27 +135,33 @@ def run_demo_real(
     say = report or quiet
     out = Path(out)
     start = time.perf_counter()
-    dirs = real.build(cache_dir, progress=progress)
-    tasks = real.tasks(cache_dir, progress=progress)
-    keep = pick(len(tasks["distill"]), n_prompts, seed)
-    chosen = {
-        "distill": subset(tasks["distill"], keep),
-        "distill_prompted": subset(tasks["distill_prompted"], keep),
-        "trigger": subset(tasks["trigger"], pick(len(tasks["trigger"]), n_prompts, seed)),
-    }
     analyses: dict[str, PairAnalysis] = {}
     circuits: list[CircuitAnalysis] = []
     circuit_tasks: dict[str, Task] = {}  # per task: n prompts of one token length (equal_length)
     prompted: PromptedBaseComparison | None = None
     lora: FinetuneComparison | None = None
-    with torch_threads(threads), progress_bar(total=len(real.EXPERIMENTS),
-                                              desc="mechdiff demo (real)", enabled=progress,
-                                              leave=True) as bar:
-        base, base_info = load_model(dirs["base"], device=device)
-        for step in ("distill", "trigger", "distill_lora"):
+    # A first run builds the zoo on two cores: the first fine-tune here, the others in a second
+    # process while this one analyses (on one thread then: two would spin-wait on a busy core).
+    with real.building(cache_dir, order=[real.EXPERIMENTS[s].finetuned for s in REAL_STEPS],
+                       here=1, progress=progress) as zoo_build, torch_threads(threads), \
+            progress_bar(total=len(REAL_STEPS), desc="mechdiff demo (real)", enabled=progress,
+                         leave=True) as bar:
+        own_threads = torch.get_num_threads()
+        base_dir = zoo_build.get("base")
+        tasks = real.tasks(cache_dir, progress=progress)
+        keep = pick(len(tasks["distill"]), n_prompts, seed)
+        chosen = {
+            "distill": subset(tasks["distill"], keep),
+            "distill_prompted": subset(tasks["distill_prompted"], keep),
+            "trigger": subset(tasks["trigger"], pick(len(tasks["trigger"]), n_prompts, seed)),
+        }
+        base, base_info = load_model(base_dir, device=device)
+        for step in REAL_STEPS:
             bar.set_postfix_str(step)
             exp = real.EXPERIMENTS[step]
-            pair = _real_pair(base, base_info, dirs["base"], dirs[exp.finetuned], device)
+            ft_dir = zoo_build.get(exp.finetuned)
+            torch.set_num_threads(1 if zoo_build.busy() else own_threads)
+            pair = _real_pair(base, base_info, base_dir, ft_dir, device)
             task = chosen[exp.task]
             exact = step in REAL_EXACT
             analysis = analyse_pair(
@@ -169,7 +178,7 @@ def run_demo_real(
             say(text.pair_table(analysis, top))
             if step == "distill":
                 prompted = _prompted_base(pair, analysis, task, chosen["distill_prompted"],
-                                          str(dirs["base"]), progress)
+                                          str(base_dir), progress)
                 prompted.save(out / "comparisons" / "prompted_base")
                 prompted_figure(prompted, out / "figures" / "prompted_base",
                                 title="Where the system prompt acts vs where distillation acts "
@@ -215,7 +224,7 @@ def run_demo_real(
             "95% bootstrap intervals over prompts."
         ),
         "demo": "real",
-        "real_zoo": str(dirs["base"].parent),
+        "real_zoo": str(base_dir.parent),
         "n_prompts": n_prompts,
         "seed": seed,
         "threads": threads,

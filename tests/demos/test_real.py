@@ -4,6 +4,7 @@ and the LoRA-vs-full comparison; changed layers found from weights."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -102,11 +103,20 @@ def test_real_demo_on_a_stand_in_real_zoo(
     prompted-base comparison and the LoRA-vs-full comparison; changed layers found from weights."""
     seen = {}
 
-    def fake_build(cache_dir=None, *, progress=True):  # noqa: ANN001, ANN202
-        seen["cache"] = cache_dir
-        return tiny_real
+    class FakeBuild:  # the zoo as a first run builds it: a second process busy until the last
+        def get(self, name: str) -> Path:
+            seen.setdefault("got", []).append((name, torch.get_num_threads()))
+            return tiny_real[name]
 
-    monkeypatch.setattr(real_pkg, "build", fake_build)
+        def busy(self) -> bool:
+            return "distilled_lora" not in [n for n, _ in seen.get("got", [])]
+
+    @contextlib.contextmanager
+    def fake_building(cache_dir=None, *, order, here, progress):  # noqa: ANN001, ANN202
+        seen.update(cache=cache_dir, order=list(order), here=here)
+        yield FakeBuild()
+
+    monkeypatch.setattr(real_pkg, "building", fake_building)
     monkeypatch.setattr(real_pkg, "tasks", lambda cache_dir=None, *, progress=True: tiny_real_tasks())
     monkeypatch.setattr(demo_real, "REAL_EXACT_TOP", 6)
     threads = torch.get_num_threads()
@@ -116,6 +126,11 @@ def test_real_demo_on_a_stand_in_real_zoo(
     assert code == 0, stderr
     assert torch.get_num_threads() == threads  # the demo's thread count is undone
     assert seen["cache"] == tmp_path / "c"
+    # The fine-tunes asked for in the order analysed, the first built here; each analysis ran
+    # on one thread while the second process was busy (a model is asked for after the last).
+    assert seen["order"] == ["distilled", "trigger", "distilled_lora"] and seen["here"] == 1
+    assert [n for n, _ in seen["got"]] == ["base", "distilled", "trigger", "distilled_lora"]
+    assert [t for n, t in seen["got"] if n in ("trigger", "distilled_lora")] == [1, 1]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["demo"] == "real" and summary["n_prompts"] == 4
     assert list(summary["pairs"]) == ["distill", "trigger", "distill_lora"]

