@@ -586,19 +586,19 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
     few = n < t["MIN_PROMPTS"]
     if few and label != "undetermined":
         reasons = (f"too few prompts to settle a verdict: {n} (< MIN_PROMPTS "
-                   f"{t['MIN_PROMPTS']:g}; their {len(seen)} distinct resamples cannot show how "
-                   "the label depends on which prompts were drawn); as a preview, on these "
-                   f"prompts the rules give '{label}' ({share(frequency[label])} of {n_boot} "
-                   "resamples):",
+                   f"{t['MIN_PROMPTS']:g}; its {n_boot} resamples are only {len(seen)} distinct "
+                   "draws, too few to show how the label depends on which prompts were drawn); "
+                   f"as a preview, on these prompts the rules give '{label}' "
+                   f"({share(frequency[label])} of {n_boot} resamples):",
                    *reasons)
         label = "undetermined"
     notes = [] if empty or whole else sensitivity(numbers, intervals, t)
     notes += undetermined(numbers, intervals)
     if few:
-        notes.append(f"only {n} prompts ({len(seen)} distinct resamples): the intervals are "
-                     f"rough and a ratio to a small gap can swing far on some resamples; use "
-                     f"{t['MIN_PROMPTS']:g} or more prompts for a verdict and intervals to rely "
-                     "on")
+        notes.append(f"only {n} prompts ({len(seen)} distinct draws in {n_boot} resamples): the "
+                     "intervals are rough and a ratio to a small gap can swing far on some "
+                     f"resamples; use {t['MIN_PROMPTS']:g} or more prompts for a verdict and "
+                     "intervals to rely on")
     if whole:
         notes.append(f"the base circuit is the whole graph, so base_in_ft is 1 by "
                      f"construction, and carried ({signed(numbers['carried'], 3)}) is every edge "

@@ -472,7 +472,7 @@ def test_too_few_prompts_give_a_preview_not_a_verdict() -> None:
     v = _verdict(pp, cb, cb, numbers, None, 200, 0, 0.5)
     assert v.label == "undetermined" and v.frequency[REUSED] == 1.0
     assert v.reasons[0].startswith("too few prompts to settle a verdict: 4 (< MIN_PROMPTS 8; "
-                                   "their ")
+                                   "its 200 resamples are only ")
     assert v.reasons[0].endswith("on these prompts the rules give 're-used and strengthened' "
                                  "(100% of 200 resamples):")
     assert v.reasons[1:] == decide(numbers)[1] and v.thresholds["MIN_PROMPTS"] == 8
