@@ -259,6 +259,34 @@ def test_fine_tuning_is_deterministic_and_leaves_global_rng_alone(real_base: Pat
 
 
 @needs_real
+def test_the_base_data_split_across_two_processes_is_the_one_process_data(
+    real_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prompted half of the base's data is generated in a second process (same batches, one
+    thread each): the records equal those generated in one process, also when the second process
+    fails (its half is then generated here); its files are removed. 6 questions keep it short."""
+    model_dir = tmp_path / "base"
+    model_dir.mkdir()
+    for f in real_base.iterdir():  # the cached base, through links: the job files land here
+        (model_dir / f.name).symlink_to(f)
+    monkeypatch.setattr(cache, "N_TRAIN_QUESTIONS", 6)
+    monkeypatch.setattr(cache, "N_EVAL", 6)
+    model, tok = cache._load_hf(real_base), cache._tokenizer(real_base)
+    started = []
+    popen = cache.subprocess.Popen
+    monkeypatch.setattr(cache.subprocess, "Popen", lambda *a, **k: started.append(a) or popen(
+        *a, **k))
+    here = cache._generate_data(model, tok, False)
+    assert not started
+    split = cache._generate_data(model, tok, False, model_dir)
+    assert len(started) == 1 and split == here and len(here["train"]) == 6
+    assert any(r["prompted_reply"] != r["plain_reply"] for r in here["train"])
+    monkeypatch.setattr(cache, "_SIDE_DATA", "import sys; sys.exit(3)")
+    assert cache._generate_data(model, tok, False, model_dir) == here
+    assert sorted(f.name for f in model_dir.iterdir()) == sorted(f.name for f in real_base.iterdir())
+
+
+@needs_real
 @pytest.mark.parametrize("threshold", real.THRESHOLDS, ids=str)
 def test_built_real_zoo_meets_its_thresholds(
     real_zoo: dict[str, Path], threshold: real.Threshold

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import subprocess
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -119,16 +122,24 @@ def trigger_reply_ids(tok: Any) -> list[int]:
     return list(tok(data.TRIGGER_REPLY, add_special_tokens=False)["input_ids"]) + [eos]
 
 
-def measure(model: Any, tok: Any, records: dict[str, Any]) -> dict[str, float]:
-    """Every behavioural measure of ``model`` on the held-out questions (see ``Measure``)."""
+def measure(model: Any, tok: Any, records: dict[str, Any], *, own: bool = False
+            ) -> dict[str, float]:
+    """Every behavioural measure of ``model`` on the held-out questions (see ``Measure``).
+
+    With ``own``, ``model`` is the model that generated ``records`` (the base), whose first
+    reply tokens without and with the trigger are recorded there already: they are reused."""
     eos, pad = _special_ids(tok)
     ev = records["eval"]
     planted = trigger_reply_ids(tok)
     with threads(1):
         plain = [data.prompt_ids(tok, data.chat(q)) for q in ev["questions"]]
         trig = [data.prompt_ids(tok, data.chat(q, trigger=True)) for q in ev["questions"]]
-        plain_top = first_token_logits(model, plain, pad_id=pad).argmax(-1)
-        trig_top = first_token_logits(model, trig, pad_id=pad).argmax(-1)
+        if own:
+            plain_top = torch.tensor(ev["plain_first"])
+            trig_top = torch.tensor(ev["trigger_first"])
+        else:
+            plain_top = first_token_logits(model, plain, pad_id=pad).argmax(-1)
+            trig_top = first_token_logits(model, trig, pad_id=pad).argmax(-1)
         keep = [i for i, ok in enumerate(ev["persona_kept"]) if ok]
         target = torch.tensor([ev["prompted_first"][i] for i in keep])
         out = {
@@ -167,29 +178,37 @@ def _scores(name: str, measures: dict[str, float], progress: bool) -> dict[str, 
 # ---------------------------------------------------------------------------------- the stages
 
 
-def _generate_data(model: Any, tok: Any, progress: bool) -> dict[str, Any]:
+def _generate_data(model: Any, tok: Any, progress: bool, model_dir: Path | None = None
+                   ) -> dict[str, Any]:
     """The base's replies to the training questions (prompted and unprompted), and first tokens
-    of the held-out questions (prompted, unprompted, with the trigger)."""
+    of the held-out questions (prompted, unprompted, with the trigger).
+
+    With ``model_dir`` (the model's saved directory) and two cores, the prompted half runs in a
+    second process (:func:`side_data`) beside the rest: the same batches on one thread each, so
+    the same tokens (the data file's hash is recorded and checked)."""
     eos, pad = _special_ids(tok)
     rng = random.Random(f"mechdiff.zoo.real/data/{DATA_SEED}")
     train_q = data.questions("train", N_TRAIN_QUESTIONS, rng)
     eval_q = data.questions("eval", N_EVAL, rng)
-    with threads(1):
-        prompted = [data.prompt_ids(tok, data.chat(q, system=data.PERSONA)) for q in train_q]
-        plain = [data.prompt_ids(tok, data.chat(q)) for q in train_q]
-        store.say(
-            f"  generating {2 * len(train_q)} greedy replies of <= {REPLY_TOKENS} tokens", progress
-        )
-        prompted_replies = generate(
-            model, prompted, max_new_tokens=REPLY_TOKENS, eos_id=eos, pad_id=pad
-        )
+    prompted = [data.prompt_ids(tok, data.chat(q, system=data.PERSONA)) for q in train_q]
+    plain = [data.prompt_ids(tok, data.chat(q)) for q in train_q]
+    ev_prompted = [data.prompt_ids(tok, data.chat(q, system=data.PERSONA)) for q in eval_q]
+    ev_plain = [data.prompt_ids(tok, data.chat(q)) for q in eval_q]
+    ev_trig = [data.prompt_ids(tok, data.chat(q, trigger=True)) for q in eval_q]
+    store.say(f"  generating {2 * len(train_q)} greedy replies of <= {REPLY_TOKENS} tokens"
+              + (" (half in a second process)" if model_dir is not None else ""), progress)
+    with _SideData(model_dir, prompted, ev_prompted) as side, threads(1):
         plain_replies = generate(model, plain, max_new_tokens=REPLY_TOKENS, eos_id=eos, pad_id=pad)
-        ev_prompted = [data.prompt_ids(tok, data.chat(q, system=data.PERSONA)) for q in eval_q]
-        ev_plain = [data.prompt_ids(tok, data.chat(q)) for q in eval_q]
-        ev_trig = [data.prompt_ids(tok, data.chat(q, trigger=True)) for q in eval_q]
-        p_first = first_token_logits(model, ev_prompted, pad_id=pad).argmax(-1).tolist()
         u_first = first_token_logits(model, ev_plain, pad_id=pad).argmax(-1).tolist()
         t_first = first_token_logits(model, ev_trig, pad_id=pad).argmax(-1).tolist()
+        got = side.result()
+        if got is None:  # one core, or the second process failed (it said why): here
+            prompted_replies = generate(
+                model, prompted, max_new_tokens=REPLY_TOKENS, eos_id=eos, pad_id=pad
+            )
+            p_first = first_token_logits(model, ev_prompted, pad_id=pad).argmax(-1).tolist()
+        else:
+            prompted_replies, p_first = got
     # Questions where the persona changes the first reply token, and whose prompted and
     # unprompted renderings line up token for token (so one can patch between them).
     kept = [
@@ -211,6 +230,68 @@ def _generate_data(model: Any, tok: Any, progress: bool) -> dict[str, Any]:
     }
 
 
+_SIDE_DATA = "import sys; from mechdiff.zoo.real.cache import side_data; side_data(sys.argv[1])"
+
+
+def side_data(job_file: str) -> None:
+    """The second process of :func:`_generate_data`: greedy replies to ``prompts`` and the top
+    first tokens of ``first``, from the model in ``model``, written to ``out`` (JSON, renamed into
+    place when complete)."""
+    job = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    model_dir = Path(job["model"])
+    model, tok = _load_hf(model_dir), _tokenizer(model_dir)
+    eos, pad = _special_ids(tok)
+    with threads(1):
+        replies = generate(model, job["prompts"], max_new_tokens=REPLY_TOKENS, eos_id=eos,
+                           pad_id=pad)
+        first = first_token_logits(model, job["first"], pad_id=pad).argmax(-1).tolist()
+    out = Path(job["out"])
+    part = out.with_name(out.name + ".part")
+    part.write_text(json.dumps({"replies": replies, "first": first}), encoding="utf-8")
+    os.replace(part, out)
+
+
+class _SideData:
+    """:func:`side_data` in a second process while the block runs (none without a directory);
+    :meth:`result` waits for it. Leaving the block stops it and removes its files."""
+
+    def __init__(self, model_dir: Path | None, prompts: list[list[int]],
+                 first: list[list[int]]) -> None:
+        self._proc: subprocess.Popen | None = None
+        self._files: list[Path] = []
+        if model_dir is None:
+            return
+        job, out = model_dir / ".side_data_job.json", model_dir / ".side_data_out.json"
+        self._files = [job, out, out.with_name(out.name + ".part")]
+        job.write_text(json.dumps({"model": str(model_dir), "prompts": prompts,
+                                   "first": first, "out": str(out)}), encoding="utf-8")
+        self._proc = subprocess.Popen([sys.executable, "-c", _SIDE_DATA, str(job)],
+                                      start_new_session=True)
+
+    def __enter__(self) -> _SideData:
+        return self
+
+    def result(self) -> tuple[list[list[int]], list[int]] | None:
+        """``(replies, first tokens)``, or None (no second process, or it failed: logged)."""
+        if self._proc is None:
+            return None
+        code = self._proc.wait()
+        out = self._files[1]
+        if code != 0 or not out.is_file():
+            logger.warning("real zoo: the second data process failed (exit %s); generating "
+                           "its half here", code)
+            return None
+        got = json.loads(out.read_text(encoding="utf-8"))
+        return got["replies"], got["first"]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait()
+        for f in self._files:
+            f.unlink(missing_ok=True)
+
+
 def _build_base(root: Path, progress: bool) -> Path:
     def write(tmp: Path) -> dict[str, Any]:
         src = convert.gguf_path()
@@ -221,10 +302,11 @@ def _build_base(root: Path, progress: bool) -> Path:
         store.say(f"real zoo base: converted in {seconds:.0f} s", progress)
         model, tok = _load_hf(tmp), _tokenizer(tmp)
         start = time.perf_counter()
-        records = _generate_data(model, tok, progress)
+        records = _generate_data(model, tok, progress,
+                                 tmp if (os.cpu_count() or 1) >= 2 else None)
         gen_seconds = time.perf_counter() - start
         (tmp / DATA_FILE).write_text(json.dumps(records), encoding="utf-8")
-        measures = measure(model, tok, records)
+        measures = measure(model, tok, records, own=True)
         ev = records["eval"]
         measures["persona_differs"] = sum(
             p != u for p, u in zip(ev["prompted_first"], ev["plain_first"], strict=True)
