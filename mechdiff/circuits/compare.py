@@ -72,7 +72,7 @@ from mechdiff.errors import OptionError, VerdictWarning, check_seed
 from mechdiff.loading import ModelPair, model_provenance
 from mechdiff.metrics import checked_gap, negligible
 from mechdiff.results import Provenance, SavableResult
-from mechdiff.stats import spearman
+from mechdiff.stats import mean_interval, spearman
 from mechdiff.tasks import Task
 
 CLOSE = 0.2
@@ -358,7 +358,7 @@ def compare_circuits(
     numbers = _numbers(per_prompt, cb, cf, None)
     hint = _size_hint(b["scores"], rule, edges) if edges is not None and not cb.n_edges else ""
     verdict = _verdict(per_prompt, cb, cf, numbers, thresholds, n_boot, seed, size_b,
-                       fixed=edges is not None, empty_hint=hint)
+                       fixed=edges is not None, empty_hint=hint, ablation=ablation)
     return CircuitComparison(
         base_scores=b["scores"], ft_scores=f["scores"], base_curve=b["curve"],
         ft_curve=f["curve"], base_size=size_b, ft_size=size_f, base_circuit=cb, ft_circuit=cf,
@@ -532,13 +532,39 @@ def _small_scale(pp: dict[str, Tensor]) -> list[str]:
     return notes
 
 
+def _unseparated(pp: dict[str, Tensor], k: str) -> tuple[float, float, float] | None:
+    """``(mean, lo, hi)`` of ``m(full) - m(empty)`` in model ``k`` (``"b"`` or ``"f"``) when its
+    95% interval over prompts contains 0, else None: the every-edge-ablated baseline is then not
+    separated from the full model, and faithfulness normalized by it has no scale."""
+    diff = pp[f"{k}_full"].double() - pp[f"{k}_empty"].double()
+    lo, hi = mean_interval(diff)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi):
+        return None
+    return float(diff.mean()), lo, hi
+
+
+def _baseline_text(name: str, got: tuple[float, float, float], ablation: str) -> str:
+    mean, lo, hi = got
+    why = ("mean ablation keeps what the prompts share, so a behaviour every prompt shows "
+           "survives in the per-position means: corrupted prompts that lack the behaviour give a "
+           "baseline that removes it" if ablation == "mean" else
+           "the corrupted prompts do not remove the behaviour in this model: pick ones on "
+           "which it is absent")
+    return (f"the {name} model's every-edge-ablated baseline is not separated from its full "
+            f"model on these prompts: m(full) - m(empty) = {signed(mean, 3)}, 95% interval "
+            f"[{signed(lo, 3)}, {signed(hi, 3)}] over prompts, contains 0 ({why})")
+
+
 def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str, float],
              thresholds: dict[str, float] | None, n_boot: int, seed: int, size: float,
-             *, fixed: bool = False, empty_hint: str = "") -> Verdict:
+             *, fixed: bool = False, empty_hint: str = "", ablation: str = "mean") -> Verdict:
     """The verdict with its bootstrap; ``fixed``: the circuits have a fixed size (``edges=``);
-    ``empty_hint``: what an empty base circuit needs instead (added to its reason)."""
+    ``empty_hint``: what an empty base circuit needs instead (added to its reason);
+    ``ablation``: the baseline's kind (for what to do when it does not remove the behaviour)."""
     t = checked_thresholds(thresholds)
-    label, reasons = decide(numbers, t)
+    ft_flat = _unseparated(pp, "f")  # base_in_ft is normalized by this difference
+    unscaled = ft_flat is not None
+    label, reasons = decide(numbers, t, unscaled=unscaled)
     empty = cb.n_edges == 0  # no evidence: an empty circuit inside the fine-tune is not "new"
     whole = bool(cb.edges.all())  # base_in_ft and carried are then fixed by construction
     if empty:
@@ -569,7 +595,7 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
         nums = seen[key]
         for k in NUMBERS:
             boots[k].append(nums[k])
-        counts["undetermined" if empty or whole else label_of(nums, t)[0]] += 1
+        counts["undetermined" if empty or whole else label_of(nums, t, unscaled=unscaled)[0]] += 1
     intervals = {}
     for k, vals in boots.items():
         x = torch.tensor(vals, dtype=torch.float64)
@@ -592,7 +618,7 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
                    f"({share(frequency[label])} of {n_boot} resamples):",
                    *reasons)
         label = "undetermined"
-    notes = [] if empty or whole else sensitivity(numbers, intervals, t)
+    notes = [] if empty or whole else sensitivity(numbers, intervals, t, unscaled=unscaled)
     notes += undetermined(numbers, intervals)
     if few:
         notes.append(f"only {n} prompts ({len(seen)} distinct draws in {n_boot} resamples): the "
@@ -607,6 +633,16 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
                      "its shared / dropped edges are every edge of the fine-tuned circuit / "
                      "every other edge, not findings")
     notes += _small_scale(pp)
+    base_flat = _unseparated(pp, "b")
+    if base_flat is not None:
+        notes.append(f"{_baseline_text('base', base_flat, ablation)}: the base model's own curve "
+                     "and ft_in_base have no scale, and the base circuit's size, read off that "
+                     "curve, is arbitrary")
+    if ft_flat is not None:
+        notes.append(f"{_baseline_text('fine-tuned', ft_flat, ablation)}: base_in_ft "
+                     f"({_shown(numbers['base_in_ft'])}), normalized by it, is left out of the "
+                     "rules (no evidence either way), and the fine-tuned model's own curve has "
+                     "no scale")
     if numbers["base_in_ft"] > 1 + (1 - t["REUSE_FAITHFULNESS"]):
         notes.append(f"the base circuit overshoots inside the fine-tuned model "
                      f"({numbers['base_in_ft']:.2f}): edges outside it oppose the behaviour "

@@ -31,6 +31,12 @@ Rules, with the named thresholds below (stored in every :class:`Verdict`):
   ``base_in_ft >= REUSE_FAITHFULNESS`` and ``score_rank >= REUSE_RANK``;
 * **"mixed"**: anything else (e.g. the base circuit carries part of the change, or the scores
   were partly rearranged);
+* ``base_in_ft`` **left out** when it has no scale: the fine-tuned model's full-minus-empty
+  difference, which normalizes it, has a 95% interval over prompts containing 0 (the ablated
+  baseline does not remove the behaviour; mean ablation keeps what every prompt shows). It is
+  then no evidence either way: ``carried`` or ``score_rank`` can still give "new mechanism"; if
+  neither does, the label is "undetermined" (re-use needs all three). A note gives the
+  difference and its interval;
 * **"undetermined"**: first of all, when one of the three deciding numbers is not defined (NaN:
   no behaviour gap between the models, a model whose full and empty-circuit values are equal,
   constant edge scores), when the base circuit is empty (no path survives pruning) or is the
@@ -177,9 +183,14 @@ def checked_thresholds(thresholds: dict[str, Any] | None) -> dict[str, float]:
     return t
 
 
-def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None
-           ) -> tuple[Label, tuple[str, ...]]:
+def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None, *,
+           unscaled: bool = False) -> tuple[Label, tuple[str, ...]]:
     """The label and the reasons (one line each) from the numbers and the thresholds.
+
+    ``unscaled``: ``base_in_ft`` has no scale (the fine-tuned model's every-edge-ablated
+    baseline is not separated from its full model over the prompts) and is left out: it is no
+    evidence either way. ``carried`` or ``score_rank`` can still show a new mechanism; re-use,
+    which needs all three, cannot be shown ("undetermined").
 
     Raises:
         OptionError: bad thresholds (:func:`checked_thresholds`) or a deciding number missing
@@ -188,21 +199,32 @@ def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None
     absent = [k for k in _USES if k not in numbers]
     if absent:
         raise OptionError(f"numbers lack {absent}: the verdict needs {sorted(_USES)}")
-    return label_of(numbers, checked_thresholds(thresholds))
+    return label_of(numbers, checked_thresholds(thresholds), unscaled=unscaled)
 
 
-def label_of(numbers: dict[str, float], t: dict[str, float]) -> tuple[Label, tuple[str, ...]]:
+UNSCALED = ("base_in_ft has no scale (the fine-tuned model's every-edge-ablated baseline is not "
+            "separated from its full model over the prompts; see the notes) and re-use needs it: "
+            "carried and score_rank alone do not show a new mechanism")
+"""The "undetermined" reason of :func:`decide` with ``unscaled`` when nothing shows a new
+mechanism."""
+
+
+def label_of(numbers: dict[str, float], t: dict[str, float], *, unscaled: bool = False
+             ) -> tuple[Label, tuple[str, ...]]:
     """:func:`decide` for numbers and thresholds already checked (every threshold in ``t``):
     the bootstrap re-derives the label on each resample without checking them again."""
     f, rank, carried = numbers["base_in_ft"], numbers["score_rank"], numbers["carried"]
-    missing = [k for k in _USES if not math.isfinite(numbers[k])]
+    if unscaled:
+        f = math.nan  # no evidence: neither rule below nor the "although" lines read it
+    missing = [k for k in _USES if not math.isfinite(numbers[k])
+               and not (unscaled and k == "base_in_ft")]
     if missing:
         return "undetermined", tuple(f"{k} is not defined: {UNDEFINED[k]}" for k in missing)
     new = []
     if carried < t["NEW_CARRIED"]:
         new.append(f"the base circuit alone carries only {fixed(carried, 2)} of the gap "
                    f"(< NEW_CARRIED {t['NEW_CARRIED']:g}): the change happened outside it")
-    if f < t["NEW_FAITHFULNESS"]:
+    if math.isfinite(f) and f < t["NEW_FAITHFULNESS"]:
         new.append(f"the base circuit inside the fine-tuned model keeps only {fixed(f, 2)} of its "
                    f"behaviour (< NEW_FAITHFULNESS {t['NEW_FAITHFULNESS']:g})")
     if rank < t["NEW_RANK"]:
@@ -215,7 +237,7 @@ def label_of(numbers: dict[str, float], t: dict[str, float]) -> tuple[Label, tup
             against.append(f"although the base circuit carries {fixed(carried, 2)} of the gap "
                            f"(>= STRENGTHENED {t['STRENGTHENED']:g}): the change flows along its "
                            "edges (switching a base path off or reversing it counts too)")
-        if f >= t["REUSE_FAITHFULNESS"]:
+        if math.isfinite(f) and f >= t["REUSE_FAITHFULNESS"]:
             against.append(f"although the base circuit inside the fine-tuned model keeps "
                            f"{fixed(f, 2)} of its behaviour (>= REUSE_FAITHFULNESS "
                            f"{t['REUSE_FAITHFULNESS']:g})")
@@ -236,6 +258,8 @@ def label_of(numbers: dict[str, float], t: dict[str, float]) -> tuple[Label, tup
          f"({'>=' if carried >= t['STRENGTHENED'] else '<'} STRENGTHENED "
          f"{t['STRENGTHENED']:g})"),
     ]
+    if unscaled:
+        return "undetermined", (UNSCALED, *(text for _, text in reuse[1:]))
     reasons = tuple(text for _, text in reuse)
     if all(ok for ok, _ in reuse):
         return "re-used and strengthened", reasons
@@ -332,7 +356,7 @@ def number_and_interval(key: str, value: float, lo: float, hi: float) -> str:
 
 
 def sensitivity(numbers: dict[str, float], intervals: dict[str, tuple[float, float]],
-                thresholds: dict[str, float]) -> list[str]:
+                thresholds: dict[str, float], *, unscaled: bool = False) -> list[str]:
     """Notes for numbers near, or with an interval across, a threshold they are compared with,
     where that threshold decides the label: the number just below and just above it, the
     other numbers as they are, give different labels (a number that sits near a threshold
@@ -341,13 +365,15 @@ def sensitivity(numbers: dict[str, float], intervals: dict[str, tuple[float, flo
     near = t["NEAR"]
     notes = []
     for key, names in _USES.items():
+        if unscaled and key == "base_in_ft":
+            continue  # left out of the rules (decide)
         value = numbers.get(key, math.nan)
         lo, hi = intervals.get(key, (math.nan, math.nan))
         for name in names:
             th = t[name]
             eps = 1e-9 * max(1.0, abs(th))
-            if label_of({**numbers, key: th - eps}, t)[0] == \
-                    label_of({**numbers, key: th + eps}, t)[0]:
+            if label_of({**numbers, key: th - eps}, t, unscaled=unscaled)[0] == \
+                    label_of({**numbers, key: th + eps}, t, unscaled=unscaled)[0]:
                 continue  # this threshold does not decide the label here
             if abs(value - th) <= near:
                 notes.append(f"{key} = {fixed(value)} lies within {near:g} of {name} = {th:g}: "

@@ -105,7 +105,10 @@ def constructed(induction_dir, tmp_path_factory) -> dict[str, Path]:
 
 # Measured (24 prompts, EAP-IG, corrupted ablation, seed 0):
 #   rescaled: base_in_ft 0.918, score_rank 0.945, carried 0.936 -> re-used (100% of resamples)
-#   new_head: carried 0.000, base_in_ft -4.6 -> new mechanism (100% of resamples)
+#   new_head: carried 0.000, base_in_ft -4.6 -> new mechanism (100% of resamples); on the AMD
+#     EPYC's model its corrupted prompts leave the new head writing the answer, the fine-tuned
+#     model's baseline is not separated from its full model (+0.37 [-2.4, +3.1]) and base_in_ft
+#     (-8.3) is left out: carried 0.000 and score_rank 0.05 decide
 # With mean ablation the 82-edge graph's smallest faithful base circuit is half the graph (it
 # contains the new head's edges), and the new-head verdict is unstable (68%): the corrupted
 # prompts give the base circuit its 4-edge induction core.
@@ -489,3 +492,67 @@ def test_too_few_prompts_give_a_preview_not_a_verdict() -> None:
     for bad in (2.5, 0, -3):
         with pytest.raises(OptionError, match="MIN_PROMPTS is a count of prompts"):
             checked_thresholds({"MIN_PROMPTS": bad})
+
+
+def test_a_baseline_not_separated_from_the_full_model_leaves_base_in_ft_out() -> None:
+    """On the real distillation pair, mean ablation over 4 prompts left the fine-tuned model
+    *more* Spanish than the full model on two prompts and less on two: m(full) - m(empty) =
+    -0.67, 95% interval [-4.7, +3.0], and base_in_ft = 2.49 was a ratio to that. Hand-built
+    per-prompt values: the fine-tuned model's differences alternate +1.1 / -0.9 (mean 0.1, its
+    interval contains 0). base_in_ft is then no evidence: with every other number reading
+    re-used the verdict is "undetermined" (re-use needs base_in_ft), and a note says why;
+    carried near 0 still shows a new mechanism (the constructed new-head fine-tune is such a
+    case: its corrupted prompts do not silence the new head). The same numbers with a constant
+    difference of 0.1 are re-used. A base model whose baseline is not separated gets a note."""
+    from mechdiff.circuits import Circuit
+    from mechdiff.circuits.compare import _numbers, _verdict
+    from mechdiff.circuits.graph import Graph
+    from mechdiff.circuits.verdict import UNSCALED
+
+    graph = Graph(2, 2, 2)
+    cb = Circuit(torch.arange(graph.n_edges) % 2 == 0, **graph.dims)
+    n = 8
+    scores = torch.randn(n, graph.n_edges, generator=torch.Generator().manual_seed(2))
+    flat = torch.tensor([2.1, 0.1] * (n // 2))
+    pp = {"b_full": torch.zeros(n), "b_empty": torch.zeros(n) - 1, "f_full": flat,
+          "f_empty": torch.ones(n), "b_patched": torch.full((n,), 0.99),
+          "f_cb": torch.full((n,), 1.095), "b_cf": torch.zeros(n), "s_b": scores,
+          "s_f": 2 * scores}
+    numbers = _numbers(pp, cb, cb, None)
+    assert numbers["base_in_ft"] == pytest.approx(0.95) and decide(numbers)[0] == REUSED
+    v = _verdict(pp, cb, cb, numbers, None, 200, 0, 0.5, ablation="mean")
+    assert v.label == "undetermined" and v.frequency["undetermined"] == 1.0
+    assert v.reasons[0] == UNSCALED and len(v.reasons) == 3
+    assert not any("keeps" in r for r in v.reasons)  # base_in_ft is not read
+    note = next(x for x in v.notes if x.startswith("the fine-tuned model's every-edge-ablated"))
+    assert note.startswith("the fine-tuned model's every-edge-ablated baseline is not separated "
+                           "from its full model on these prompts: m(full) - m(empty) = +0.100, "
+                           "95% interval [")
+    assert "mean ablation keeps what the prompts share" in note
+    assert "base_in_ft (+0.95), normalized by it, is left out of the rules" in note
+    corrupted = _verdict(pp, cb, cb, numbers, None, 200, 0, 0.5, ablation="corrupted")
+    assert any("the corrupted prompts do not remove the behaviour" in x for x in corrupted.notes)
+    # carried near 0 decides without base_in_ft, which is neither a reason nor an "although"
+    moved = {**pp, "b_patched": torch.full((n,), 0.01)}
+    v = _verdict(moved, cb, cb, _numbers(moved, cb, cb, None), None, 200, 0, 0.5)
+    assert v.label == NEW and v.reasons[0].startswith("the base circuit alone carries only 0.01")
+    assert not any("inside the fine-tuned model keeps" in r for r in v.reasons)
+    steady = {**pp, "f_full": torch.full((n,), 1.1)}  # the same mean difference, every prompt
+    v = _verdict(steady, cb, cb, _numbers(steady, cb, cb, None), None, 200, 0, 0.5)
+    assert v.label == REUSED and not any("not separated" in x for x in v.notes)
+    base_flat = {**steady, "b_full": torch.tensor([1.0, -3.0] * (n // 2)), "b_patched":
+                 torch.full((n,), 0.0)}
+    v = _verdict(base_flat, cb, cb, _numbers(base_flat, cb, cb, None), None, 200, 0, 0.5)
+    assert any(x.startswith("the base model's every-edge-ablated baseline is not separated")
+               and "the base circuit's size, read off that curve, is arbitrary" in x
+               for x in v.notes)
+    assert decide(numbers, unscaled=True) == ("undetermined", v_reasons(numbers))
+
+
+def v_reasons(numbers: dict[str, float]) -> tuple[str, ...]:
+    """The reasons decide() gives with base_in_ft left out, for the re-use numbers above."""
+    from mechdiff.circuits.verdict import UNSCALED
+
+    return (UNSCALED, f"edge scores rank-correlate at {numbers['score_rank']:+.2f} (>= REUSE_RANK "
+            "0.5)", f"the base circuit alone carries {numbers['carried']:.2f} of the gap (>= "
+            "STRENGTHENED 0.5)")
