@@ -48,8 +48,10 @@ from mechdiff.circuits.faithfulness import (
     Faithfulness,
     FaithfulnessCurve,
     areas,
+    baseline_text,
     evaluate,
     normalized,
+    unseparated,
 )
 from mechdiff.circuits.graph import Graph, GraphError
 from mechdiff.circuits.results import OnGraph
@@ -72,7 +74,7 @@ from mechdiff.errors import OptionError, VerdictWarning, check_seed
 from mechdiff.loading import ModelPair, model_provenance
 from mechdiff.metrics import checked_gap, negligible
 from mechdiff.results import Provenance, SavableResult
-from mechdiff.stats import mean_interval, spearman
+from mechdiff.stats import spearman
 from mechdiff.tasks import Task
 
 CLOSE = 0.2
@@ -533,26 +535,8 @@ def _small_scale(pp: dict[str, Tensor]) -> list[str]:
 
 
 def _unseparated(pp: dict[str, Tensor], k: str) -> tuple[float, float, float] | None:
-    """``(mean, lo, hi)`` of ``m(full) - m(empty)`` in model ``k`` (``"b"`` or ``"f"``) when its
-    95% interval over prompts contains 0, else None: the every-edge-ablated baseline is then not
-    separated from the full model, and faithfulness normalized by it has no scale."""
-    diff = pp[f"{k}_full"].double() - pp[f"{k}_empty"].double()
-    lo, hi = mean_interval(diff)
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi):
-        return None
-    return float(diff.mean()), lo, hi
-
-
-def _baseline_text(name: str, got: tuple[float, float, float], ablation: str) -> str:
-    mean, lo, hi = got
-    why = ("mean ablation keeps what the prompts share, so a behaviour every prompt shows "
-           "survives in the per-position means: corrupted prompts that lack the behaviour give a "
-           "baseline that removes it" if ablation == "mean" else
-           "the corrupted prompts do not remove the behaviour in this model: pick ones on "
-           "which it is absent")
-    return (f"the {name} model's every-edge-ablated baseline is not separated from its full "
-            f"model on these prompts: m(full) - m(empty) = {signed(mean, 3)}, 95% interval "
-            f"[{signed(lo, 3)}, {signed(hi, 3)}] over prompts, contains 0 ({why})")
+    """:func:`~mechdiff.circuits.faithfulness.unseparated` of model ``k`` (``"b"``, ``"f"``)."""
+    return unseparated(pp[f"{k}_full"], pp[f"{k}_empty"])
 
 
 def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str, float],
@@ -635,14 +619,14 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
     notes += _small_scale(pp)
     base_flat = _unseparated(pp, "b")
     if base_flat is not None:
-        notes.append(f"{_baseline_text('base', base_flat, ablation)}: the base model's own curve "
-                     "and ft_in_base have no scale, and the base circuit's size, read off that "
-                     "curve, is arbitrary")
+        said = baseline_text("the base model's", base_flat, ablation)
+        notes.append(f"{said}: the base model's own curve and ft_in_base have no scale, and "
+                     "the base circuit's size, read off that curve, is arbitrary")
     if ft_flat is not None:
-        notes.append(f"{_baseline_text('fine-tuned', ft_flat, ablation)}: base_in_ft "
-                     f"({_shown(numbers['base_in_ft'])}), normalized by it, is left out of the "
-                     "rules (no evidence either way), and the fine-tuned model's own curve has "
-                     "no scale")
+        said = baseline_text("the fine-tuned model's", ft_flat, ablation)
+        notes.append(f"{said}: base_in_ft ({_shown(numbers['base_in_ft'])}), normalized by it, "
+                     "is left out of the rules (no evidence either way), and the fine-tuned "
+                     "model's own curve has no scale")
     if numbers["base_in_ft"] > 1 + (1 - t["REUSE_FAITHFULNESS"]):
         notes.append(f"the base circuit overshoots inside the fine-tuned model "
                      f"({numbers['base_in_ft']:.2f}): edges outside it oppose the behaviour "

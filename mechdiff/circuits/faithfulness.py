@@ -43,12 +43,18 @@ from mechdiff.circuits.ablation import Ablation, Replacements, mean_outputs
 from mechdiff.circuits.circuit import Circuit, Rule, select_circuit
 from mechdiff.circuits.graph import Graph, GraphError
 from mechdiff.circuits.results import OnGraph
-from mechdiff.circuits.verdict import fixed
+from mechdiff.circuits.verdict import fixed, signed
 from mechdiff.errors import OptionError
 from mechdiff.loading import model_provenance
 from mechdiff.metrics import check_finite, negligible
 from mechdiff.results import Provenance, SavableResult
-from mechdiff.stats import CI_LEVEL, bootstrap_weights, fraction_samples, percentile_interval
+from mechdiff.stats import (
+    CI_LEVEL,
+    bootstrap_weights,
+    fraction_samples,
+    mean_interval,
+    percentile_interval,
+)
 from mechdiff.tasks import Task, Tokens
 
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -60,6 +66,41 @@ def normalized(circuit: float, full: float, empty: float) -> float:
     (:func:`mechdiff.metrics.negligible`: a ratio to float noise is not a faithfulness)."""
     denom = full - empty
     return (circuit - empty) / denom if not negligible(denom, full, empty) else float("nan")
+
+
+def unseparated(full: Tensor, empty: Tensor) -> tuple[float, float, float] | None:
+    """``(mean, lo, hi)`` of ``m(full) - m(empty)`` when its 95% interval over prompts contains
+    0, else None: the every-edge-ablated baseline is then not separated from the full model, and
+    ``f``, a ratio to that difference, has no scale (on the real distillation's 4 demo prompts
+    mean ablation left the fine-tune more Spanish than the full model on two of them)."""
+    diff = full.double() - empty.double()
+    lo, hi = mean_interval(diff)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi):
+        return None
+    return float(diff.mean()), lo, hi
+
+
+def baseline_text(whose: str, got: tuple[float, float, float], ablation: str) -> str:
+    """What :func:`unseparated` found, for ``whose`` baseline ("the base model's"), and what
+    to do about it."""
+    mean, lo, hi = got
+    why = ("mean ablation keeps what the prompts share, so a behaviour every prompt shows "
+           "survives in the per-position means: corrupted prompts that lack the behaviour give a "
+           "baseline that removes it" if ablation == "mean" else
+           "the corrupted prompts do not remove the behaviour in this model: pick ones on "
+           "which it is absent")
+    return (f"{whose} every-edge-ablated baseline is not separated from its full "
+            f"model on these prompts: m(full) - m(empty) = {signed(mean, 3)}, 95% interval "
+            f"[{signed(lo, 3)}, {signed(hi, 3)}] over prompts, contains 0 ({why})")
+
+
+def _no_scale(full: Tensor, empty: Tensor, ablation: str) -> str:
+    """A note line for a summary or table whose baseline is not separated (else nothing)."""
+    got = unseparated(full, empty)
+    if got is None:
+        return ""
+    said = baseline_text("the model's", got, ablation)
+    return f"\n  note: {said}: f has no scale here"
 
 
 def areas(fractions: tuple[float, ...], values: list[float]) -> tuple[float, float]:
@@ -109,7 +150,8 @@ class Faithfulness(SavableResult, OnGraph, name="circuits.Faithfulness"):
         return (f"faithfulness {fixed(self.value)} of a {self.n_edges}-edge circuit ({self.rule}) "
                 f"in {p.base} on {p.task!r} ({p.n_prompts} prompts, {p.metric}, {self.ablation} "
                 f"ablation): circuit {fixed(float(self.circuit.mean()), 4)}, full "
-                f"{fixed(float(self.full.mean()), 4)}, empty {fixed(float(self.empty.mean()), 4)}")
+                f"{fixed(float(self.full.mean()), 4)}, empty {fixed(float(self.empty.mean()), 4)}"
+                + _no_scale(self.full, self.empty, self.ablation))
 
 
 @dataclass(frozen=True)
@@ -213,7 +255,7 @@ class FaithfulnessCurve(SavableResult, OnGraph, name="circuits.FaithfulnessCurve
                     if math.isfinite(float(lo[i])) else "")
             lines.append(f"{100 * fr:>8.1f} {self.requested[i]:>9} {self.kept[i]:>7} "
                          f"{fixed(float(self.values[i])):>8} {span:>18}")
-        return "\n".join(lines)
+        return "\n".join(lines) + _no_scale(self.full, self.empty, self.ablation)
 
 
 def faithfulness(

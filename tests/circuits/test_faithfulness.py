@@ -154,6 +154,23 @@ def test_curve_areas_and_saving(tiny, tmp_path) -> None:
                         [float(iv["cpr"][1]), float(iv["cmd"][1])]], dtype=torch.float64)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     assert f"CPR {fixed(curve.cpr)} [{fixed(float(iv['cpr'][0]))}" in curve.table()
+    # A baseline whose difference from the full model changes sign across prompts (interval
+    # containing 0) is said under the table; a steady one is not.
+    import dataclasses
+
+    from mechdiff.circuits.faithfulness import unseparated
+
+    full = torch.tensor([2.0, 0.0, 2.2, -0.1])
+    flat = dataclasses.replace(curve, full=full, empty=torch.ones(4))
+    mean, lo, hi = unseparated(flat.full, flat.empty)
+    assert mean == pytest.approx(0.025) and lo < 0 < hi
+    assert flat.table().endswith("contains 0 (mean ablation keeps what the prompts share, so a "
+                                 "behaviour every prompt shows survives in the per-position "
+                                 "means: corrupted prompts that lack the behaviour give a "
+                                 "baseline that removes it): f has no scale here")
+    steady = dataclasses.replace(curve, full=full + 3, empty=torch.ones(4))
+    assert unseparated(steady.full, steady.empty) is None
+    assert "not separated" not in steady.table()
 
 
 def test_a_circuit_of_another_graph_is_refused(tiny) -> None:
