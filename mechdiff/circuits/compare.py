@@ -635,4 +635,5 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
                    thresholds=t, frequency=frequency,
                    notes=tuple(notes), n_boot=n_boot, seed=seed,
                    extra={"base_size": f"{size:g}", "close": f"{CLOSE:g}",
-                          "size_rule": "fixed edges" if fixed else "smallest faithful"})
+                          "size_rule": "fixed edges" if fixed else "smallest faithful",
+                          **({"left_out": "base_in_ft"} if unscaled else {})})

@@ -523,6 +523,7 @@ def test_a_baseline_not_separated_from_the_full_model_leaves_base_in_ft_out() ->
     v = _verdict(pp, cb, cb, numbers, None, 200, 0, 0.5, ablation="mean")
     assert v.label == "undetermined" and v.frequency["undetermined"] == 1.0
     assert v.reasons[0] == UNSCALED and len(v.reasons) == 3
+    assert v.extra["left_out"] == "base_in_ft"
     assert not any("keeps" in r for r in v.reasons)  # base_in_ft is not read
     note = next(x for x in v.notes if x.startswith("the fine-tuned model's every-edge-ablated"))
     assert note.startswith("the fine-tuned model's every-edge-ablated baseline is not separated "
@@ -540,6 +541,7 @@ def test_a_baseline_not_separated_from_the_full_model_leaves_base_in_ft_out() ->
     steady = {**pp, "f_full": torch.full((n,), 1.1)}  # the same mean difference, every prompt
     v = _verdict(steady, cb, cb, _numbers(steady, cb, cb, None), None, 200, 0, 0.5)
     assert v.label == REUSED and not any("not separated" in x for x in v.notes)
+    assert "left_out" not in v.extra
     base_flat = {**steady, "b_full": torch.tensor([1.0, -3.0] * (n // 2)), "b_patched":
                  torch.full((n,), 0.0)}
     v = _verdict(base_flat, cb, cb, _numbers(base_flat, cb, cb, None), None, 200, 0, 0.5)
