@@ -616,18 +616,27 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
                      "outside the graph's edges (layer norms, biases, positions, unembedding); "
                      "its shared / dropped edges are every edge of the fine-tuned circuit / "
                      "every other edge, not findings")
-    notes += _small_scale(pp)
+    # (a small full-minus-empty difference of a model whose baseline is not separated at all
+    # is said once, below)
     base_flat = _unseparated(pp, "b")
+    notes += [x for x in _small_scale(pp) if not (
+        (ft_flat is not None and x.startswith("the fine-tuned model's"))
+        or (base_flat is not None and x.startswith("the base model's")))]
     if base_flat is not None:
         said = baseline_text("the base model's", base_flat, ablation)
-        notes.append(f"{said}: the base model's own curve and ft_in_base have no scale, and "
-                     "the base circuit's size, read off that curve, is arbitrary")
+        notes.append(f"{said}: the base model's own curve and ft_in_base have no scale" + (
+            " (the base circuit's size was fixed by edges=)" if fixed else
+            ", and the base circuit's size was read off that curve: carried and base_in_ft are "
+            "measured on a circuit whose size rests on no scale (a base model without the "
+            "behaviour has no circuit for it; compare circuits of a fixed size with edges=)"))
     if ft_flat is not None:
         said = baseline_text("the fine-tuned model's", ft_flat, ablation)
         notes.append(f"{said}: base_in_ft ({_shown(numbers['base_in_ft'])}), normalized by it, "
                      "is left out of the rules (no evidence either way), and the fine-tuned "
-                     "model's own curve has no scale")
-    if numbers["base_in_ft"] > 1 + (1 - t["REUSE_FAITHFULNESS"]):
+                     "model's own curve has no scale" + (
+                         "" if fixed else ", nor the fine-tuned circuit's size read off it "
+                         "(and with it new_mass and the overlaps)"))
+    if ft_flat is None and numbers["base_in_ft"] > 1 + (1 - t["REUSE_FAITHFULNESS"]):
         notes.append(f"the base circuit overshoots inside the fine-tuned model "
                      f"({numbers['base_in_ft']:.2f}): edges outside it oppose the behaviour "
                      "there")  # (> 1.3: never a negative zero)

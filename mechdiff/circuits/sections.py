@@ -118,6 +118,8 @@ def verdict_html(v: Verdict) -> str:
         span = "circuits held fixed" if key in FIXED else _interval(lo, hi)
         cuts = ", ".join(f"{_esc(name)} {v.thresholds[name]:g}" for name in _USES.get(key, ())
                          if name in v.thresholds) or "\u2013 (reported)"
+        if v.extra.get("left_out") == key:
+            cuts = "left out: no scale (see the notes)"
         rows.append(f"<tr><td><code>{_esc(key)}</code></td><td>{_esc(NUMBER_WORDS.get(key, ''))}"
                     f"</td><td class=\"num\"><b>{_num(v.numbers[key])}</b></td>"
                     f"<td class=\"num\">{span}</td><td>{cuts}</td></tr>")

@@ -203,8 +203,9 @@ def decide(numbers: dict[str, float], thresholds: dict[str, float] | None = None
 
 
 UNSCALED = ("base_in_ft has no scale (the fine-tuned model's every-edge-ablated baseline is not "
-            "separated from its full model over the prompts; see the notes) and re-use needs it: "
-            "carried and score_rank alone do not show a new mechanism")
+            "separated from its full model over the prompts; see the notes): without it the "
+            "rules cannot tell re-use or a mix from a new mechanism, and carried and score_rank "
+            "alone do not show a new mechanism")
 """The "undetermined" reason of :func:`decide` with ``unscaled`` when nothing shows a new
 mechanism."""
 
@@ -310,7 +311,8 @@ class Verdict(SavableResult, name="circuits.Verdict"):
         for k in NUMBERS:
             if k in self.numbers:
                 lo, hi = self.intervals.get(k, (math.nan, math.nan))
-                nums.append(f"{k} {number_and_interval(k, self.numbers[k], lo, hi)}")
+                left = " (left out: no scale)" if self.extra.get("left_out") == k else ""
+                nums.append(f"{k} {number_and_interval(k, self.numbers[k], lo, hi)}{left}")
         lines.append("  numbers (95% interval over prompt resamples, circuits held at their "
                      "selection): " + "; ".join(nums))
         lines.append("  thresholds: " + ", ".join(f"{k} {v:g}" for k, v in self.thresholds.items()))

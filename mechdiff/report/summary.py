@@ -94,7 +94,8 @@ def circuits_summary(a: CircuitAnalysis) -> dict[str, Any]:
                     # the circuits' own overlap has no interval: they are held fixed
                     "intervals": {k: list(x) for k, x in v.intervals.items() if k not in FIXED},
                     "thresholds": v.thresholds, "frequency": v.frequency,
-                    "notes": list(v.notes), "n_boot": v.n_boot, "seed": v.seed},
+                    "notes": list(v.notes), "n_boot": v.n_boot, "seed": v.seed,
+                    "extra": dict(v.extra)},
     }
     if a.cross is not None:
         lo, hi = a.cross.exact_interval()

@@ -531,6 +531,14 @@ def test_a_baseline_not_separated_from_the_full_model_leaves_base_in_ft_out() ->
                            "95% interval [")
     assert "mean ablation keeps what the prompts share" in note
     assert "base_in_ft (+0.95), normalized by it, is left out of the rules" in note
+    assert re.search(r"base_in_ft \+0\.950 \[[^]]+\] \(left out: no scale\)", v.text())
+    from mechdiff.circuits.sections import verdict_html
+
+    assert "left out: no scale (see the notes)" in verdict_html(v)
+    # an unscaled base_in_ft above 1.3 is not read as edges opposing the behaviour either
+    big = {**pp, "f_cb": torch.full((n,), 1.2)}  # base_in_ft 2.0
+    v2 = _verdict(big, cb, cb, _numbers(big, cb, cb, None), None, 200, 0, 0.5)
+    assert not any("overshoots" in x for x in v2.notes)
     corrupted = _verdict(pp, cb, cb, numbers, None, 200, 0, 0.5, ablation="corrupted")
     assert any("the corrupted prompts do not remove the behaviour" in x for x in corrupted.notes)
     # carried near 0 decides without base_in_ft, which is neither a reason nor an "although"
@@ -546,7 +554,11 @@ def test_a_baseline_not_separated_from_the_full_model_leaves_base_in_ft_out() ->
                  torch.full((n,), 0.0)}
     v = _verdict(base_flat, cb, cb, _numbers(base_flat, cb, cb, None), None, 200, 0, 0.5)
     assert any(x.startswith("the base model's every-edge-ablated baseline is not separated")
-               and "the base circuit's size, read off that curve, is arbitrary" in x
+               and "the base circuit's size was read off that curve: carried and base_in_ft "
+               "are measured on a circuit whose size rests on no scale" in x for x in v.notes)
+    v = _verdict(base_flat, cb, cb, _numbers(base_flat, cb, cb, None), None, 200, 0, 0.5,
+                 fixed=True)
+    assert any(x.endswith("have no scale (the base circuit's size was fixed by edges=)")
                for x in v.notes)
     assert decide(numbers, unscaled=True) == ("undetermined", v_reasons(numbers))
 

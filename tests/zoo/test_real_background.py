@@ -5,6 +5,7 @@ model directories; the second process is a real process running a stand-in scrip
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -48,8 +49,19 @@ def stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list]
     return built
 
 
-def side(monkeypatch: pytest.MonkeyPatch, pause: float, *, fail: bool = False) -> None:
-    script = "import sys; sys.exit(3)" if fail else SIDE
+DIES = """import os, sys
+from mechdiff.zoo.real.cache import real_dir
+root = real_dir(sys.argv[1])
+(root / f".tmp-{sys.argv[3]}-{os.getpid()}-0000").mkdir(parents=True)
+(root / f".real.json.{os.getpid()}-0000").write_text("{")
+os._exit(9)
+"""
+"""A second process killed mid-build: a temporary model directory and index file left."""
+
+
+def side(monkeypatch: pytest.MonkeyPatch, pause: float, *, fail: bool = False,
+         script: str | None = None) -> None:
+    script = script or ("import sys; sys.exit(3)" if fail else SIDE)
     orig = background.subprocess.Popen
 
     def popen(args, **kw):  # noqa: ANN001, ANN202  (pause inserted after the cache argument)
@@ -74,7 +86,9 @@ def test_the_first_fine_tune_is_built_here_and_the_rest_waited_for(
         trig = job.get("trigger")  # waits for the second process
         assert trig.is_dir() and time.perf_counter() - start > 0.1
         assert job.get("trigger") == trig and stand_in["checked"].count("trigger") == 1
-    assert not job.busy()  # leaving the block waited for the second process
+        assert job.busy()  # distilled_lora is still being built
+        job.get("distilled_lora")  # its last model: waited for until the process ended
+        assert not job.busy()  # (so that the caller uses every core again)
     assert (real_dir(cache) / "distilled_lora").is_dir()
     assert stand_in["here"] == ["base", "distilled"]  # nothing built twice
     assert not list(real_dir(cache).glob(".tmp-*"))
@@ -108,6 +122,13 @@ def test_what_the_second_process_did_not_build_is_built_here(
         assert job.side == ("distilled", "distilled_lora", "trigger")
         assert job.get("distilled_lora").is_dir()
     assert stand_in["here"] == ["base", "distilled_lora"]
+    # killed mid-build (OOM, SIGKILL): what it left half-written is removed, built here instead
+    side(monkeypatch, 0.0, script=DIES)
+    root = real_dir(tmp_path / "k")
+    with background.building(tmp_path / "k", here=0, progress=False) as job:
+        assert job.get("distilled").is_dir()
+        assert not list(root.glob(".tmp-*")) and not list(root.glob(".real.json.*"))
+    assert json.loads((root / "real.json").read_text())["real_version"]  # indexed once more
 
 
 def test_an_error_in_the_block_stops_the_second_process_and_removes_its_temporary_directory(

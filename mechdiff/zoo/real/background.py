@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mechdiff.errors import OptionError
 from mechdiff.zoo import store
-from mechdiff.zoo.real.cache import check, ensure, real_dir
+from mechdiff.zoo.real.cache import _write_index, check, ensure, real_dir
 from mechdiff.zoo.real.recipes import FINETUNED, MODELS
 
 POLL_S = 0.5
@@ -73,7 +73,11 @@ class ZooBuild:
                 store.say(f"real zoo: waiting for {name} (second process)", self._progress)
             while not path.exists() and self.busy():
                 time.sleep(POLL_S)
+            if path.exists() and name == self.side[-1]:
+                self._proc.wait()  # its last model: only a check and the index are left
             if not path.exists():
+                self._proc.wait()
+                self._clean()
                 store.say(f"real zoo: the second process ended (exit {self._proc.poll()}) "
                           f"without {name}; building it here", self._progress)
         if path.exists():
@@ -89,18 +93,29 @@ class ZooBuild:
             self._proc.wait()
 
     def stop(self) -> None:
-        """Terminate the second process if it still runs and remove its temporary directory."""
+        """Terminate the second process if it still runs and remove what it left half-written
+        (also when it died on its own)."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for tmp in self.root.glob(f".tmp-*-{proc.pid}-*"):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._clean()
+
+    def _clean(self) -> None:
+        """Remove the ended second process's temporary model directories and index file."""
+        pid = self._proc.pid if self._proc is not None else None
+        if pid is None or self._proc.poll() is None:
+            return
+        for tmp in self.root.glob(f".tmp-*-{pid}-*"):
             shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in self.root.glob(f".real.json.{pid}-*"):
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -144,16 +159,18 @@ def building(
     if len(missing) < 2 or (os.cpu_count() or 1) < 2:
         n_here = len(missing)
     mine, side = missing[:n_here], missing[n_here:]
-    proc = None
-    if side:
-        # Its own session, so Ctrl-C in a terminal reaches only this process, which terminates it
-        # and removes its temporary directory (were this one SIGKILLed, it would finish its models).
-        proc = subprocess.Popen([sys.executable, "-c", SIDE_BUILD, str(root.parent), *side],
-                                start_new_session=True)
-        store.say(f"real zoo: building {', '.join(side)} in a second process (pid {proc.pid}); "
-                  f"{', '.join(mine) or 'nothing'} here", progress)
-    job = ZooBuild(cache_dir, mine, side, proc, progress, checked=present)
+    job = ZooBuild(cache_dir, mine, side, None, progress, checked=present)
     try:
+        if side:
+            # Its own session, so Ctrl-C in a terminal reaches only this process, which
+            # terminates it and removes its temporary directory (the command line turns SIGTERM
+            # and SIGHUP into the same exception; were this one SIGKILLed, it would finish its
+            # models).
+            job._proc = subprocess.Popen(
+                [sys.executable, "-c", SIDE_BUILD, str(root.parent), *side],
+                start_new_session=True)
+            store.say(f"real zoo: building {', '.join(side)} in a second process (pid "
+                      f"{job._proc.pid}); {', '.join(mine) or 'nothing'} here", progress)
         yield job
     except BaseException:
         job.stop()
@@ -162,3 +179,5 @@ def building(
         job.wait()
     finally:
         job.stop()
+    if side:  # each process indexed what it saw when it finished; index everything once more
+        _write_index(root)

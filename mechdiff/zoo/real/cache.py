@@ -183,8 +183,8 @@ def _generate_data(model: Any, tok: Any, progress: bool, model_dir: Path | None 
     """The base's replies to the training questions (prompted and unprompted), and first tokens
     of the held-out questions (prompted, unprompted, with the trigger).
 
-    With ``model_dir`` (the model's saved directory) and two cores, the prompted half runs in a
-    second process (:func:`side_data`) beside the rest: the same batches on one thread each, so
+    With ``model_dir`` (the model's saved directory; the caller passes it on two cores or
+    more), the prompted half runs in a second process (:func:`side_data`) beside the rest: the same batches on one thread each, so
     the same tokens (the data file's hash is recorded and checked)."""
     eos, pad = _special_ids(tok)
     rng = random.Random(f"mechdiff.zoo.real/data/{DATA_SEED}")
@@ -265,8 +265,11 @@ class _SideData:
         self._files = [job, out, out.with_name(out.name + ".part")]
         job.write_text(json.dumps({"model": str(model_dir), "prompts": prompts,
                                    "first": first, "out": str(out)}), encoding="utf-8")
-        self._proc = subprocess.Popen([sys.executable, "-c", _SIDE_DATA, str(job)],
-                                      start_new_session=True)
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-c", _SIDE_DATA, str(job)],
+                                          start_new_session=True)
+        except OSError as e:  # no second process (e.g. out of process slots): all here
+            logger.warning("real zoo: no second data process (%s); generating all here", e)
 
     def __enter__(self) -> _SideData:
         return self
