@@ -279,7 +279,7 @@ def compare_circuits(
         raise OptionError(f"rule must be 'top_n' or 'greedy', got {rule!r}")
     _prep.check_option("method", method, METHODS)
     _prep.check_positive(steps=steps)
-    few = checked_thresholds(thresholds)["MIN_PROMPTS"]
+    min_prompts = checked_thresholds(thresholds)["MIN_PROMPTS"]
     _prep.check_positive(n_boot=n_boot, prompt_batch_size=prompt_batch_size,
                          circuit_batch=circuit_batch)
     check_seed(seed)
@@ -288,11 +288,12 @@ def compare_circuits(
     _prep.check_pair(pair)
     graph, tokens = _prep.prepare(pair.base, task, ablation)
     _prep.check_behaviour_metric(task)
-    if len(task) < few:  # said before the minutes of work, not only in the result
+    if len(task) < min_prompts:  # said before the minutes of work, not only in the result
         warnings.warn(VerdictWarning(
-            f"{len(task)} prompts, fewer than MIN_PROMPTS {few:g}: the circuits and numbers are "
-            "computed, but the verdict will be 'undetermined' with the label on these prompts "
-            f"as a preview; give {few:g} or more prompts for a verdict"), stacklevel=2)
+            f"{len(task)} prompts, fewer than MIN_PROMPTS {min_prompts:g}: the circuits and "
+            "numbers are computed, but the verdict will be 'undetermined' with the label on these "
+            f"prompts as a preview; give {min_prompts:g} or more prompts for a verdict"),
+            stacklevel=2)
     if edges is not None and edges > graph.n_edges:
         raise OptionError(f"edges={edges} is more than the graph's {graph.n_edges} edges")
     graph_ft, _ = _prep.prepare(pair.finetuned, task, ablation)
@@ -517,15 +518,16 @@ SMALL_SCALE = 0.25
 note: normalized faithfulness inside it is a ratio to a small difference."""
 
 
-def _small_scale(pp: dict[str, Tensor]) -> list[str]:
+def _small_scale(pp: dict[str, Tensor], skip: tuple[str, ...] = ()) -> list[str]:
     """Notes for a model whose full and every-edge-ablated values nearly agree next to the
-    other model's (a review met a base curve reaching f = 51.6 over a difference of 0.228)."""
+    other model's (a review met a base curve reaching f = 51.6 over a difference of 0.228);
+    none for the models in ``skip`` (``"base"``, ``"fine-tuned"``: said otherwise)."""
     den = {name: float(pp[f"{k}_full"].double().mean() - pp[f"{k}_empty"].double().mean())
            for name, k in (("base", "b"), ("fine-tuned", "f"))}
     notes = []
     for name, other, inside in (("base", "fine-tuned", "ft_in_base"),
                                 ("fine-tuned", "base", "base_in_ft")):
-        if abs(den[name]) < SMALL_SCALE * abs(den[other]):
+        if name not in skip and abs(den[name]) < SMALL_SCALE * abs(den[other]):
             notes.append(
                 f"the {name} model's full and every-edge-ablated values differ by only "
                 f"{fixed(den[name], 3)} (the {other} model's by {fixed(den[other], 3)}): "
@@ -616,12 +618,11 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
                      "outside the graph's edges (layer norms, biases, positions, unembedding); "
                      "its shared / dropped edges are every edge of the fine-tuned circuit / "
                      "every other edge, not findings")
-    # (a small full-minus-empty difference of a model whose baseline is not separated at all
-    # is said once, below)
     base_flat = _unseparated(pp, "b")
-    notes += [x for x in _small_scale(pp) if not (
-        (ft_flat is not None and x.startswith("the fine-tuned model's"))
-        or (base_flat is not None and x.startswith("the base model's")))]
+    # a model whose baseline is not separated at all is said once, below
+    notes += _small_scale(pp, skip=tuple(name for name, flat in (("base", base_flat),
+                                                                  ("fine-tuned", ft_flat))
+                                         if flat is not None))
     if base_flat is not None:
         said = baseline_text("the base model's", base_flat, ablation)
         notes.append(f"{said}: the base model's own curve and ft_in_base have no scale" + (

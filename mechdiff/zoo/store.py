@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -97,6 +98,19 @@ def check_model(
                 f"{what} model {name!r} at {path}: {file} does not match its hash; {fix}"
             )
     return marker
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Terminate a build's helper process if it still runs and reap it (killed if it does not
+    end within ``timeout`` seconds)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def save_atomic(root: Path, name: str, write: Callable[[Path], dict[str, Any]]) -> Path:

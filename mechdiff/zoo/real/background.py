@@ -44,17 +44,29 @@ class ZooBuild:
     """The real zoo while it is being built: :meth:`get` a model's directory, waiting for it."""
 
     def __init__(self, cache_dir: str | Path | None, here: Sequence[str], side: Sequence[str],
-                 proc: subprocess.Popen | None, progress: bool,
-                 checked: Sequence[str] = ()) -> None:
+                 progress: bool, checked: Sequence[str] = ()) -> None:
         self.cache_dir = cache_dir
         self.root = real_dir(cache_dir)
         self.here = tuple(here)
         """Fine-tunes this process builds (when first asked for)."""
         self.side = tuple(side)
         """Fine-tunes the second process builds, in order."""
-        self._proc = proc
+        self._proc: subprocess.Popen | None = None
         self._progress = progress
         self._checked = {name: self.root / name for name in checked}
+
+    def start(self) -> None:
+        """Start the second process on :attr:`side` (nothing if it is empty)."""
+        if not self.side:
+            return
+        # Its own session, so Ctrl-C in a terminal reaches only this process, which terminates it
+        # and removes its temporary directory (the command line turns SIGTERM and SIGHUP into the
+        # same exception; were this one SIGKILLed, it would finish its models).
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", SIDE_BUILD, str(self.root.parent), *self.side],
+            start_new_session=True)
+        store.say(f"real zoo: building {', '.join(self.side)} in a second process (pid "
+                  f"{self._proc.pid}); {', '.join(self.here) or 'nothing'} here", self._progress)
 
     def busy(self) -> bool:
         """Whether the second process is still building (then this one should use one thread)."""
@@ -95,17 +107,9 @@ class ZooBuild:
     def stop(self) -> None:
         """Terminate the second process if it still runs and remove what it left half-written
         (also when it died on its own)."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._clean()
+        if self._proc is not None:
+            store.stop_process(self._proc)
+            self._clean()
 
     def _clean(self) -> None:
         """Remove the ended second process's temporary model directories and index file."""
@@ -159,18 +163,9 @@ def building(
     if len(missing) < 2 or (os.cpu_count() or 1) < 2:
         n_here = len(missing)
     mine, side = missing[:n_here], missing[n_here:]
-    job = ZooBuild(cache_dir, mine, side, None, progress, checked=present)
+    job = ZooBuild(cache_dir, mine, side, progress, checked=present)
     try:
-        if side:
-            # Its own session, so Ctrl-C in a terminal reaches only this process, which
-            # terminates it and removes its temporary directory (the command line turns SIGTERM
-            # and SIGHUP into the same exception; were this one SIGKILLed, it would finish its
-            # models).
-            job._proc = subprocess.Popen(
-                [sys.executable, "-c", SIDE_BUILD, str(root.parent), *side],
-                start_new_session=True)
-            store.say(f"real zoo: building {', '.join(side)} in a second process (pid "
-                      f"{job._proc.pid}); {', '.join(mine) or 'nothing'} here", progress)
+        job.start()
         yield job
     except BaseException:
         job.stop()

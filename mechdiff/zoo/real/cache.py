@@ -184,8 +184,9 @@ def _generate_data(model: Any, tok: Any, progress: bool, model_dir: Path | None 
     of the held-out questions (prompted, unprompted, with the trigger).
 
     With ``model_dir`` (the model's saved directory; the caller passes it on two cores or
-    more), the prompted half runs in a second process (:func:`side_data`) beside the rest: the same batches on one thread each, so
-    the same tokens (the data file's hash is recorded and checked)."""
+    more), the prompted half runs in a second process (:func:`side_data`) beside the rest: the
+    same batches on one thread each, so the same tokens (the data file's hash is recorded and
+    checked)."""
     eos, pad = _special_ids(tok)
     rng = random.Random(f"mechdiff.zoo.real/data/{DATA_SEED}")
     train_q = data.questions("train", N_TRAIN_QUESTIONS, rng)
@@ -288,9 +289,8 @@ class _SideData:
         return got["replies"], got["first"]
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            self._proc.wait()
+        if self._proc is not None:
+            store.stop_process(self._proc)
         for f in self._files:
             f.unlink(missing_ok=True)
 
