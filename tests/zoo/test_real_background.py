@@ -26,6 +26,7 @@ for name in sys.argv[3:]:
     tmp.mkdir(parents=True)
     time.sleep(pause)
     tmp.rename(root / name)
+time.sleep(pause)  # after its last model: its check and index
 """
 
 
