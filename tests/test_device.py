@@ -18,6 +18,7 @@ import torch
 from device_audit import NO_CUDA, DeviceAudit, is_host
 
 import mechdiff
+from mechdiff.pipeline import analyse_pair
 from mechdiff.sites import Head
 from mechdiff.views import pair_views
 
@@ -97,6 +98,8 @@ def test_the_engine_keeps_to_the_models_device(dirs, name) -> None:
                                       progress=False)
             mechdiff.attribute_single(pair.base, task, sites=sites, prompt_batch_size=4,
                                       progress=False)
+        analyse_pair(pair, task, label=name, sites=("heads", "mlp"),
+                     methods=("exact", "attribution"), prompt_batch_size=4, progress=False)
         views = pair_views(pair, task, label=name, heads=[Head(0, 1), Head(1, 0)], n_prompts=3)
     assert audit.violations == [], audit.report()
     assert len(views.prompt_indices) == 3

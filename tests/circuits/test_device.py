@@ -15,6 +15,7 @@ from device_audit import NO_CUDA, DeviceAudit
 
 import mechdiff
 from mechdiff import circuits
+from mechdiff.pipeline import analyse_circuits
 
 
 def _pair(tiny, name: str, device: str = "cpu", dtype=torch.float32) -> mechdiff.ModelPair:
@@ -44,6 +45,8 @@ def test_circuit_analyses_keep_to_the_models_device(tiny, name) -> None:
                                             prompt_batch_size=4, progress=False)
         comparison = circuits.compare_circuits(pair, task, method="eap", ablation="corrupted",
                                                n_boot=20, prompt_batch_size=4, progress=False)
+        analyse_circuits(pair, task, label=name, method="eap_ig", steps=2, cross_top=4,
+                         n_boot=20, prompt_batch_size=4, progress=False)
     assert audit.violations == [], audit.report()
     assert curve.values.shape[-1] == 2 and comparison.verdict.label
 
