@@ -11,6 +11,15 @@ from collections.abc import Iterator
 import torch
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the system has one (a container or
+    ``taskset`` limit), else ``os.cpu_count()``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` torch threads (``None``: unchanged), restoring the caller's count

@@ -40,6 +40,7 @@ def _build(which: str, cache: Path | None, progress: bool, models: list[str] | N
 
 
 def _all(cache: Path | None, quiet: bool) -> int:
+    from mechdiff.zoo import store
     from mechdiff.zoo.real import MODELS
     from mechdiff.zoo.real.cache import real_dir
 
@@ -60,10 +61,9 @@ def _all(cache: Path | None, quiet: bool) -> int:
         if todo and (root / "base").exists():
             procs["real, second core"] = start("real", todo)
         codes.update({w: p.wait() for w, p in procs.items() if w != "synthetic"})
-    finally:
+    finally:  # an exception here (Ctrl-C): stop and reap the builds still running
         for p in procs.values():
-            if p.poll() is None:
-                p.terminate()
+            store.stop_process(p)
     failed = {w: c for w, c in codes.items() if c}
     return max(failed.values(), default=0)
 

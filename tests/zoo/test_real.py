@@ -15,6 +15,7 @@ import importlib.util
 import json
 import random
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -264,7 +265,8 @@ def test_the_base_data_split_across_two_processes_is_the_one_process_data(
 ) -> None:
     """The prompted half of the base's data is generated in a second process (same batches, one
     thread each): the records equal those generated in one process, also when the second process
-    fails (its half is then generated here); its files are removed. 6 questions keep it short."""
+    fails or hangs (its half is then generated here); its files are removed. 6 questions keep it
+    short."""
     model_dir = tmp_path / "base"
     model_dir.mkdir()
     for f in real_base.iterdir():  # the cached base, through links: the job files land here
@@ -274,8 +276,14 @@ def test_the_base_data_split_across_two_processes_is_the_one_process_data(
     model, tok = cache._load_hf(real_base), cache._tokenizer(real_base)
     started = []
     popen = cache.subprocess.Popen
-    monkeypatch.setattr(cache.subprocess, "Popen", lambda *a, **k: started.append(a) or popen(
-        *a, **k))
+    procs = []
+
+    def spy(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        started.append(a)
+        procs.append(popen(*a, **k))
+        return procs[-1]
+
+    monkeypatch.setattr(cache.subprocess, "Popen", spy)
     here = cache._generate_data(model, tok, False)
     assert not started
     split = cache._generate_data(model, tok, False, model_dir)
@@ -283,6 +291,14 @@ def test_the_base_data_split_across_two_processes_is_the_one_process_data(
     assert any(r["prompted_reply"] != r["plain_reply"] for r in here["train"])
     monkeypatch.setattr(cache, "_SIDE_DATA", "import sys; sys.exit(3)")
     assert cache._generate_data(model, tok, False, model_dir) == here
+    # a second process that hangs is stopped after its wait, and its half generated here
+    monkeypatch.setattr(cache, "_SIDE_DATA", "import time; time.sleep(600)")
+    monkeypatch.setattr(cache, "SIDE_WAIT_MIN_S", 0.0)
+    monkeypatch.setattr(cache, "SIDE_WAIT_FACTOR", 0.1)
+    start = time.perf_counter()
+    assert cache._generate_data(model, tok, False, model_dir) == here
+    assert time.perf_counter() - start < 120
+    assert started[-1] and all(p.poll() is not None for p in procs)
     assert sorted(f.name for f in model_dir.iterdir()) == sorted(f.name for f in real_base.iterdir())
 
 

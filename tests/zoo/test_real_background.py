@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mechdiff._runtime import usable_cpus
 from mechdiff.errors import OptionError
 from mechdiff.zoo.real import background
 from mechdiff.zoo.real.cache import real_dir
@@ -45,7 +46,7 @@ def stand_in(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list]
 
     monkeypatch.setattr(background, "ensure", ensure)
     monkeypatch.setattr(background, "check", lambda path, name: built["checked"].append(name))
-    monkeypatch.setattr(background.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(background, "usable_cpus", lambda: 2)
     monkeypatch.setattr(background, "POLL_S", 0.02)
     return built
 
@@ -101,18 +102,35 @@ def test_defaults_build_all_but_the_last_here_and_everything_with_one_core(
     side(monkeypatch, 0.0)
     with background.building(tmp_path / "a", progress=False) as job:
         assert job.here == ("distilled", "distilled_lora") and job.side == ("trigger",)
-    monkeypatch.setattr(background.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(background, "usable_cpus", lambda: 1)
     with background.building(tmp_path / "b", progress=False) as job:
         assert job.side == () and not job.busy()
         for name in background.FINETUNED:
             job.get(name)
     assert stand_in["here"][-4:] == ["base", "distilled", "distilled_lora", "trigger"]
     # What is cached is neither built nor given to a second process; it was checked on entry.
-    monkeypatch.setattr(background.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(background, "usable_cpus", lambda: 2)
     with background.building(tmp_path / "b", progress=False) as job:
         assert job.here == () and job.side == ()
         job.get("trigger")
     assert "trigger" not in stand_in["checked"]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_a_process_limited_to_one_cpu_builds_everything_here(
+    stand_in: dict[str, list], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One CPU by affinity (``taskset``, a container's cpuset) counts as one core, whatever
+    ``os.cpu_count()`` says of the machine."""
+    side(monkeypatch, 0.0)
+    monkeypatch.setattr(background, "usable_cpus", usable_cpus)  # the stand-in fixture's: 2
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        with background.building(tmp_path / "one", progress=False) as job:
+            assert job.side == ()
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def test_what_the_second_process_did_not_build_is_built_here(

@@ -19,7 +19,6 @@ temporary directory.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mechdiff._runtime import usable_cpus
 from mechdiff.errors import OptionError
 from mechdiff.zoo import store
 from mechdiff.zoo.real.cache import _write_index, check, ensure, real_dir
@@ -160,7 +160,7 @@ def building(
     present = [m for m in MODELS if (root / m).exists()]  # checked by ensure just now
     missing = [m for m in order if not (root / m).exists()]
     n_here = len(missing) - 1 if here is None else min(here, len(missing))
-    if len(missing) < 2 or (os.cpu_count() or 1) < 2:
+    if len(missing) < 2 or usable_cpus() < 2:
         n_here = len(missing)
     mine, side = missing[:n_here], missing[n_here:]
     job = ZooBuild(cache_dir, mine, side, progress, checked=present)

@@ -31,6 +31,7 @@ from typing import Any, get_args
 
 import torch
 
+from mechdiff._runtime import usable_cpus
 from mechdiff.errors import OptionError
 from mechdiff.zoo import store
 from mechdiff.zoo.real import convert, data
@@ -199,10 +200,11 @@ def _generate_data(model: Any, tok: Any, progress: bool, model_dir: Path | None 
     store.say(f"  generating {2 * len(train_q)} greedy replies of <= {REPLY_TOKENS} tokens"
               + (" (half in a second process)" if model_dir is not None else ""), progress)
     with _SideData(model_dir, prompted, ev_prompted) as side, threads(1):
+        start = time.perf_counter()
         plain_replies = generate(model, plain, max_new_tokens=REPLY_TOKENS, eos_id=eos, pad_id=pad)
         u_first = first_token_logits(model, ev_plain, pad_id=pad).argmax(-1).tolist()
         t_first = first_token_logits(model, ev_trig, pad_id=pad).argmax(-1).tolist()
-        got = side.result()
+        got = side.result(time.perf_counter() - start)
         if got is None:  # one core, or the second process failed (it said why): here
             prompted_replies = generate(
                 model, prompted, max_new_tokens=REPLY_TOKENS, eos_id=eos, pad_id=pad
@@ -252,6 +254,11 @@ def side_data(job_file: str) -> None:
     os.replace(part, out)
 
 
+SIDE_WAIT_FACTOR = 4.0
+SIDE_WAIT_MIN_S = 120.0
+"""How long the base's data waits for its second process (:class:`_SideData`)."""
+
+
 class _SideData:
     """:func:`side_data` in a second process while the block runs (none without a directory);
     :meth:`result` waits for it. Leaving the block stops it and removes its files."""
@@ -275,11 +282,22 @@ class _SideData:
     def __enter__(self) -> _SideData:
         return self
 
-    def result(self) -> tuple[list[list[int]], list[int]] | None:
-        """``(replies, first tokens)``, or None (no second process, or it failed: logged)."""
+    def result(self, own_s: float) -> tuple[list[list[int]], list[int]] | None:
+        """``(replies, first tokens)``, or None (no second process, or it failed or hung:
+        logged). ``own_s``: how long this process took for its half; the second process, with
+        the same work, is given :data:`SIDE_WAIT_FACTOR` times that (at least
+        :data:`SIDE_WAIT_MIN_S`) before it is stopped and its half generated here."""
         if self._proc is None:
             return None
-        code = self._proc.wait()
+        limit = max(SIDE_WAIT_MIN_S, SIDE_WAIT_FACTOR * own_s)
+        try:
+            code = self._proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            store.stop_process(self._proc)
+            logger.warning("real zoo: the second data process did not finish within %.0f s "
+                           "(this process took %.0f s for the same work); generating its half "
+                           "here", limit, own_s)
+            return None
         out = self._files[1]
         if code != 0 or not out.is_file():
             logger.warning("real zoo: the second data process failed (exit %s); generating "
@@ -306,7 +324,7 @@ def _build_base(root: Path, progress: bool) -> Path:
         model, tok = _load_hf(tmp), _tokenizer(tmp)
         start = time.perf_counter()
         records = _generate_data(model, tok, progress,
-                                 tmp if (os.cpu_count() or 1) >= 2 else None)
+                                 tmp if usable_cpus() >= 2 else None)
         gen_seconds = time.perf_counter() - start
         (tmp / DATA_FILE).write_text(json.dumps(records), encoding="utf-8")
         measures = measure(model, tok, records, own=True)
