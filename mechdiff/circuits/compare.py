@@ -172,6 +172,8 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
 
     def _size(self, size: float, c: Circuit) -> str:
         kept = f"{c.n_edges} edges, {int(c.nodes.sum())} nodes"
+        if self._given:
+            return f"{kept} ({100 * size:.3g}% of edges; {c.rule})"
         if self._fixed:  # asked for, then pruned
             asked = f"{c.requested} edge{'' if c.requested == 1 else 's'} asked"
             return f"{asked}, {kept} kept on input-to-logits paths"
@@ -182,7 +184,13 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
         return self.verdict.extra.get("size_rule") == "fixed edges"
 
     @property
+    def _given(self) -> bool:
+        return self.verdict.extra.get("size_rule") == SIZE_RULES["given"]
+
+    @property
     def _sized(self) -> str:
+        if self._given:
+            return "circuits given"
         return "circuits of a fixed size" if self._fixed else "smallest faithful circuits"
 
 
@@ -235,6 +243,8 @@ def compare_circuits(
     ablation: Ablation = "mean",
     rule: Rule = "top_n",
     edges: int | None = None,
+    base_circuit: Circuit | None = None,
+    ft_circuit: Circuit | None = None,
     base_scores: EdgeScores | None = None,
     ft_scores: EdgeScores | None = None,
     base_curve: FaithfulnessCurve | None = None,
@@ -257,6 +267,9 @@ def compare_circuits(
         edges: each model's circuit selects this many edges (before pruning) instead of the
             smallest MIB fraction faithful within :data:`CLOSE` from there on; the curves are
             computed either way.
+        base_circuit, ft_circuit: compare these two circuits (both given; from
+            :func:`select_circuit`, :meth:`Circuit.load`, or built by hand on this graph)
+            instead of choosing each model's; the scores and curves are computed either way.
         base_scores, ft_scores: reuse edge scores computed before (same task and ablation).
         base_curve: reuse the base model's curve computed before, with ``base_scores`` (e.g.
             from the comparison of another fine-tune of the same base on the same task: two
@@ -269,7 +282,8 @@ def compare_circuits(
         progress: show progress bars.
 
     Raises:
-        GraphError: the models have no exact graph or not the same one.
+        GraphError: the models have no exact graph or not the same one, or a circuit given is
+            of another graph.
         OptionError, PromptError, AnswerTokenError, MetricError: bad arguments (before any
             forward).
         ZeroGapError: the two models score the same on the task (after the edge attribution,
@@ -285,6 +299,15 @@ def compare_circuits(
     check_seed(seed)
     if edges is not None:
         _prep.check_positive(edges=edges)
+    given = (base_circuit, ft_circuit)
+    if any(c is not None for c in given):
+        if any(not isinstance(c, Circuit) for c in given):
+            raise OptionError("base_circuit and ft_circuit come together, each a "
+                              "circuits.Circuit; got "
+                              f"{type(base_circuit).__name__} and {type(ft_circuit).__name__}")
+        if edges is not None:
+            raise OptionError("edges= sizes the circuits compare_circuits chooses; with "
+                              "base_circuit and ft_circuit given there is nothing to size")
     _prep.check_pair(pair)
     graph, tokens = _prep.prepare(pair.base, task, ablation)
     _prep.check_behaviour_metric(task)
@@ -296,6 +319,9 @@ def compare_circuits(
             stacklevel=2)
     if edges is not None and edges > graph.n_edges:
         raise OptionError(f"edges={edges} is more than the graph's {graph.n_edges} edges")
+    for name, c in (("base_circuit", base_circuit), ("ft_circuit", ft_circuit)):
+        if c is not None and c.graph != graph:
+            raise GraphError(f"{name} is a circuit of {c.graph}; these models have {graph}")
     graph_ft, _ = _prep.prepare(pair.finetuned, task, ablation)
     if graph != graph_ft:
         raise GraphError(f"the two models have different graphs: {graph} vs {graph_ft}")
@@ -337,16 +363,24 @@ def compare_circuits(
                         for fr in MIB_FRACTIONS]
             s["curve"] = _curve(s["model"], graph, task, tokens, s["repl"], s["scores"],
                                 circuits, rule, ablation, ids[name], circuit_batch, kw)
-    if edges is None:
+    if base_circuit is not None:
+        sizing, cb, cf = "given", base_circuit, ft_circuit
+        size_b, size_f = cb.fraction, cf.fraction
+    elif edges is None:
+        sizing = "faithful"
         size_b, size_f = _smallest(b["curve"].values), _smallest(f["curve"].values)
         cb, cf = b["curve"].circuit_at(size_b), f["curve"].circuit_at(size_f)
     else:
+        sizing = "edges"
         cb, cf = (select_circuit(s["scores"], rule=rule, n=edges) for s in (b, f))
         size_b = size_f = edges / graph.n_edges
-    cb = Circuit(cb.edges, **graph.dims, rule=rule, requested=cb.requested,
-                 scores=b["scores"].scores, provenance=b["scores"].provenance)
-    cf = Circuit(cf.edges, **graph.dims, rule=rule, requested=cf.requested,
-                 scores=f["scores"].scores, provenance=f["scores"].provenance)
+    # drawn with this comparison's scores; a given circuit keeps its own rule
+    cb = Circuit(cb.edges, **graph.dims, rule=cb.rule if sizing == "given" else rule,
+                 requested=cb.requested, scores=b["scores"].scores,
+                 provenance=b["scores"].provenance)
+    cf = Circuit(cf.edges, **graph.dims, rule=cf.rule if sizing == "given" else rule,
+                 requested=cf.requested, scores=f["scores"].scores,
+                 provenance=f["scores"].provenance)
     b_in_f = _cross(f["model"], graph, task, tokens, f["repl"], cb, ablation, ids["finetuned"],
                     kw)
     f_in_b = _cross(b["model"], graph, task, tokens, b["repl"], cf, ablation, ids["base"], kw)
@@ -361,7 +395,7 @@ def compare_circuits(
     numbers = _numbers(per_prompt, cb, cf, None)
     hint = _size_hint(b["scores"], rule, edges) if edges is not None and not cb.n_edges else ""
     verdict = _verdict(per_prompt, cb, cf, numbers, thresholds, n_boot, seed, size_b,
-                       fixed=edges is not None, empty_hint=hint, ablation=ablation)
+                       sizing=sizing, empty_hint=hint, ablation=ablation)
     return CircuitComparison(
         base_scores=b["scores"], ft_scores=f["scores"], base_curve=b["curve"],
         ft_curve=f["curve"], base_size=size_b, ft_size=size_f, base_circuit=cb, ft_circuit=cf,
@@ -513,6 +547,9 @@ def _numbers(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, idx: Tensor | None
     }
 
 
+SIZE_RULES = {"faithful": "smallest faithful", "edges": "fixed edges", "given": "given circuits"}
+"""``Verdict.extra["size_rule"]``: how the compared circuits were sized."""
+
 SMALL_SCALE = 0.25
 """A model whose full-minus-empty difference is below this share of the other model's gets a
 note: normalized faithfulness inside it is a ratio to a small difference."""
@@ -543,22 +580,27 @@ def _unseparated(pp: dict[str, Tensor], k: str) -> tuple[float, float, float] | 
 
 def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str, float],
              thresholds: dict[str, float] | None, n_boot: int, seed: int, size: float,
-             *, fixed: bool = False, empty_hint: str = "", ablation: str = "mean") -> Verdict:
-    """The verdict with its bootstrap; ``fixed``: the circuits have a fixed size (``edges=``);
+             *, sizing: str = "faithful", empty_hint: str = "", ablation: str = "mean"
+             ) -> Verdict:
+    """The verdict with its bootstrap; ``sizing``: how the circuits were sized (``"faithful"``:
+    read off the curves; ``"edges"``: ``edges=``; ``"given"``: the caller's circuits);
     ``empty_hint``: what an empty base circuit needs instead (added to its reason);
     ``ablation``: the baseline's kind (for what to do when it does not remove the behaviour)."""
     t = checked_thresholds(thresholds)
+    fixed = sizing != "faithful"  # the sizes were not read off the curves
+    by = "edges=" if sizing == "edges" else "the caller (base_circuit=)"
     ft_flat = _unseparated(pp, "f")  # base_in_ft is normalized by this difference
     unscaled = ft_flat is not None
     label, reasons = decide(numbers, t, unscaled=unscaled)
     empty = cb.n_edges == 0  # no evidence: an empty circuit inside the fine-tune is not "new"
     whole = bool(cb.edges.all())  # base_in_ft and carried are then fixed by construction
     if empty:
-        label, reasons = "undetermined", (
+        label, reasons = "undetermined", ((
+            "the base circuit given is empty" if sizing == "given" else
             "the base circuit is empty: its selected edges have no path from the input to the "
-            "logits once pruned" + (f"; {empty_hint}" if empty_hint else ""),)
+            "logits once pruned") + (f"; {empty_hint}" if empty_hint else ""),)
     elif whole:
-        why = ("edges= asked for every edge" if fixed else
+        why = (f"{by} asked for every edge" if fixed else
                f"no smaller base circuit stays faithful within CLOSE {CLOSE:g}: the base model's "
                "behaviour on this task has no sparse circuit")
         label, reasons = "undetermined", (
@@ -626,7 +668,7 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
     if base_flat is not None:
         said = baseline_text("the base model's", base_flat, ablation)
         notes.append(f"{said}: the base model's own curve and ft_in_base have no scale" + (
-            " (the base circuit's size was fixed by edges=)" if fixed else
+            f" (the base circuit's size was fixed by {by})" if fixed else
             ", and the base circuit's size was read off that curve: carried and base_in_ft are "
             "measured on a circuit whose size rests on no scale (a base model without the "
             "behaviour has no circuit for it; compare circuits of a fixed size with edges=)"))
@@ -645,5 +687,5 @@ def _verdict(pp: dict[str, Tensor], cb: Circuit, cf: Circuit, numbers: dict[str,
                    thresholds=t, frequency=frequency,
                    notes=tuple(notes), n_boot=n_boot, seed=seed,
                    extra={"base_size": f"{size:g}", "close": f"{CLOSE:g}",
-                          "size_rule": "fixed edges" if fixed else "smallest faithful",
+                          "size_rule": SIZE_RULES[sizing],
                           **({"left_out": "base_in_ft"} if unscaled else {})})

@@ -147,6 +147,8 @@ def _size_rule(c: CircuitComparison) -> str:
     extra = c.verdict.extra
     if extra.get("size_rule") == "fixed edges":
         return "a fixed number of edges (edges=)"
+    if extra.get("size_rule") == "given circuits":
+        return "given by the caller (base_circuit=, ft_circuit=)"
     return f"the smallest MIB fraction of edges faithful within |1 - f| <= {extra.get('close', '?')}"
 
 
