@@ -137,6 +137,7 @@ def run_demo_real(
     start = time.perf_counter()
     analyses: dict[str, PairAnalysis] = {}
     circuits: list[CircuitAnalysis] = []
+    circuit_s = 0.0  # the circuits' share of the run (analyses, saving, figures)
     circuit_tasks: dict[str, Task] = {}  # per task: n prompts of one token length (equal_length)
     prompted: PromptedBaseComparison | None = None
     lora: FinetuneComparison | None = None
@@ -199,6 +200,7 @@ def run_demo_real(
             ctask = circuit_tasks[exp.task]
             same_task = [c for c in circuits if c.comparison.provenance.prompts_hash
                          == ctask.fingerprint()]  # distill_lora: the distillation's base side
+            circuit_start = time.perf_counter()
             with warnings.catch_warnings():  # its verdict text says why it is a preview
                 warnings.simplefilter("ignore", VerdictWarning)
                 circ = analyse_circuits(pair, ctask, label=step, method=REAL_CIRCUIT_METHOD,
@@ -208,6 +210,7 @@ def run_demo_real(
             circ.save(out / "circuits" / step)
             circuit_figures(circ, out / "figures" / step / "circuits", formats=REAL_FIGURE_FORMATS)
             circuits.append(circ)
+            circuit_s += time.perf_counter() - circuit_start
             say("\n" + circ.summary())
             del pair
             bar.update(1)
@@ -232,7 +235,10 @@ def run_demo_real(
         "lora_vs_full": finetunes_summary(lora) if lora else None,
         "circuits": {c.label: circuits_summary(c) for c in circuits},
         "seconds": round(time.perf_counter() - start, 1),
+        "circuit_seconds": round(circuit_s, 1),
     })
+    say(f"\ncircuits: {circuit_s / 60:.1f} of the demo's {(time.perf_counter() - start) / 60:.1f} "
+        "minutes (their analyses, results and figures)")
     write_report(out, out / REPORT_NAME, top=top)
     return list(analyses.values())
 

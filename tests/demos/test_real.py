@@ -227,6 +227,9 @@ def test_real_demo_on_a_stand_in_real_zoo(
     full_c = CircuitAnalysis.load(out / "circuits" / "distill").comparison
     assert torch.equal(lora_c.base_scores.scores, full_c.base_scores.scores)
     assert torch.equal(lora_c.base_curve.values, full_c.base_curve.values)
+    # The circuits' share of the run, measured and said.
+    assert 0 < summary["circuit_seconds"] < summary["seconds"]
+    assert re.search(r"circuits: \d+\.\d of the demo's \d+\.\d minutes", stdout)
 
 
 @pytest.mark.parametrize(("option", "value"), [("n_prompts", 0), ("n_prompts", True),
