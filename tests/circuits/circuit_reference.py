@@ -113,29 +113,44 @@ def reader_grad(model, ids: Tensor, read_pos: Tensor, metric: Callable[[Tensor],
                 reader: Reader) -> Tensor:
     """``d sum(metric) / d x_reader`` on the clean run, ``[batch, pos, d_model]``, taken at a
     zero tensor added to the reader's input hook."""
-    n_layers = model.cfg.n_layers
-    name = reader_hook_name(reader, n_layers)
-    zero: dict[str, Tensor] = {}
+    return reader_grads(model, ids, read_pos, metric, [reader])[0]
 
-    def add(x, hook):
-        shape = x[:, :, reader[2]].shape if reader[0] in ("q", "k", "v") else x.shape
-        z = torch.zeros(shape, dtype=x.dtype, requires_grad=True)
-        zero["z"] = z
-        if reader[0] in ("q", "k", "v"):
-            x = x.clone()
-            x[:, :, reader[2]] = x[:, :, reader[2]] + z
-            return x
-        return x + z
+
+def reader_grads(model, ids: Tensor, read_pos: Tensor, metric: Callable[[Tensor], Tensor],
+                 readers: list[Reader]) -> list[Tensor]:
+    """:func:`reader_grad` of several readers (distinct hooks) from one forward and backward
+    pass: each gets its own zero tensor, so each gradient is its own."""
+    n_layers = model.cfg.n_layers
+    names = [reader_hook_name(r, n_layers) for r in readers]
+    if len(set(names)) != len(names):
+        raise ValueError("reader_grads takes readers of distinct hooks")
+    zeros: dict[int, Tensor] = {}
+
+    def add(i: int, reader: Reader):
+        def fn(x, hook):
+            per_head = reader[0] in ("q", "k", "v")
+            shape = x[:, :, reader[2]].shape if per_head else x.shape
+            z = torch.zeros(shape, dtype=x.dtype, device=x.device, requires_grad=True)
+            zeros[i] = z
+            if per_head:
+                x = x.clone()
+                x[:, :, reader[2]] = x[:, :, reader[2]] + z
+                return x
+            return x + z
+
+        return fn
 
     _flags(model, True)
     try:
-        with torch.enable_grad(), model.hooks(fwd_hooks=[(name, add)]):
+        hooks = [(name, add(i, r)) for i, (name, r) in enumerate(zip(names, readers,
+                                                                     strict=True))]
+        with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
             logits = model(ids)
             value = metric(logits[torch.arange(ids.shape[0]), read_pos]).sum()
-            (g,) = torch.autograd.grad(value, [zero["z"]])
+            grads = torch.autograd.grad(value, [zeros[i] for i in range(len(readers))])
     finally:
         _flags(model, False)
-    return g
+    return list(grads)
 
 
 def readers_of_layer(layer: int, n_heads: int, n_kv: int) -> list[Reader]:
