@@ -107,6 +107,9 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             ablated) - M(clean)``: negative for an edge that supports the behaviour).
         flipped: edges whose score changed sign (supporting in one model, opposing in the
             other), by how far the score moved.
+        base_in_ft_curve, ft_in_base_curve: each model's circuits at every MIB fraction (those
+            of its own curve) evaluated inside the other model, with the other model's ablation
+            values; None when not computed (``cross_curves=False``).
         verdict: the verdict, its numbers, thresholds and bootstrap intervals.
         n_layers, n_heads, n_kv_heads: the graph.
         provenance: both models, task, metric; ``seed`` is the bootstrap's.
@@ -138,6 +141,8 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
     n_kv_heads: int
     provenance: Provenance
     flipped: tuple[tuple[str, float, float], ...] = ()
+    base_in_ft_curve: FaithfulnessCurve | None = None
+    ft_in_base_curve: FaithfulnessCurve | None = None
 
     def summary(self) -> str:
         """The comparison and the verdict as text (what a report prints)."""
@@ -148,6 +153,11 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
             f"{p.metric}; {self.base_scores.method} scores, {bc.ablation} ablation, {bc.rule} "
             f"circuits; graph of {g.n_edges} edges)",
             f"  own circuits: base {bc.areas_text()}; fine-tuned {fc.areas_text()}",
+            *([f"  inside the other model: base circuits in fine-tuned "
+               f"{self.base_in_ft_curve.areas_text()}; fine-tuned circuits in base "
+               f"{self.ft_in_base_curve.areas_text()}"]
+              if self.base_in_ft_curve is not None and self.ft_in_base_curve is not None
+              else []),
             f"  {self._sized}: base {self._size(self.base_size, self.base_circuit)}, "
             f"fine-tuned {self._size(self.ft_size, self.ft_circuit)}; edge IoU at matched sizes "
             + ", ".join(f"{100 * f:g}%: {fixed(v, 2)}" for f, v in zip(
@@ -249,6 +259,7 @@ def compare_circuits(
     ft_scores: EdgeScores | None = None,
     base_curve: FaithfulnessCurve | None = None,
     thresholds: dict[str, float] | None = None,
+    cross_curves: bool = True,
     n_boot: int = N_BOOT,
     seed: int = 0,
     prompt_batch_size: int = 16,
@@ -275,6 +286,9 @@ def compare_circuits(
             from the comparison of another fine-tune of the same base on the same task: two
             fine-tunes then cost one base side).
         thresholds: override thresholds of :mod:`mechdiff.circuits.verdict` by name.
+        cross_curves: also evaluate each model's circuits at every MIB fraction inside the
+            other model (two more curves: their cost again; the cross-faithfulness of the two
+            chosen circuits is computed either way).
         n_boot: bootstrap resamples of the prompts for the intervals.
         seed: the bootstrap's seed (a local generator; recorded).
         prompt_batch_size: prompts per forward.
@@ -356,13 +370,20 @@ def compare_circuits(
     # no behaviour gap: nothing for a verdict to explain (refused before the costlier curves)
     checked_gap(b["scores"].clean, f["scores"].clean, task.metric_name, task.name)
     for name, s in side.items():
+        s["circuits"] = [select_circuit(s["scores"], rule=rule, fraction=fr)
+                         for fr in MIB_FRACTIONS]
         if name == "base" and base_curve is not None:
             s["curve"] = base_curve
         else:
-            circuits = [select_circuit(s["scores"], rule=rule, fraction=fr)
-                        for fr in MIB_FRACTIONS]
             s["curve"] = _curve(s["model"], graph, task, tokens, s["repl"], s["scores"],
-                                circuits, rule, ablation, ids[name], circuit_batch, kw)
+                                s["circuits"], rule, ablation, ids[name], circuit_batch, kw)
+    crossed = {}
+    if cross_curves:  # each model's circuits inside the other, with the other's ablation values
+        for name, s, other, other_id in (("base", b, f, ids["finetuned"]),
+                                         ("finetuned", f, b, ids["base"])):
+            crossed[name] = _curve(other["model"], graph, task, tokens, other["repl"],
+                                   s["scores"], s["circuits"], rule, ablation, other_id,
+                                   circuit_batch, kw)
     if base_circuit is not None:
         sizing, cb, cf = "given", base_circuit, ft_circuit
         size_b, size_f = cb.fraction, cf.fraction
@@ -401,6 +422,7 @@ def compare_circuits(
         ft_curve=f["curve"], base_size=size_b, ft_size=size_f, base_circuit=cb, ft_circuit=cf,
         base_in_ft=b_in_f, ft_in_base=f_in_b, patched=patched, iou_curve=_iou_curve(b["curve"], f["curve"]),
         **_overlap(graph, cb, cf), **_changes(graph, b["scores"].scores, f["scores"].scores), verdict=verdict,
+        base_in_ft_curve=crossed.get("base"), ft_in_base_curve=crossed.get("finetuned"),
         **graph.dims, provenance=pair.provenance(task, seed=seed),
     )
 

@@ -206,7 +206,8 @@ def run_demo_real(
                 circ = analyse_circuits(pair, ctask, label=step, method=REAL_CIRCUIT_METHOD,
                                         cross_top=REAL_CROSS_TOP, progress=progress,
                                         mechanism=analysis.mechanism,
-                                        base_from=same_task[0] if same_task else None)
+                                        base_from=same_task[0] if same_task else None,
+                                        cross_curves=False)  # the time budget: markers only
             circ.save(out / "circuits" / step)
             circuit_figures(circ, out / "figures" / step / "circuits", formats=REAL_FIGURE_FORMATS)
             circuits.append(circ)

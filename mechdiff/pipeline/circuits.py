@@ -72,6 +72,7 @@ def analyse_circuits(
     progress: bool = True,
     mechanism: str | None = None,
     base_from: CircuitAnalysis | None = None,
+    cross_curves: bool = True,
 ) -> CircuitAnalysis:
     """Each model's circuit on ``task``, compared, with a verdict; and the edges carrying the gap.
 
@@ -94,6 +95,8 @@ def analyse_circuits(
         base_from: the analysis of another fine-tune of the same base on the same task and
             options: its base model's edge scores and curve are reused (half the comparison's
             cost), after checking they are this base's on this task.
+        cross_curves: also run each model's circuits at every fraction inside the other model
+            (two more faithfulness curves; see :func:`~mechdiff.circuits.compare_circuits`).
 
     Raises:
         OptionError, GraphError, PromptError, AnswerTokenError, MetricError: bad arguments or
@@ -121,6 +124,7 @@ def analyse_circuits(
                  "base_curve": base_from.comparison.base_curve}
     comparison = compare_circuits(pair, task, method=method, steps=steps, ablation=ablation,
                                   edges=edges, n_boot=n_boot, seed=seed,
+                                  cross_curves=cross_curves,
                                   prompt_batch_size=prompt_batch_size, progress=progress,
                                   **reuse)
     return CircuitAnalysis(label=label, comparison=comparison, cross=cross, mechanism=mechanism)

@@ -7,7 +7,9 @@ saved result alone (no model).
   fraction of the full-vs-empty gap a circuit keeps), CPR and CMD in the legend; the two
   cross-evaluated circuits (the base circuit run inside the fine-tuned model, the fine-tuned
   circuit inside the base) as separate markers at their circuit's size, with the verdict's
-  intervals; each model's chosen circuit size as a vertical line.
+  intervals; where the comparison has them (``compare_circuits(cross_curves=True)``, the
+  default), each model's circuits at every fraction run inside the other model as thin dotted
+  lines in that model's colour; each model's chosen circuit size as a vertical line.
 * :func:`plot_circuit_graph`: both circuits in one layered drawing: the input at the bottom,
   each layer's heads on a row with its MLP to the right and a little above, the logits on top;
   a node per component in either circuit; edges coloured **shared** (both circuits, black),
@@ -169,7 +171,9 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
         The figure. Its curves are the lines with gid ``"base_curve"`` / ``"ft_curve"`` (x: the
         fractions, y: the curves' values), their error bars the containers labelled
         ``"_base_curve_interval"`` / ``"_ft_curve_interval"``; the cross-evaluated markers have
-        gid ``"base_in_ft"`` / ``"ft_in_base"``.
+        gid ``"base_in_ft"`` / ``"ft_in_base"``, and where the comparison has them, each model's
+        circuits at every fraction inside the other model are the dotted lines with gid
+        ``"base_in_ft_curve"`` / ``"ft_in_base_curve"``.
     """
     c = comparison
     p = c.provenance
@@ -182,10 +186,16 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
                 BASE_COLOUR, "D"),
                ("ft_in_base", "fine-tuned circuit in the base model", c.ft_in_base, c.ft_size,
                 FT_COLOUR, "^"))
+    crossed = [(key, words, curve, colour, marker) for key, words, curve, colour, marker in (
+        ("base_in_ft_curve", "base circuits in the fine-tuned model", c.base_in_ft_curve,
+         BASE_COLOUR, "D"),
+        ("ft_in_base_curve", "fine-tuned circuits in the base model", c.ft_in_base_curve,
+         FT_COLOUR, "^")) if curve is not None]
     intervals = {name: _curve_interval(curve) for name, curve, *_ in curves}
     cross_ci = {key: _cross_interval(c, key, faith) for key, _, faith, *_ in crosses}
     points = [float(v) for _, curve, *_ in curves for v in curve.values.tolist()]
     points += [faith.value for _, _, faith, *_ in crosses]
+    points += [float(v) for _, _, curve, *_ in crossed for v in curve.values.tolist()]
     spans = [float(v) for iv in intervals.values() if iv is not None for a in iv for v in a]
     spans += [v for ci in cross_ci.values() for v in ci]
     limits = _limits(points, spans)
@@ -226,6 +236,14 @@ def plot_faithfulness(comparison: CircuitComparison, *, title: str | None = None
                     markersize=6.5, markeredgewidth=1.3, zorder=6, gid=f"{gid}_empty",
                     label=f"{name}: empty circuit (no input-to-logits path after pruning; "
                           "f = 0 by definition)")
+    for key, words, curve, colour, marker in crossed:  # thin, dotted, no interval bars
+        x = np.asarray(curve.fractions, dtype=float)
+        y = curve.values.double().numpy()
+        ax.plot(x, y, color=colour, linestyle=":", linewidth=1.0, marker=marker,
+                markersize=2.8, markerfacecolor="white", markeredgewidth=0.8, zorder=3.5,
+                gid=key, label=f"{words} (CPR {curve.cpr:.2f}, CMD {curve.cmd:.2f})")
+        for xi, yi in zip(x.tolist(), y.tolist(), strict=True):
+            _mark_outside(ax, xi, yi, limits, colour, taken)
     for key, words, faith, size, colour, marker in crosses:
         x = size * CROSS_OFFSET
         lo, hi = cross_ci[key]

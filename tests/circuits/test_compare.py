@@ -26,6 +26,7 @@ from mechdiff.circuits import (
 )
 from mechdiff.circuits.compare import TOP_CHANGES
 from mechdiff.errors import OptionError
+from mechdiff.viz import plot_faithfulness
 
 N = 8
 
@@ -108,6 +109,19 @@ def test_every_number_is_its_independent_computation(planted, ablation) -> None:
                          progress=False)
     assert 0 < c.base_circuit.n_edges and 0 < c.ft_circuit.n_edges
     _check_numbers(planted, task, c, ablation)
+    # Each model's circuits at every MIB fraction inside the other model: faithfulness() of each
+    # circuit there; at the chosen size, the chosen circuit's cross-faithfulness.
+    for curve, scores, other, chosen, size in (
+            (c.base_in_ft_curve, c.base_scores, planted.finetuned, c.base_in_ft, c.base_size),
+            (c.ft_in_base_curve, c.ft_scores, planted.base, c.ft_in_base, c.ft_size)):
+        for i, frac in enumerate(MIB_FRACTIONS):
+            circuit = select_circuit(scores, fraction=frac)
+            assert torch.equal(curve.edges[i], circuit.edges)
+            want = faithfulness(other, task, circuit, ablation=ablation, progress=False).value
+            assert float(curve.values[i]) == pytest.approx(want, rel=1e-5, abs=1e-6)
+        assert float(curve.values[MIB_FRACTIONS.index(size)]) == pytest.approx(
+            chosen.value, rel=1e-5, abs=1e-6)
+    assert "inside the other model: base circuits in fine-tuned CPR" in c.summary()
 
 
 @pytest.mark.filterwarnings("ignore::mechdiff.errors.VerdictWarning")
@@ -138,6 +152,25 @@ def test_two_circuits_given_are_compared_as_given(planted, tmp_path) -> None:
     assert "given by the caller" in _size_rule(c)
     loaded = CircuitComparison.load(c.save(tmp_path / "given"))
     assert loaded.summary() == text
+    torch.testing.assert_close(loaded.base_in_ft_curve.values, c.base_in_ft_curve.values)
+    lines = {line.get_gid() for line in plot_faithfulness(loaded).axes[0].get_lines()}
+    assert {"base_in_ft_curve", "ft_in_base_curve", "base_curve", "ft_curve"} <= lines
+
+
+@pytest.mark.filterwarnings("ignore::mechdiff.errors.VerdictWarning")
+def test_without_cross_curves(planted, tmp_path) -> None:
+    """cross_curves=False: no cross curves (None, saved and loaded as None), the figure without
+    their lines, the two cross-evaluated circuits as before."""
+    task = random_task(N, seed=4)
+    c = compare_circuits(planted, task, method="eap", cross_curves=False, n_boot=10,
+                         progress=False)
+    assert c.base_in_ft_curve is None and c.ft_in_base_curve is None
+    assert "inside the other model" not in c.summary()
+    loaded = CircuitComparison.load(c.save(tmp_path / "plain"))
+    assert loaded.base_in_ft_curve is None
+    assert loaded.base_in_ft.value == c.base_in_ft.value
+    lines = {line.get_gid() for line in plot_faithfulness(loaded).axes[0].get_lines()}
+    assert "base_in_ft_curve" not in lines and "base_curve" in lines
 
 
 def test_given_circuits_are_checked_before_any_forward(planted) -> None:

@@ -557,9 +557,14 @@ def test_a_baseline_not_separated_from_the_full_model_leaves_base_in_ft_out() ->
                and "the base circuit's size was read off that curve: carried and base_in_ft "
                "are measured on a circuit whose size rests on no scale" in x for x in v.notes)
     v = _verdict(base_flat, cb, cb, _numbers(base_flat, cb, cb, None), None, 200, 0, 0.5,
-                 fixed=True)
+                 sizing="edges")
     assert any(x.endswith("have no scale (the base circuit's size was fixed by edges=)")
                for x in v.notes)
+    v = _verdict(base_flat, cb, cb, _numbers(base_flat, cb, cb, None), None, 200, 0, 0.5,
+                 sizing="given")
+    assert any(x.endswith("have no scale (the base circuit's size was fixed by the caller "
+                          "(base_circuit=))") for x in v.notes)
+    assert v.extra["size_rule"] == "given circuits"
     assert decide(numbers, unscaled=True) == ("undetermined", v_reasons(numbers))
 
 
