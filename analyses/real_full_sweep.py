@@ -5,7 +5,7 @@
 The demo patches exactly only the 20 heads attribution ranks strongest per direction (to stay
 within its 5-minute budget); this script checks that choice: the agreement of attribution with
 exact patching over all heads, and the series index over heads + MLPs. On 2 CPU cores expect about
-a minute per prompt per fine-tune. Results go to ``mechdiff_out/analyses/real_full_sweep/``, figures
+a minute per prompt per fine-tune. Results go to ``analyses_out/real_full_sweep/``, figures
 to ``figures/real_*``. Run: ``.venv/bin/python analyses/real_full_sweep.py``.
 """
 
@@ -24,7 +24,7 @@ from mechdiff.viz import pair_figures
 
 @dataclass(frozen=True)
 class Config:
-    out: Path = Path("mechdiff_out/analyses/real_full_sweep")
+    out: Path = Path("analyses_out/real_full_sweep")
     figures: Path = Path("figures")
     experiments: tuple[str, ...] = ("distill", "trigger")
     n_prompts: int = 16

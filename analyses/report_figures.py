@@ -36,7 +36,7 @@ KEY_FIGURES = {"real": ("distill", "ranked"), "synthetic": ("newskill", "heads")
 @dataclass(frozen=True)
 class Config:
     demo: str = "real"
-    out: Path = Path("mechdiff_out/analyses/report_demo")
+    out: Path = Path("analyses_out/report_demo")
     figures: Path = Path("figures")
     n_prompts: int | None = None
     seed: int = 0

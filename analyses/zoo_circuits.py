@@ -7,7 +7,7 @@ carry, and the verdict ("re-used and strengthened" / "new mechanism" / "mixed") 
 intervals over prompts (:func:`mechdiff.pipeline.analyse_circuits`). The zoo's mechanisms are known
 by construction: ``reweight`` re-weights a behaviour the base has, ``newskill`` builds a new one.
 
-Results go to ``mechdiff_out/analyses/zoo_circuits/<fine-tune>/`` (one saved
+Results go to ``analyses_out/zoo_circuits/<fine-tune>/`` (one saved
 :class:`~mechdiff.pipeline.CircuitAnalysis` each) plus ``verdicts.json``; figures, drawn from the
 saved results alone, to ``figures/circuits_<fine-tune>_{faithfulness,circuit_graph}.*``. Run:
 ``MECHDIFF_CACHE=... .venv/bin/python analyses/zoo_circuits.py`` (about a minute on 2 cores).
@@ -27,7 +27,7 @@ from mechdiff.viz import plot_circuit_graph, plot_faithfulness, save_figure
 
 @dataclass(frozen=True)
 class Config:
-    out: Path = Path("mechdiff_out/analyses/zoo_circuits")
+    out: Path = Path("analyses_out/zoo_circuits")
     figures: Path = Path("figures")
     finetunes: tuple[str, ...] = ("reweight", "reweight_seed1", "newskill")
     n_prompts: int = 64

@@ -11,7 +11,7 @@ For each, every attention head (after its own W_O) and every MLP is patched in b
 and the series index (necessity total - sufficiency total, :mod:`mechdiff.compare.interaction`)
 says whether the components' effects add up (re-weighting) or act in series (a new mechanism).
 
-Results go to ``mechdiff_out/analyses/zoo_reweight_vs_newskill/<fine-tune>/`` (one saved
+Results go to ``analyses_out/zoo_reweight_vs_newskill/<fine-tune>/`` (one saved
 :class:`~mechdiff.pipeline.PairAnalysis` each) plus ``comparison.json``; figures to ``figures/``
 (heads of both fine-tunes on one colour scale). Run:
 ``.venv/bin/python analyses/zoo_reweight_vs_newskill.py``.
@@ -32,7 +32,7 @@ from mechdiff.viz import plot_directions, plot_gap, save_figure
 
 @dataclass(frozen=True)
 class Config:
-    out: Path = Path("mechdiff_out/analyses/zoo_reweight_vs_newskill")
+    out: Path = Path("analyses_out/zoo_reweight_vs_newskill")
     figures: Path = Path("figures")
     finetunes: tuple[str, ...] = ("reweight", "newskill")
     n_prompts: int = 64
