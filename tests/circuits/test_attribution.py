@@ -129,20 +129,6 @@ def _exact_single_edges(model, task, ablation):
 EAP_IG_MIN, EAP_MIN = 0.9, 0.85
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("ablation", ["mean", "corrupted"])
-def test_scores_rank_edges_like_exact_single_edge_ablation(tmp_path, seed, ablation) -> None:
-    d = save_dir(gpt2(seed, std=0.05), tmp_path / "m")
-    model = mechdiff.load_pair(d, d, device="cpu", dtype=torch.float64).base
-    task = random_task(16, seed=seed)
-    exact = _exact_single_edges(model, task, ablation)
-    ig = edge_attribution(model, task, method="eap_ig", steps=10, ablation=ablation,
-                          progress=False)
-    eap = edge_attribution(model, task, method="eap", ablation=ablation, progress=False)
-    assert spearman(ig.scores, exact) >= EAP_IG_MIN
-    assert spearman(eap.scores, exact) >= EAP_MIN
-
-
 # The same on tiny random grouped-query LLaMAs (3 layers, 4 query heads sharing 2 key-value
 # heads, RMSNorm, rotary positions; weights N(0, 0.05)), 16 prompts, float64, seeds 0 / 1 / 2:
 #   EAP-IG (10 steps): mean ablation 0.889 / 0.806 / 0.919, corrupted 0.881 / 0.892 / 0.890
@@ -152,28 +138,35 @@ def test_scores_rank_edges_like_exact_single_edge_ablation(tmp_path, seed, ablat
 # edge clean, which is where EAP takes its gradient, while EAP-IG averages gradients along a
 # path on which every edge is partly ablated at once. Both find 16 of the 20 largest exact
 # effects among their own top 20 (seed 1, mean), Pearson 0.92 (EAP-IG) and 0.96 (EAP).
-GQA_EAP_IG_MIN, GQA_EAP_MIN, GQA_TOP20_MIN = 0.78, 0.85, 14
+# Of the 20 largest exact effects, each estimate's own top 20 holds 16-19 on the GPT-2s (both
+# methods, every seed and ablation), 16 on the LLaMA above.
+MINIMA = {"gpt2": (EAP_IG_MIN, EAP_MIN, 14), "llama": (0.78, 0.85, 14)}
+"""Per architecture: Spearman of EAP-IG and of EAP with exact single-edge ablation, and how many
+of the 20 largest exact effects each must have in its own top 20."""
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("ablation", ["mean", "corrupted"])
-def test_scores_rank_edges_like_exact_single_edge_ablation_with_gqa(tmp_path, seed,
-                                                                    ablation) -> None:
+def test_scores_rank_edges_like_exact_single_edge_ablation(tmp_path, arch, seed,
+                                                           ablation) -> None:
     from circuit_models import llama
 
-    d = save_dir(llama(seed, std=0.05), tmp_path / "m")
+    make = {"gpt2": gpt2, "llama": llama}[arch]
+    d = save_dir(make(seed, std=0.05), tmp_path / "m")
     model = mechdiff.load_pair(d, d, device="cpu", dtype=torch.float64).base
     task = random_task(16, seed=seed)
     exact = _exact_single_edges(model, task, ablation)
     ig = edge_attribution(model, task, method="eap_ig", steps=10, ablation=ablation,
                           progress=False)
     eap = edge_attribution(model, task, method="eap", ablation=ablation, progress=False)
-    assert spearman(ig.scores, exact) >= GQA_EAP_IG_MIN
-    assert spearman(eap.scores, exact) >= GQA_EAP_MIN
+    ig_min, eap_min, top_min = MINIMA[arch]
+    assert spearman(ig.scores, exact) >= ig_min
+    assert spearman(eap.scores, exact) >= eap_min
     top = set(exact.abs().argsort(descending=True)[:20].tolist())
     for est in (ig, eap):
-        assert len(top & set(est.scores.abs().argsort(descending=True)[:20].tolist())) \
-            >= GQA_TOP20_MIN
+        found = len(top & set(est.scores.abs().argsort(descending=True)[:20].tolist()))
+        assert found >= top_min
 
 
 def test_parity_with_transformer_lens_edge_attribution(tiny) -> None:
