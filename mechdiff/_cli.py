@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default 50; 0: estimates only)")
     circ.add_argument("--batch-size", type=_positive, default=16,
                       help="prompts per forward; bounds memory (default 16)")
+    circ.add_argument("--no-cross-curves", dest="cross_curves", action="store_false",
+                      help="do not run each model's circuits at every fraction inside the other "
+                      "model (two faithfulness curves fewer; the two chosen circuits are still "
+                      "cross-evaluated)")
     circ.add_argument("--seed", type=_seed, default=0, help="seed of the bootstrap (default 0)")
     _add_loading(circ)
     _add_output(circ)
@@ -355,7 +359,7 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
                 "prompts_sha256": _file_digest(args.prompts)},
         options={"method": args.method, "steps": steps, "edges": args.edges,
                  "ablation": args.ablation, "cross_top": args.cross_top,
-                 "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
+                 "cross_curves": args.cross_curves, "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
                  "processing": args.processing},
     )
     with OutputFolder(args.out, run=spec, replace=args.replace) as work:
@@ -363,7 +367,7 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
         analysis = analyse_circuits(
             pair, task, label=task.name, method=args.method, steps=steps,
             ablation=args.ablation, edges=args.edges, cross_top=args.cross_top,
-            seed=args.seed, prompt_batch_size=args.batch_size, progress=not args.quiet,
+            cross_curves=args.cross_curves, seed=args.seed, prompt_batch_size=args.batch_size, progress=not args.quiet,
         )
         analysis.save(work / "circuits")
         circuit_figures(analysis, work / "figures")

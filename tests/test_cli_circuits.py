@@ -65,6 +65,8 @@ def test_planted_head_carries_the_gap_and_output_is_what_was_printed(circuits_ru
     assert verdict.label in html and "<svg" in html
     run = json.loads((out / "mechdiff_run.json").read_text(encoding="utf-8"))
     assert run["command"] == "circuits" and run["options"]["method"] == "eap"
+    assert run["options"]["cross_curves"] is True
+    assert cmp.base_in_ft_curve is not None and cmp.ft_in_base_curve is not None
 
 
 def test_fixed_edges_and_the_saved_comparison_loads_alone(ckpts, circuits_run,
@@ -74,12 +76,14 @@ def test_fixed_edges_and_the_saved_comparison_loads_alone(ckpts, circuits_run,
     code, _, stderr = run_cli([
         "circuits", "--base", str(ckpts["base"]), "--finetuned", str(ckpts["head_last"]),
         "--prompts", str(prompts), "--out", str(out), "--method", "eap", "--edges", "12",
-        "--cross-top", "0", "--quiet",
+        "--cross-top", "0", "--no-cross-curves", "--quiet",
     ])
     assert code == 0, stderr
     analysis = CircuitAnalysis.load(out / "circuits")
     assert analysis.comparison.base_circuit.requested == 12
     assert analysis.comparison.ft_circuit.requested == 12
+    assert analysis.comparison.base_in_ft_curve is None  # --no-cross-curves
+    assert json.loads((out / "mechdiff_run.json").read_text())["options"]["cross_curves"] is False
     assert analysis.cross is not None and int(analysis.cross.exact_edges.numel()) == 0
     # Nothing patched for real: the summary ranks the edges by their estimates, not by nothing.
     summary = _strict_json(out / "summary.json")
