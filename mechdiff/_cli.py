@@ -359,15 +359,16 @@ def _cmd_circuits(args: argparse.Namespace) -> int:
                 "prompts_sha256": _file_digest(args.prompts)},
         options={"method": args.method, "steps": steps, "edges": args.edges,
                  "ablation": args.ablation, "cross_top": args.cross_top,
-                 "cross_curves": args.cross_curves, "batch_size": args.batch_size, "seed": args.seed, "dtype": args.dtype,
-                 "processing": args.processing},
+                 "cross_curves": args.cross_curves, "batch_size": args.batch_size,
+                 "seed": args.seed, "dtype": args.dtype, "processing": args.processing},
     )
     with OutputFolder(args.out, run=spec, replace=args.replace) as work:
         pair = _load(args)
         analysis = analyse_circuits(
             pair, task, label=task.name, method=args.method, steps=steps,
             ablation=args.ablation, edges=args.edges, cross_top=args.cross_top,
-            cross_curves=args.cross_curves, seed=args.seed, prompt_batch_size=args.batch_size, progress=not args.quiet,
+            cross_curves=args.cross_curves, seed=args.seed, prompt_batch_size=args.batch_size,
+            progress=not args.quiet,
         )
         analysis.save(work / "circuits")
         circuit_figures(analysis, work / "figures")

@@ -191,7 +191,7 @@ class CircuitComparison(SavableResult, OnGraph, name="circuits.CircuitComparison
 
     @property
     def _fixed(self) -> bool:
-        return self.verdict.extra.get("size_rule") == "fixed edges"
+        return self.verdict.extra.get("size_rule") == SIZE_RULES["edges"]
 
     @property
     def _given(self) -> bool:
@@ -370,19 +370,19 @@ def compare_circuits(
     # no behaviour gap: nothing for a verdict to explain (refused before the costlier curves)
     checked_gap(b["scores"].clean, f["scores"].clean, task.metric_name, task.name)
     for name, s in side.items():
-        s["circuits"] = [select_circuit(s["scores"], rule=rule, fraction=fr)
-                         for fr in MIB_FRACTIONS]
         if name == "base" and base_curve is not None:
             s["curve"] = base_curve
         else:
+            s["circuits"] = _mib_circuits(s["scores"], rule)
             s["curve"] = _curve(s["model"], graph, task, tokens, s["repl"], s["scores"],
                                 s["circuits"], rule, ablation, ids[name], circuit_batch, kw)
     crossed = {}
     if cross_curves:  # each model's circuits inside the other, with the other's ablation values
         for name, s, other, other_id in (("base", b, f, ids["finetuned"]),
                                          ("finetuned", f, b, ids["base"])):
+            circuits = s.get("circuits") or _mib_circuits(s["scores"], rule)
             crossed[name] = _curve(other["model"], graph, task, tokens, other["repl"],
-                                   s["scores"], s["circuits"], rule, ablation, other_id,
+                                   s["scores"], circuits, rule, ablation, other_id,
                                    circuit_batch, kw)
     if base_circuit is not None:
         sizing, cb, cf = "given", base_circuit, ft_circuit
@@ -425,6 +425,11 @@ def compare_circuits(
         base_in_ft_curve=crossed.get("base"), ft_in_base_curve=crossed.get("finetuned"),
         **graph.dims, provenance=pair.provenance(task, seed=seed),
     )
+
+
+def _mib_circuits(scores: EdgeScores, rule: str) -> list[Circuit]:
+    """The circuits of ``scores`` at every MIB fraction (those of a faithfulness curve)."""
+    return [select_circuit(scores, rule=rule, fraction=fr) for fr in MIB_FRACTIONS]
 
 
 def _curve(model: TransformerBridge, graph: Graph, task: Task, tokens, repl: Replacements,

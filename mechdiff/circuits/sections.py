@@ -20,7 +20,7 @@ from typing import Any
 
 from mechdiff.circuits.attribution import EdgeScores
 from mechdiff.circuits.circuit import Circuit
-from mechdiff.circuits.compare import CircuitComparison
+from mechdiff.circuits.compare import SIZE_RULES, CircuitComparison
 from mechdiff.circuits.cross import CrossEdgeScores
 from mechdiff.circuits.faithfulness import Faithfulness, FaithfulnessCurve
 from mechdiff.circuits.verdict import (
@@ -145,9 +145,9 @@ def _labels(names: tuple[str, ...]) -> str:
 
 def _size_rule(c: CircuitComparison) -> str:
     extra = c.verdict.extra
-    if extra.get("size_rule") == "fixed edges":
+    if extra.get("size_rule") == SIZE_RULES["edges"]:
         return "a fixed number of edges (edges=)"
-    if extra.get("size_rule") == "given circuits":
+    if extra.get("size_rule") == SIZE_RULES["given"]:
         return "given by the caller (base_circuit=, ft_circuit=)"
     return f"the smallest MIB fraction of edges faithful within |1 - f| <= {extra.get('close', '?')}"
 

@@ -23,12 +23,9 @@ from circuit_reference import capture, index_of, reader_grads, writer_value  # n
 def smol(real_zoo: dict[str, Path]) -> tuple[mechdiff.ModelPair, mechdiff.Task]:
     from mechdiff.zoo import real
 
-    before = torch.get_num_threads()
     pair = mechdiff.load_pair(real_zoo["base"], real_zoo["distilled"], device="cpu")
     tasks = real.tasks(real_zoo["base"].parent.parent, progress=False)
-    task = equal_length(tasks["distill"], pair.tokenizer, pair.n_ctx, 3, seed=0)
-    yield pair, task
-    torch.set_num_threads(before)
+    return pair, equal_length(tasks["distill"], pair.tokenizer, pair.n_ctx, 3, seed=0)
 
 
 def test_the_real_models_graph_and_eap_scores(smol) -> None:
